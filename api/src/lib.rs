@@ -1,0 +1,9 @@
+//! # api — the Kubernetes API server and the Rust client
+//!
+//! Serves the Kubernetes REST API (discovery, OpenAPI, CRUD, watch, patch, subresources) over
+//! one TLS port with HTTP/2 and HTTP/1.1, on per-core acceptors from `shards`, backed by a
+//! `store::Backend`. Also holds the Rust client (typed requests, reflectors, informers) that
+//! the scheduler, controllers, kubelet and proxy use to talk to it over the network.
+//!
+//! **Must not depend on:** `scheduler`, `controllers`, `node` or `proxy-dp`; those depend on
+//! this crate's client, never the other way round.

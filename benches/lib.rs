@@ -1,0 +1,2 @@
+//! Shared helpers for the criterion benches in `benches/benches/`. Benches live in their own
+//! workspace member so the heavyweight comparison peers never compile into the product.

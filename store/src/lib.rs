@@ -1,0 +1,13 @@
+//! # store — the sharded MVCC object store
+//!
+//! Holds every cluster object under keys `/registry/<group>/<resource>/<namespace>/<name>`,
+//! one shard per core, with one cluster-wide revision. Values are rkyv envelopes read
+//! zero-copy. It offers the `Backend` trait the apiserver uses, implemented by the embedded
+//! engine (the default) and by an etcd v3 backend for multi-machine HA, and it can serve the
+//! etcd v3 gRPC API itself.
+//!
+//! **Must not depend on:** `api` or any crate above it, nor on Kubernetes types: the store
+//! sees envelopes (keys, labels, indexed fields, raw bytes), never parsed objects.
+//!
+//! **Unsafe:** DESIGN.md allows `unsafe` only in the zero-copy module (mmap'd snapshots and
+//! rkyv access); each block carries a `// SAFETY:` comment.
