@@ -11,3 +11,14 @@
 //!
 //! **Unsafe:** DESIGN.md allows `unsafe` only in the zero-copy module (mmap'd snapshots and
 //! rkyv access); each block carries a `// SAFETY:` comment.
+
+pub mod backend;
+pub mod error;
+
+pub use backend::{
+    Backend, Compare, CompareOp, CompareTarget, ContentType, KeyValue, LeaseGrant, LeaseId,
+    LeaseTimeToLive, ObjectValue, RangeEnd, RangeRequest, RangeResponse, Requirement, Revision,
+    StoreStatus, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent, WatchFilter, WatchRequest,
+    WatchStream,
+};
+pub use error::{MAX_VALUE_BYTES, StoreError};
