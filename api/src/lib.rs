@@ -7,3 +7,5 @@
 //!
 //! **Must not depend on:** `scheduler`, `controllers`, `node` or `proxy-dp`; those depend on
 //! this crate's client, never the other way round.
+
+pub mod patch;
