@@ -224,6 +224,7 @@ pub struct Txn {
     pub failure: Vec<TxnOp>,
 }
 
+#[allow(clippy::large_enum_variant)] // built once per response; boxing adds an allocation
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOpResponse {
     Put {
@@ -280,6 +281,7 @@ pub struct WatchRequest {
     pub progress_notify: bool,
 }
 
+#[allow(clippy::large_enum_variant)] // built once per response; boxing adds an allocation
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     Put {

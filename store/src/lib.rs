@@ -13,6 +13,8 @@
 //! rkyv access); each block carries a `// SAFETY:` comment.
 
 pub mod backend;
+pub mod engine;
+pub mod envelope;
 pub mod error;
 
 pub use backend::{
@@ -21,4 +23,5 @@ pub use backend::{
     StoreStatus, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent, WatchFilter, WatchRequest,
     WatchStream,
 };
+pub use engine::{Clock, Engine, EngineConfig, ManualClock, SystemClock};
 pub use error::{MAX_VALUE_BYTES, StoreError};
