@@ -15,7 +15,8 @@
 
 pub mod json_patch;
 pub mod merge_patch;
-// pub mod strategic;
+pub mod schema;
+pub mod strategic;
 
 /// Why a patch could not be parsed or applied. Never retryable: the same patch fails again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
