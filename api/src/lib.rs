@@ -9,3 +9,7 @@
 //! this crate's client, never the other way round.
 
 pub mod patch;
+pub mod discovery;
+pub mod openapi;
+pub mod registry;
+pub mod table;
