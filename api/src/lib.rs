@@ -8,8 +8,8 @@
 //! **Must not depend on:** `scheduler`, `controllers`, `node` or `proxy-dp`; those depend on
 //! this crate's client, never the other way round.
 
-pub mod patch;
 pub mod discovery;
 pub mod openapi;
+pub mod patch;
 pub mod registry;
 pub mod table;
