@@ -13,3 +13,4 @@ pub mod openapi;
 pub mod patch;
 pub mod registry;
 pub mod table;
+pub mod validation;
