@@ -12,9 +12,63 @@
 //! - a per-shard io_uring ring whose completions are awaited from the shard's runtime;
 //! - a stall detector for tasks that run too long without yielding.
 //!
+//! ## Using it
+//!
+//! ```no_run
+//! use shards::{ShardConfig, ShardSet, ShardId};
+//! let set = ShardSet::start(ShardConfig::default().shards(2)).expect("start");
+//! let h = set.handle().clone();
+//! // From any thread or runtime: run a closure on shard 1; its future may be `!Send`.
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+//! let id = rt.block_on(h.invoke_on(ShardId(1), || async {
+//!     let local = std::rc::Rc::new(5); // shard-local state is fine here
+//!     (shards::current_shard(), *local)
+//! }));
+//! assert_eq!(id, Ok((Some(ShardId(1)), 5)));
+//! set.shutdown().expect("clean shutdown");
+//! ```
+//!
+//! ## Modules
+//!
+//! - [`ShardSet`], [`ShardHandle`], [`ShardConfig`], [`ShardContext`]: the runtimes and
+//!   cross-shard calls (`invoke_on`, `try_invoke_on`, `invoke_on_all`).
+//! - [`route`]: [`stable_hash`] and [`shard_for_key`].
+//! - [`listen`]: `SO_REUSEPORT` listeners, [`ShardHandle::serve_tcp`]/[`ShardHandle::serve_udp`].
+//! - [`uring`]: [`Ring`](uring::Ring) and its operation futures.
+//! - The stall detector is part of the set ([`ShardConfig::stall_threshold`],
+//!   [`ShardHandle::stall_counts`]).
+//!
 //! **Must not depend on:** any other kubeshard crate, or anything Kubernetes-shaped. This is a
 //! general substrate; it knows nothing of objects, revisions or HTTP.
 //!
 //! **Unsafe:** this crate may hold `unsafe` (DESIGN.md allows it here), only in the io_uring
-//! module, where the kernel borrows buffers across an await. Each block carries a `// SAFETY:`
-//! comment; everything else is safe code.
+//! module ([`uring`], the one module with `#[allow(unsafe_code)]`; the crate denies it
+//! elsewhere), where the kernel borrows buffers across an await. Each block carries a
+//! `// SAFETY:` comment; everything else is safe code.
+//!
+//! **Verification:** the cross-shard mailbox takes its atomics and locks from `crate::sync`,
+//! which becomes loom under `cfg(loom)`; its model tests are the `loom_*` tests, run with
+//! `RUSTFLAGS="--cfg loom" cargo test -p shards --release --lib loom` (under loom only the
+//! mailbox tests are built). Miri is not run: the project builds on the stable toolchain only,
+//! and miri needs nightly (it also cannot execute io_uring syscalls). The unsafe code in
+//! [`uring`] is covered by the integration tests in `tests/uring_*.rs` instead.
+//!
+//! **What users owe it:** closures given to `invoke_on` must not block their shard (the stall
+//! detector reports those that do; use `spawn_blocking` for blocking work); a
+//! [`ShardSet`] is shut down from outside its own threads; io_uring file descriptors passed
+//! to an operation stay open while it runs (the borrow enforces it for the future's life).
+
+pub mod error;
+pub mod id;
+pub mod listen;
+mod mailbox;
+pub mod route;
+pub mod set;
+mod stall;
+pub(crate) mod sync;
+pub mod uring;
+
+pub use error::{InvokeError, ListenError, ShutdownError, StartError, TryInvokeError};
+pub use id::{ShardContext, ShardId, current_shard};
+pub use route::{shard_for_key, stable_hash};
+pub use set::{ShardConfig, ShardHandle, ShardSet};
