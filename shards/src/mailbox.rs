@@ -104,8 +104,8 @@ impl<T> Mailbox<T> {
     }
 
     /// Enqueues `item`, waiting while the mailbox is full (the back-pressure).
-    pub(crate) fn send(&self, item: T) -> Send<'_, T> {
-        Send {
+    pub(crate) fn send(&self, item: T) -> SendFut<'_, T> {
+        SendFut {
             mailbox: self,
             item: Some(item),
             waiter: None,
@@ -175,17 +175,17 @@ impl<T> Mailbox<T> {
 }
 
 /// The future of [`Mailbox::send`].
-pub(crate) struct Send<'a, T> {
+pub(crate) struct SendFut<'a, T> {
     mailbox: &'a Mailbox<T>,
     item: Option<T>,
     /// Our id in `tx_waiters` once we have waited.
     waiter: Option<u64>,
 }
 
-// `Send` never pins its fields; the item is moved out by value.
-impl<T> Unpin for Send<'_, T> {}
+// `SendFut` never pins its fields; the item is moved out by value.
+impl<T> Unpin for SendFut<'_, T> {}
 
-impl<T> Future for Send<'_, T> {
+impl<T> Future for SendFut<'_, T> {
     type Output = Result<(), Closed<T>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -237,7 +237,7 @@ impl<T> Future for Send<'_, T> {
     }
 }
 
-impl<T> Drop for Send<'_, T> {
+impl<T> Drop for SendFut<'_, T> {
     fn drop(&mut self) {
         // Only a sender that waited and did not finish has cleanup to do.
         let (Some(id), Some(_)) = (self.waiter, self.item.as_ref()) else {

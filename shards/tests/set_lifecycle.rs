@@ -31,11 +31,30 @@ fn thread_names() -> Vec<String> {
     out
 }
 
+/// Shard threads (`{prefix}-{n}`) plus the set's watchdog (`{prefix}-watch`) alive now.
 fn count_prefixed(prefix: &str) -> usize {
     thread_names()
         .iter()
-        .filter(|n| n.starts_with(prefix))
+        .filter(|n| {
+            n.strip_prefix(prefix)
+                .is_some_and(|rest| rest == "watch" || rest.parse::<u32>().is_ok())
+        })
         .count()
+}
+
+/// Waits (bounded) until no thread of the set is left. A joined thread can linger in
+/// /proc for a moment after `join` returns, so poll briefly.
+fn assert_no_threads_left(prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while count_prefixed(prefix) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        count_prefixed(prefix),
+        0,
+        "threads left: {:?}",
+        thread_names()
+    );
 }
 
 #[test]
@@ -63,7 +82,7 @@ fn shards_know_their_id_count_and_thread_name() {
         assert_eq!(via_handle, Some(id));
     }
     set.shutdown().expect("shutdown");
-    assert_eq!(count_prefixed("idtest-"), 0);
+    assert_no_threads_left("idtest-");
 }
 
 #[test]
@@ -193,12 +212,7 @@ fn shutdown_drains_queued_and_in_flight_work_and_joins_every_thread() {
     for (i, r) in results.into_iter().enumerate() {
         assert_eq!(rt.block_on(r), Ok(i as u32));
     }
-    assert_eq!(
-        count_prefixed("drain-"),
-        0,
-        "no shard thread left: {:?}",
-        thread_names()
-    );
+    assert_no_threads_left("drain-");
     // New work after shutdown is refused, typed.
     assert_eq!(
         rt.block_on(h.invoke_on(ShardId(0), || async {})),
@@ -235,7 +249,7 @@ fn shutdown_cancels_work_past_the_drain_timeout_and_still_joins() {
         t0.elapsed()
     );
     assert_eq!(rt().block_on(fut), Err(InvokeError::Cancelled(ShardId(0))));
-    assert_eq!(count_prefixed("slowdrain-"), 0);
+    assert_no_threads_left("slowdrain-");
 }
 
 #[test]
@@ -247,10 +261,10 @@ fn drop_shuts_down_too() {
                 .thread_name_prefix("droptest"),
         )
         .expect("start");
-        assert_eq!(count_prefixed("droptest-"), 2);
+        assert_eq!(count_prefixed("droptest-"), 2, "{:?}", thread_names());
         drop(set);
     }
-    assert_eq!(count_prefixed("droptest-"), 0);
+    assert_no_threads_left("droptest-");
 }
 
 #[test]
@@ -275,11 +289,7 @@ fn shutdown_from_a_shard_is_refused() {
     // The attempt fails typed, but still stops the set: its shard drains and exits, detached.
     let _ = rt().block_on(fut);
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(true));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while count_prefixed("selfstop-") > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(count_prefixed("selfstop-"), 0);
+    assert_no_threads_left("selfstop-");
 }
 
 #[test]
