@@ -31,26 +31,32 @@ fn thread_names() -> Vec<String> {
     out
 }
 
-/// Shard threads (`{prefix}-{n}`) plus the set's watchdog (`{prefix}-watch`) alive now.
-fn count_prefixed(prefix: &str) -> usize {
+/// Shard threads (`{prefix}-{n}`) alive now, plus the set's watchdog (`{prefix}-watch`) if
+/// `watch`. Positive counts use shards only: a just-spawned watchdog may not carry its name
+/// yet (it inherits its parent's until it names itself).
+fn count_named(prefix: &str, watch: bool) -> usize {
     thread_names()
         .iter()
         .filter(|n| {
             n.strip_prefix(prefix)
-                .is_some_and(|rest| rest == "watch" || rest.parse::<u32>().is_ok())
+                .is_some_and(|rest| (watch && rest == "watch") || rest.parse::<u32>().is_ok())
         })
         .count()
+}
+
+fn count_prefixed(prefix: &str) -> usize {
+    count_named(prefix, false)
 }
 
 /// Waits (bounded) until no thread of the set is left. A joined thread can linger in
 /// /proc for a moment after `join` returns, so poll briefly.
 fn assert_no_threads_left(prefix: &str) {
     let deadline = Instant::now() + Duration::from_secs(3);
-    while count_prefixed(prefix) > 0 && Instant::now() < deadline {
+    while count_named(prefix, true) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(
-        count_prefixed(prefix),
+        count_named(prefix, true),
         0,
         "threads left: {:?}",
         thread_names()
@@ -66,7 +72,12 @@ fn shards_know_their_id_count_and_thread_name() {
     )
     .expect("start");
     assert_eq!(set.shard_count(), 3);
-    assert_eq!(count_prefixed("idtest-"), 3, "one named thread per shard");
+    assert_eq!(
+        count_prefixed("idtest-"),
+        3,
+        "one named thread per shard: {:?}",
+        thread_names()
+    );
     let h = set.handle().clone();
     assert_eq!(h.current_shard(), None, "the test thread is not a shard");
     let got = rt().block_on(h.invoke_on_all(|| async {
