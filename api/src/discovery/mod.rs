@@ -11,7 +11,13 @@
 //! - [`api_group_list`]`(&registry)` -> `/apis` legacy body.
 //! - [`api_group`]`(&registry, group)` -> `/apis/{group}` (`None`: 404).
 //! - [`api_resource_list`]`(&registry, group, version)` -> `/api/v1`, `/apis/{g}/{v}` (`None`: 404).
+//! - [`DiscoveryCache::build`]`(&registry, server_address)`: every body above serialized once
+//!   (rebuild when [`Registry::generation`] changes); [`DiscoveryCache::root`],
+//!   [`DiscoveryCache::group`], [`DiscoveryCache::resource_list`] hand out shared [`Bytes`].
 
+use std::collections::HashMap;
+
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::registry::{Registry, ResourceDef, api_version};
@@ -258,6 +264,92 @@ pub fn api_resource_list(registry: &Registry, group: &str, version: &str) -> Opt
     }
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
                 "groupVersion": api_version(group, version), "resources": resources}))
+}
+
+fn to_bytes(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// Every discovery body, serialized once for one registry generation.
+#[derive(Debug, Clone)]
+pub struct DiscoveryCache {
+    generation: u64,
+    /// (scope, version) -> aggregated body.
+    aggregated: HashMap<(bool, bool), Bytes>,
+    api_versions: Bytes,
+    group_list: Bytes,
+    groups: HashMap<String, Bytes>,
+    resource_lists: HashMap<(String, String), Bytes>,
+}
+
+impl DiscoveryCache {
+    /// Serializes every discovery body of `registry`.
+    pub fn build(registry: &Registry, server_address: &str) -> Self {
+        let mut aggregated = HashMap::new();
+        for (core, scope) in [(true, Scope::Core), (false, Scope::Apis)] {
+            for (v2, version) in [
+                (true, AggregatedVersion::V2),
+                (false, AggregatedVersion::V2beta1),
+            ] {
+                aggregated.insert(
+                    (core, v2),
+                    to_bytes(&self::aggregated(registry, scope, version)),
+                );
+            }
+        }
+        let mut groups = HashMap::new();
+        let mut resource_lists = HashMap::new();
+        for (g, versions) in registry.group_versions() {
+            if let Some(body) = api_group(registry, &g) {
+                groups.insert(g.clone(), to_bytes(&body));
+            }
+            for v in versions {
+                if let Some(body) = api_resource_list(registry, &g, &v) {
+                    resource_lists.insert((g.clone(), v), to_bytes(&body));
+                }
+            }
+        }
+        Self {
+            generation: registry.generation(),
+            aggregated,
+            api_versions: to_bytes(&api_versions(server_address)),
+            group_list: to_bytes(&api_group_list(registry)),
+            groups,
+            resource_lists,
+        }
+    }
+
+    /// The registry generation these bodies were built from.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The `/api` ([`Scope::Core`]) or `/apis` body in `format`, with its Content-Type.
+    pub fn root(&self, scope: Scope, format: DiscoveryFormat) -> (&'static str, Bytes) {
+        let core = scope == Scope::Core;
+        let body = match format {
+            DiscoveryFormat::Aggregated(v) => self
+                .aggregated
+                .get(&(core, v == AggregatedVersion::V2))
+                .cloned()
+                .unwrap_or_default(),
+            DiscoveryFormat::Legacy if core => self.api_versions.clone(),
+            DiscoveryFormat::Legacy => self.group_list.clone(),
+        };
+        (format.content_type(), body)
+    }
+
+    /// The `/apis/{group}` body.
+    pub fn group(&self, group: &str) -> Option<Bytes> {
+        self.groups.get(group).cloned()
+    }
+
+    /// The `/api/v1` (group `""`) or `/apis/{group}/{version}` body.
+    pub fn resource_list(&self, group: &str, version: &str) -> Option<Bytes> {
+        self.resource_lists
+            .get(&(group.to_owned(), version.to_owned()))
+            .cloned()
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::*;
 
@@ -225,4 +225,41 @@ fn crd_groups_appear_in_discovery() {
     assert_eq!(item["versions"][0]["resources"][0]["scope"], "Cluster");
     let rl = api_resource_list(&r, "example.com", "v1").unwrap_or_default();
     assert_eq!(rl["resources"][1]["name"], "widgets/status");
+}
+
+#[test]
+fn cache_serves_the_same_bodies() {
+    let r = Registry::builtin();
+    let c = DiscoveryCache::build(&r, "127.0.0.1:6443");
+    assert_eq!(c.generation(), r.generation());
+    let parse = |b: bytes::Bytes| serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null);
+    let (ct, body) = c.root(
+        Scope::Apis,
+        DiscoveryFormat::Aggregated(AggregatedVersion::V2),
+    );
+    assert_eq!(ct, AGGREGATED_V2);
+    assert_eq!(
+        parse(body),
+        aggregated(&r, Scope::Apis, AggregatedVersion::V2)
+    );
+    let (ct, body) = c.root(
+        Scope::Core,
+        DiscoveryFormat::Aggregated(AggregatedVersion::V2beta1),
+    );
+    assert_eq!(ct, AGGREGATED_V2BETA1);
+    assert_eq!(parse(body)["apiVersion"], "apidiscovery.k8s.io/v2beta1");
+    let (ct, body) = c.root(Scope::Core, DiscoveryFormat::Legacy);
+    assert_eq!(ct, "application/json");
+    assert_eq!(parse(body), api_versions("127.0.0.1:6443"));
+    assert_eq!(
+        parse(c.root(Scope::Apis, DiscoveryFormat::Legacy).1),
+        api_group_list(&r)
+    );
+    assert_eq!(c.group("apps").map(parse), api_group(&r, "apps"));
+    assert_eq!(
+        c.resource_list("", "v1").map(parse),
+        api_resource_list(&r, "", "v1")
+    );
+    assert!(c.resource_list("apps", "v2").is_none());
+    assert!(c.group("nosuch").is_none());
 }
