@@ -16,6 +16,10 @@ pub mod backend;
 pub mod engine;
 pub mod envelope;
 pub mod error;
+pub mod fileio;
+#[allow(unsafe_code)]
+pub mod snapshot;
+pub mod wal;
 
 pub use backend::{
     Backend, Compare, CompareOp, CompareTarget, ContentType, KeyValue, LeaseGrant, LeaseId,
