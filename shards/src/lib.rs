@@ -57,6 +57,9 @@
 //! detector reports those that do; use `spawn_blocking` for blocking work); a
 //! [`ShardSet`] is shut down from outside its own threads; io_uring file descriptors passed
 //! to an operation stay open while it runs (the borrow enforces it for the future's life).
+//! Closures that await replies from each other's shards in a cycle can deadlock once both
+//! mailboxes and in-flight limits are exhausted (the price of bounded queues): such code uses
+//! `try_invoke_on`, or sends without awaiting the reply inside the invoked closure.
 
 pub mod error;
 pub mod id;

@@ -96,6 +96,15 @@ pub enum UringError {
         /// The requested length.
         len: usize,
     },
+    /// A linked write + sync wrote only part of the buffer, so the sync did not run. Retry
+    /// the rest (it is a normal short write, e.g. at a size limit).
+    #[error("short write: {written} of {len} bytes; the linked sync did not run")]
+    ShortWrite {
+        /// Bytes written.
+        written: usize,
+        /// Bytes asked for.
+        len: usize,
+    },
     /// A write or splice made no progress (wrote 0 bytes) where data remained. Not retryable.
     #[error("{op} made no progress")]
     WriteZero {
@@ -256,21 +265,29 @@ pub struct RingStats {
 /// `user_data` of entries the ring itself submits (cancellations at drop).
 const INTERNAL_USER_DATA: u64 = u64::MAX;
 
+/// Kernel results of one op: one per submitted entry, in completion order (a linked pair
+/// completes in submission order).
+type Results = [i32; 2];
+
 enum Slot {
     Free,
-    /// In the kernel; the op future waits.
+    /// In the kernel; the op future waits for `pending` more completions.
     Waiting {
         op_id: u64,
         waker: Option<Waker>,
+        pending: u8,
+        got: u8,
+        res: Results,
     },
-    /// Completed; the result waits for the op future to collect it.
+    /// Completed; the results wait for the op future to collect them.
     Done {
-        res: i32,
+        res: Results,
     },
     /// In the kernel, but the op future was dropped: the ring holds its buffers until the
-    /// completion arrives.
+    /// last (`pending`) completion arrives.
     Abandoned {
         _keep: Box<dyn Any>,
+        pending: u8,
     },
 }
 
@@ -302,22 +319,40 @@ impl Inner {
                 continue;
             };
             freed += 1;
-            self.completed += 1;
-            match std::mem::replace(slot, Slot::Done { res: cqe.result() }) {
-                Slot::Waiting { waker, .. } => {
-                    if let Some(w) = waker {
-                        w.wake();
+            match slot {
+                Slot::Waiting {
+                    waker,
+                    pending,
+                    got,
+                    res,
+                    ..
+                } => {
+                    if let Some(r) = res.get_mut(usize::from(*got)) {
+                        *r = cqe.result();
+                    }
+                    *got += 1;
+                    *pending = pending.saturating_sub(1);
+                    if *pending == 0 {
+                        self.completed += 1;
+                        if let Some(w) = waker.take() {
+                            w.wake();
+                        }
+                        let res = *res;
+                        *slot = Slot::Done { res };
                     }
                 }
-                Slot::Abandoned { _keep } => {
-                    // The kernel is done with the buffers: now they may go.
-                    *slot = Slot::Free;
-                    self.free.push(ud as usize);
-                    self.abandoned -= 1;
-                    drop(_keep);
+                Slot::Abandoned { pending, .. } => {
+                    *pending = pending.saturating_sub(1);
+                    if *pending == 0 {
+                        // The kernel is done with the buffers: now they may go.
+                        self.completed += 1;
+                        *slot = Slot::Free;
+                        self.free.push(ud as usize);
+                        self.abandoned -= 1;
+                    }
                 }
                 // Done/Free cannot receive a completion (one CQE per submitted entry).
-                other => *slot = other,
+                Slot::Done { .. } | Slot::Free => {}
             }
         }
         self.in_flight -= freed.min(self.in_flight);
@@ -329,8 +364,14 @@ impl Inner {
         }
     }
 
-    fn alloc_slot(&mut self, op_id: u64) -> usize {
-        let slot = Slot::Waiting { op_id, waker: None };
+    fn alloc_slot(&mut self, op_id: u64, pending: u8) -> usize {
+        let slot = Slot::Waiting {
+            op_id,
+            waker: None,
+            pending,
+            got: 0,
+            res: [0; 2],
+        };
         match self.free.pop() {
             Some(i) => {
                 self.slots[i] = slot;
@@ -363,6 +404,7 @@ impl Inner {
             if let Slot::Waiting {
                 op_id: other,
                 waker: Some(w),
+                ..
             } = s
                 && *other != op_id
             {
@@ -408,7 +450,7 @@ impl Drop for Inner {
                 "io_uring dropped with uncancellable ops; leaking their buffers"
             );
             for s in self.slots.drain(..) {
-                if let Slot::Abandoned { _keep } = s {
+                if let Slot::Abandoned { _keep, .. } = s {
                     std::mem::forget(_keep);
                 }
             }
@@ -597,6 +639,39 @@ impl Ring {
         (Ok(()), op.buf)
     }
 
+    /// Writes `buf[..len]` at `offset` and then `fdatasync`s `fd`, submitted together as a
+    /// linked pair (one `io_uring_enter`, the sync starts only after the whole write
+    /// succeeded): the WAL's commit step. Resolves to `Ok(len)` only when both succeeded; a
+    /// short write is [`UringError::ShortWrite`] (nothing was synced).
+    pub fn write_at_fdatasync<'a, B: IoBuf>(
+        &self,
+        fd: &'a impl AsFd,
+        buf: B,
+        offset: u64,
+    ) -> Op<'a, WriteSync<B>> {
+        self.op(WriteSync {
+            fd: fd.as_fd().as_raw_fd(),
+            buf,
+            offset,
+        })
+    }
+
+    /// Writes the buffers in order, as one `pwritev` at `offset`. Returns the bytes written
+    /// (a short count is possible) and the buffers. At most 1024 buffers (`IOV_MAX`).
+    pub fn writev_at<'a, B: IoBuf>(
+        &self,
+        fd: &'a impl AsFd,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> Op<'a, WritevAt<B>> {
+        self.op(WritevAt {
+            fd: fd.as_fd().as_raw_fd(),
+            bufs,
+            iovecs: Vec::new(),
+            offset,
+        })
+    }
+
     /// Reads into `buf` from `offset` of `fd` (`pread`), filling it from its start up to its
     /// capacity; the buffer's length becomes the bytes read. 0 means end of file.
     pub fn read_at<'a, B: IoBufMut>(
@@ -664,9 +739,18 @@ pub trait Operation: sealed::Sealed + 'static {
     /// the ring).
     #[doc(hidden)]
     fn entry(&mut self) -> Result<squeue::Entry, UringError>;
+    /// Whether [`linked`](Operation::linked) returns an entry (the op takes two places).
+    #[doc(hidden)]
+    const LINKED: bool = false;
+    /// A second entry linked after the first (`IOSQE_IO_LINK`): it runs only if the first
+    /// succeeds in full. Built right after [`entry`](Operation::entry).
+    #[doc(hidden)]
+    fn linked(&mut self) -> Option<squeue::Entry> {
+        None
+    }
     /// Turns the kernel's result into the output, handing buffers back.
     #[doc(hidden)]
-    fn complete(self, res: i32) -> Self::Output;
+    fn complete(self, res: Results) -> Self::Output;
     /// Turns a failure before submission into the output, handing buffers back.
     #[doc(hidden)]
     fn fail(self, err: UringError) -> Self::Output;
@@ -675,6 +759,8 @@ pub trait Operation: sealed::Sealed + 'static {
 mod sealed {
     pub trait Sealed {}
     impl<B> Sealed for super::WriteAt<B> {}
+    impl<B> Sealed for super::WritevAt<B> {}
+    impl<B> Sealed for super::WriteSync<B> {}
     impl<B> Sealed for super::ReadAt<B> {}
     impl Sealed for super::Fsync {}
     impl Sealed for super::Splice {}
@@ -711,7 +797,8 @@ impl<B: IoBuf> Operation for WriteAt<B> {
             .offset(self.offset)
             .build())
     }
-    fn complete(self, res: i32) -> Self::Output {
+    fn complete(self, res: Results) -> Self::Output {
+        let res = res[0];
         if res < 0 {
             (Err(os_err("write", res)), self.buf)
         } else {
@@ -720,6 +807,104 @@ impl<B: IoBuf> Operation for WriteAt<B> {
     }
     fn fail(self, err: UringError) -> Self::Output {
         (Err(err), self.buf)
+    }
+}
+
+/// A positioned write linked to an fdatasync ([`Ring::write_at_fdatasync`]).
+pub struct WriteSync<B> {
+    fd: RawFd,
+    buf: B,
+    offset: u64,
+}
+
+impl<B: IoBuf> Operation for WriteSync<B> {
+    type Output = BufResult<usize, B>;
+    const LINKED: bool = true;
+    fn entry(&mut self) -> Result<squeue::Entry, UringError> {
+        let len = u32_len(self.buf.bytes_init())?;
+        Ok(
+            opcode::Write::new(types::Fd(self.fd), self.buf.stable_ptr(), len)
+                .offset(self.offset)
+                .build(),
+        )
+    }
+    fn linked(&mut self) -> Option<squeue::Entry> {
+        Some(
+            opcode::Fsync::new(types::Fd(self.fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        )
+    }
+    fn complete(self, res: Results) -> Self::Output {
+        let [written, synced] = res;
+        let len = self.buf.bytes_init();
+        if written < 0 {
+            return (Err(os_err("write", written)), self.buf);
+        }
+        let n = written as usize;
+        if n < len {
+            return (Err(UringError::ShortWrite { written: n, len }), self.buf);
+        }
+        if synced < 0 {
+            return (Err(os_err("fdatasync", synced)), self.buf);
+        }
+        (Ok(n), self.buf)
+    }
+    fn fail(self, err: UringError) -> Self::Output {
+        (Err(err), self.buf)
+    }
+}
+
+/// A vectored positioned write ([`Ring::writev_at`]).
+pub struct WritevAt<B> {
+    fd: RawFd,
+    bufs: Vec<B>,
+    /// Built at submission; a heap array the kernel reads, so it lives in the op (moved
+    /// with it, never reallocated after the entry is built).
+    iovecs: Vec<libc::iovec>,
+    offset: u64,
+}
+
+/// The kernel's `IOV_MAX`.
+const IOV_MAX: usize = 1024;
+
+impl<B: IoBuf> Operation for WritevAt<B> {
+    type Output = BufResult<usize, Vec<B>>;
+    fn entry(&mut self) -> Result<squeue::Entry, UringError> {
+        if self.bufs.len() > IOV_MAX {
+            return Err(UringError::TooLarge {
+                len: self.bufs.len(),
+            });
+        }
+        let total: usize = self.bufs.iter().map(IoBuf::bytes_init).sum();
+        u32_len(total)?;
+        self.iovecs = self
+            .bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.stable_ptr() as *mut libc::c_void,
+                iov_len: b.bytes_init(),
+            })
+            .collect();
+        // The count is <= IOV_MAX, so it fits a u32.
+        Ok(opcode::Writev::new(
+            types::Fd(self.fd),
+            self.iovecs.as_ptr(),
+            self.iovecs.len() as u32,
+        )
+        .offset(self.offset)
+        .build())
+    }
+    fn complete(self, res: Results) -> Self::Output {
+        let res = res[0];
+        if res < 0 {
+            (Err(os_err("writev", res)), self.bufs)
+        } else {
+            (Ok(res as usize), self.bufs)
+        }
+    }
+    fn fail(self, err: UringError) -> Self::Output {
+        (Err(err), self.bufs)
     }
 }
 
@@ -740,7 +925,8 @@ impl<B: IoBufMut> Operation for ReadAt<B> {
                 .build(),
         )
     }
-    fn complete(mut self, res: i32) -> Self::Output {
+    fn complete(mut self, res: Results) -> Self::Output {
+        let res = res[0];
         if res < 0 {
             return (Err(os_err("read", res)), self.buf);
         }
@@ -771,7 +957,8 @@ impl Operation for Fsync {
         };
         Ok(opcode::Fsync::new(types::Fd(self.fd)).flags(flags).build())
     }
-    fn complete(self, res: i32) -> Self::Output {
+    fn complete(self, res: Results) -> Self::Output {
+        let res = res[0];
         if res < 0 {
             Err(os_err(
                 if self.datasync { "fdatasync" } else { "fsync" },
@@ -817,7 +1004,8 @@ impl Operation for Splice {
         )
         .build())
     }
-    fn complete(self, res: i32) -> Self::Output {
+    fn complete(self, res: Results) -> Self::Output {
+        let res = res[0];
         if res < 0 {
             Err(os_err("splice", res))
         } else {
@@ -837,7 +1025,8 @@ impl Operation for Nop {
     fn entry(&mut self) -> Result<squeue::Entry, UringError> {
         Ok(opcode::Nop::new().build())
     }
-    fn complete(self, res: i32) -> Self::Output {
+    fn complete(self, res: Results) -> Self::Output {
+        let res = res[0];
         if res < 0 {
             Err(os_err("nop", res))
         } else {
@@ -881,7 +1070,7 @@ impl<'a, T: Operation> Op<'a, T> {
 
     /// One poll step: submit if not yet, reap, collect the result or wait. `Ok(res)` carries
     /// the kernel result; `Err(e)` a failure before submission.
-    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Result<i32, UringError>> {
+    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Result<Results, UringError>> {
         let shared = Rc::clone(&self.ring.shared);
         loop {
             let mut inner = shared.inner.borrow_mut();
@@ -889,7 +1078,9 @@ impl<'a, T: Operation> Op<'a, T> {
             let my_id = self.id(&mut inner);
             match self.slot {
                 None => {
-                    if inner.in_flight >= inner.max_in_flight {
+                    // A linked pair takes two places (a ring allowing one still runs it).
+                    let need = if T::LINKED { 2 } else { 1 };
+                    if inner.in_flight + need > inner.max_in_flight.max(need) {
                         match inner.submit_waiters.iter_mut().find(|(id, _)| *id == my_id) {
                             Some((_, w)) => {
                                 if !w.will_wake(cx.waker()) {
@@ -909,21 +1100,31 @@ impl<'a, T: Operation> Op<'a, T> {
                             Ok(e) => e,
                             Err(e) => return Poll::Ready(Err(e)),
                         };
-                        let idx = inner.alloc_slot(my_id);
-                        let entry = entry.user_data(idx as u64);
+                        let second = op.linked();
+                        let n = 1 + usize::from(second.is_some());
+                        let idx = inner.alloc_slot(my_id, n as u8);
+                        let entries: [squeue::Entry; 2] = match second {
+                            Some(e2) => [
+                                entry.flags(squeue::Flags::IO_LINK).user_data(idx as u64),
+                                e2.user_data(idx as u64),
+                            ],
+                            None => [entry.user_data(idx as u64), opcode::Nop::new().build()],
+                        };
+                        let entries = &entries[..n];
                         // SAFETY: the entry points only at memory owned by `self.op` (heap
                         // buffers per the IoBuf contract, or none), which stays valid until
                         // the completion for `idx` is reaped: until then it is owned either by
                         // this future or, if the future is dropped, by slot `idx`
                         // (`Slot::Abandoned`, see `Drop for Op`). The fds are borrowed for 'a.
-                        let pushed = unsafe { inner.ring.submission().push(&entry) };
+                        // A linked pair is pushed all-or-nothing.
+                        let pushed = unsafe { inner.ring.submission().push_multiple(entries) };
                         let pushed = match pushed {
                             Ok(()) => Ok(()),
                             Err(_) => {
                                 // The queue holds entries an earlier submit left: flush, retry.
                                 let _ = inner.ring.submit();
-                                // SAFETY: as above, same entry.
-                                unsafe { inner.ring.submission().push(&entry) }
+                                // SAFETY: as above, same entries.
+                                unsafe { inner.ring.submission().push_multiple(entries) }
                             }
                         };
                         if pushed.is_err() {
@@ -933,7 +1134,7 @@ impl<'a, T: Operation> Op<'a, T> {
                             ))));
                         }
                         self.slot = Some(idx);
-                        inner.in_flight += 1;
+                        inner.in_flight += n;
                         if let Err(e) = submit(&mut inner) {
                             // The entry stays queued; a later submit sends it. Nothing to undo.
                             tracing::debug!(error = %e, "io_uring submit deferred");
@@ -1028,8 +1229,15 @@ impl<T: Operation> Drop for Op<'_, T> {
                 Slot::Done { .. } => inner.free_slot(idx),
                 _ => {
                     // Still in the kernel: the ring keeps the buffers until the completion.
+                    let pending = match &inner.slots[idx] {
+                        Slot::Waiting { pending, .. } => *pending,
+                        _ => 1,
+                    };
                     let keep: Box<dyn Any> = Box::new(self.op.take());
-                    inner.slots[idx] = Slot::Abandoned { _keep: keep };
+                    inner.slots[idx] = Slot::Abandoned {
+                        _keep: keep,
+                        pending,
+                    };
                     inner.abandoned += 1;
                 }
             },
@@ -1062,6 +1270,7 @@ impl<T: Operation> Future for RawOp<'_, T> {
             Poll::Ready(r) => match this.op.take() {
                 Some(op) => Poll::Ready((
                     r.and_then(|res| {
+                        let res = res[0];
                         if res < 0 {
                             Err(os_err("write", res))
                         } else {

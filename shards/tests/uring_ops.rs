@@ -73,6 +73,66 @@ fn write_read_fsync_fdatasync_round_trip() {
 }
 
 #[test]
+fn linked_write_and_fdatasync() {
+    let dir = scratch();
+    let file = open_rw(&dir, "linked");
+    let path = dir.path().join("ro-linked");
+    std::fs::write(&path, b"x").expect("seed");
+    let ro = std::fs::File::open(&path).expect("ro");
+    run(async {
+        let ring = Ring::current().expect("ring");
+        let (r, buf) = ring.write_at_fdatasync(&file, vec![4u8; 8192], 4096).await;
+        assert_eq!(r.expect("write+sync"), 8192);
+        assert_eq!(buf.len(), 8192);
+        // The write fails, so the linked sync is cancelled: the write's error is reported.
+        let (r, _) = ring.write_at_fdatasync(&ro, vec![4u8; 16], 0).await;
+        let e = r.expect_err("read-only");
+        assert!(matches!(e, UringError::Os { op: "write", .. }), "{e:?}");
+        // A short write (at ext4's size limit) skips the sync and says so.
+        let off = u64::from(u32::MAX) * 4096 - 100;
+        let (r, _) = ring.write_at_fdatasync(&file, vec![4u8; 1000], off).await;
+        assert!(
+            matches!(
+                r,
+                Err(UringError::ShortWrite {
+                    written: 100,
+                    len: 1000
+                })
+            ),
+            "{r:?}"
+        );
+        let s = ring.stats();
+        assert_eq!((s.in_flight, s.abandoned), (0, 0));
+    });
+    file.set_len(0).expect("truncate");
+}
+
+#[test]
+fn writev_writes_buffers_in_order() {
+    let dir = scratch();
+    let file = open_rw(&dir, "writev");
+    run(async {
+        let ring = Ring::current().expect("ring");
+        let bufs = vec![
+            b"alpha ".to_vec(),
+            Vec::new(),
+            b"beta ".to_vec(),
+            b"gamma".to_vec(),
+        ];
+        let (r, back) = ring.writev_at(&file, bufs.clone(), 10).await;
+        assert_eq!(r.expect("writev"), 16);
+        assert_eq!(back, bufs);
+        let too_many: Vec<Vec<u8>> = (0..1025).map(|_| vec![1u8]).collect();
+        let (r, back) = ring.writev_at(&file, too_many, 0).await;
+        assert!(matches!(r, Err(UringError::TooLarge { len: 1025 })));
+        assert_eq!(back.len(), 1025);
+    });
+    let mut got = vec![0u8; 16];
+    file.read_exact_at(&mut got, 10).expect("read");
+    assert_eq!(&got, b"alpha beta gamma");
+}
+
+#[test]
 fn short_read_past_eof_and_at_eof() {
     let dir = scratch();
     let file = open_rw(&dir, "short");
@@ -337,7 +397,37 @@ fn dropping_a_future_mid_flight_keeps_its_buffer_until_the_kernel_completes() {
         }
         let s = ring.stats();
         assert_eq!((s.in_flight, s.abandoned), (0, 0));
-        drop(rx);
+
+        // The same for a linked pair (two completions pending): a write into a full pipe
+        // waits in the kernel; dropped, it is released only after both entries complete.
+        let mut w = &tx;
+        let cap = usize::try_from(
+            nix::fcntl::fcntl(&tx, nix::fcntl::FcntlArg::F_GETPIPE_SZ).expect("size"),
+        )
+        .expect("size");
+        w.write_all(&vec![0u8; cap]).expect("fill");
+        {
+            let mut fut = Box::pin(ring.write_at_fdatasync(&tx, vec![5u8; 10], 0));
+            assert!(futures::poll!(fut.as_mut()).is_pending());
+        }
+        let s = ring.stats();
+        assert_eq!((s.in_flight, s.abandoned), (2, 1));
+        let mut rx = rx;
+        let mut sink = vec![0u8; cap];
+        rx.read_exact(&mut sink).expect("drain");
+        for _ in 0..200 {
+            ring.nop().await.expect("nop");
+            if ring.stats().abandoned == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let s = ring.stats();
+        assert_eq!((s.in_flight, s.abandoned), (0, 0));
+        let mut tail = [0u8; 10];
+        rx.read_exact(&mut tail)
+            .expect("the abandoned write still landed");
+        assert_eq!(tail, [5u8; 10]);
     });
 }
 
