@@ -11,6 +11,7 @@
 pub mod discovery;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod table;
 pub mod validation;
