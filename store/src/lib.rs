@@ -27,5 +27,5 @@ pub use backend::{
     StoreStatus, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent, WatchFilter, WatchRequest,
     WatchStream,
 };
-pub use engine::{Clock, Engine, EngineConfig, ManualClock, SystemClock};
+pub use engine::{Clock, Engine, EngineConfig, LogStore, ManualClock, MemLog, SystemClock};
 pub use error::{MAX_VALUE_BYTES, StoreError};

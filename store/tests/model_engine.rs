@@ -8,8 +8,8 @@ use bytes::Bytes;
 use futures::executor::block_on;
 use proptest::prelude::*;
 use store::{
-    Backend, Compare, CompareOp, CompareTarget, Engine, EngineConfig, KeyValue, ObjectValue,
-    RangeEnd, RangeRequest, Revision, StoreError, Txn, TxnOp,
+    Backend, Compare, CompareOp, CompareTarget, Engine, EngineConfig, KeyValue, MemLog,
+    ObjectValue, RangeEnd, RangeRequest, Revision, StoreError, Txn, TxnOp,
 };
 
 const KEYS: usize = 6;
@@ -34,10 +34,17 @@ enum Op {
     },
     Get(usize, u64),
     Compact(u64),
+    /// Close the engine and open a new one on the same log.
+    Restart,
+    /// Drop the engine without closing it, then reopen on the same log.
+    Crash,
+    /// A put whose log append fails: it must fail and leave no trace.
+    FailPut(usize, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let k = 0..KEYS;
+    let k2 = 0..KEYS;
     prop_oneof![
         4 => (k.clone(), any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
         2 => (k.clone(), any::<u8>()).prop_map(|(k, v)| Op::Create(k, v)),
@@ -48,6 +55,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..6, 0u64..4).prop_map(|(back, limit)| Op::Range { back, limit }),
         2 => (k, 0u64..6).prop_map(|(k, back)| Op::Get(k, back)),
         1 => (0u64..4).prop_map(Op::Compact),
+        1 => Just(Op::Restart),
+        1 => Just(Op::Crash),
+        1 => (k2, any::<u8>()).prop_map(|(k, v)| Op::FailPut(k, v)),
     ]
 }
 
@@ -57,12 +67,22 @@ struct Model {
     writes: BTreeMap<(Bytes, u64), Option<Bytes>>,
     rev: u64,
     compacted: u64,
+    /// Highest revision number the engine has issued (failed writes consume one).
+    issued: u64,
+    /// Highest revision number in the log (what a restarted engine continues from).
+    stored_max: u64,
 }
 
 /// What a key looks like at a revision: (value, create, mod, version).
 type State = Option<(Bytes, u64, u64, i64)>;
 
 impl Model {
+    fn bump(&mut self) {
+        self.issued = self.issued.max(self.rev) + 1;
+        self.rev = self.issued;
+        self.stored_max = self.stored_max.max(self.rev);
+    }
+
     fn state(&self, k: &Bytes, rev: u64) -> State {
         let mut st: State = None;
         for ((_, r), v) in self.writes.range((k.clone(), 0)..=(k.clone(), rev)) {
@@ -113,7 +133,34 @@ fn put(k: Bytes, v: Bytes) -> TxnOp {
     }
 }
 
-fn step(e: &Arc<Engine>, m: &mut Model, op: Op) -> Result<(), TestCaseError> {
+fn open(log: &Arc<MemLog>) -> Arc<Engine> {
+    Engine::open_with_log(EngineConfig::in_memory(), log.clone()).unwrap()
+}
+
+fn step(
+    eng: &mut Arc<Engine>,
+    log: &Arc<MemLog>,
+    m: &mut Model,
+    op: Op,
+) -> Result<(), TestCaseError> {
+    match op {
+        Op::Restart => {
+            eng.close();
+            *eng = open(log);
+            m.issued = m.stored_max;
+            prop_assert_eq!(eng.revision(), Revision(m.rev));
+            return Ok(());
+        }
+        Op::Crash => {
+            let old = std::mem::replace(eng, open(log));
+            drop(old);
+            m.issued = m.stored_max;
+            prop_assert_eq!(eng.revision(), Revision(m.rev));
+            return Ok(());
+        }
+        _ => {}
+    }
+    let e = &*eng;
     block_on(async {
         match op {
             Op::Put(k, v) => {
@@ -124,7 +171,7 @@ fn step(e: &Arc<Engine>, m: &mut Model, op: Op) -> Result<(), TestCaseError> {
                     })
                     .await
                     .unwrap();
-                m.rev += 1;
+                m.bump();
                 m.write(&key(k), Some(Bytes::from(vec![v])));
                 prop_assert_eq!(r.revision, Revision(m.rev));
             }
@@ -134,7 +181,7 @@ fn step(e: &Arc<Engine>, m: &mut Model, op: Op) -> Result<(), TestCaseError> {
                     .await
                     .unwrap();
                 if m.state(&key(k), m.rev).is_none() {
-                    m.rev += 1;
+                    m.bump();
                     m.write(&key(k), Some(Bytes::from(vec![v])));
                     prop_assert_eq!(r, Some(Revision(m.rev)));
                 } else {
@@ -160,7 +207,7 @@ fn step(e: &Arc<Engine>, m: &mut Model, op: Op) -> Result<(), TestCaseError> {
                 let cur_mod = cur.as_ref().map_or(0, |c| c.2);
                 match cur {
                     _ if cur_mod == expected => {
-                        m.rev += 1;
+                        m.bump();
                         m.write(&key(k), Some(Bytes::from(vec![v])));
                         prop_assert_eq!(r, Ok(Revision(m.rev)));
                     }
@@ -185,7 +232,7 @@ fn step(e: &Arc<Engine>, m: &mut Model, op: Op) -> Result<(), TestCaseError> {
                     _ => false,
                 };
                 if hit {
-                    m.rev += 1;
+                    m.bump();
                     let (kv, rev) = r.unwrap();
                     check_kv(&kv, &cur)?;
                     prop_assert_eq!(rev, Revision(m.rev));
@@ -208,7 +255,7 @@ fn step(e: &Arc<Engine>, m: &mut Model, op: Op) -> Result<(), TestCaseError> {
                     .await
                     .unwrap();
                 if !live.is_empty() {
-                    m.rev += 1;
+                    m.bump();
                     for (k, _) in live {
                         m.write(&k, None);
                     }
@@ -235,7 +282,7 @@ fn step(e: &Arc<Engine>, m: &mut Model, op: Op) -> Result<(), TestCaseError> {
                 };
                 let r = e.txn(txn).await.unwrap();
                 let cur_ver = m.state(&key(a), m.rev).map_or(0, |s| s.3);
-                m.rev += 1;
+                m.bump();
                 if cur_ver == ver {
                     prop_assert!(r.succeeded);
                     m.write(&key(a), Some(Bytes::from(vec![v])));
@@ -300,6 +347,19 @@ fn step(e: &Arc<Engine>, m: &mut Model, op: Op) -> Result<(), TestCaseError> {
                     None => prop_assert!(st.is_none()),
                 }
             }
+            Op::FailPut(k, v) => {
+                log.fail_appends(true);
+                let r = e
+                    .txn(Txn {
+                        success: vec![put(key(k), Bytes::from(vec![v]))],
+                        ..Txn::default()
+                    })
+                    .await;
+                log.fail_appends(false);
+                prop_assert!(matches!(r, Err(StoreError::Io(_))), "{:?}", r);
+                m.issued = m.issued.max(m.rev) + 1;
+            }
+            Op::Restart | Op::Crash => {}
             Op::Compact(back) => {
                 let at = m.rev.saturating_sub(back);
                 let r = e.compact(Revision(at)).await;
@@ -308,6 +368,7 @@ fn step(e: &Arc<Engine>, m: &mut Model, op: Op) -> Result<(), TestCaseError> {
                 } else {
                     r.unwrap();
                     m.compacted = at;
+                    m.stored_max = m.stored_max.max(m.issued.max(m.rev));
                 }
             }
         }
@@ -322,12 +383,11 @@ proptest! {
 
     #[test]
     fn engine_matches_the_model(ops in proptest::collection::vec(op(), 1..60), shards in 1usize..4) {
-        let mut cfg = EngineConfig::in_memory();
-        cfg.shards = shards;
-        let e = Engine::open(cfg).unwrap();
+        let log = MemLog::new(shards);
+        let mut e = open(&log);
         let mut m = Model::default();
         for op in ops {
-            step(&e, &mut m, op)?;
+            step(&mut e, &log, &mut m, op)?;
         }
         e.close();
     }

@@ -24,12 +24,15 @@
 //! revision still being committed; `compacted <= visible`.
 
 mod lease;
+pub mod log;
 mod mvcc;
+mod record;
 pub mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -37,8 +40,10 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 pub use lease::{Clock, MAX_TTL_SECONDS, MIN_TTL_SECONDS, ManualClock, SystemClock};
-use lease::{LeaseTable, ttl_duration};
+use lease::{Lease, LeaseTable, ttl_duration};
+pub use log::{AppendFuture, LogStore, MemLog};
 use mvcc::{KeyRange, Shard};
+use record::{Entry, Record};
 use watch::{EventRec, RevBatch, WatchHub};
 
 use crate::backend::{
@@ -120,9 +125,35 @@ pub fn shard_of(key: &[u8], n: usize) -> usize {
 /// The sequencer's state.
 #[derive(Debug, Default)]
 struct Seq {
-    /// The last revision assigned.
+    /// The last applied revision (the head of the revision chain; may not be durable yet).
     applied: u64,
+    /// The highest revision number ever issued. Above `applied` only after a failed write
+    /// was rolled back: numbers are never reused, so a log never sees one twice.
+    issued: u64,
 }
+
+/// What to undo if a pending write's log append fails.
+#[derive(Debug)]
+enum Undo {
+    None,
+    /// A revision's applied changes.
+    Changes(Vec<Change>),
+    /// A lease grant.
+    Grant(i64),
+    /// A lease revocation (with the revision deleting its keys, if any).
+    Revoke(i64, Lease, Vec<Change>),
+}
+
+/// A write waiting for its log appends, in revision order, handled by the pump thread.
+struct Pending {
+    /// The revision that becomes visible when the appends are durable (0: none).
+    rev: u64,
+    appends: Vec<AppendFuture>,
+    undo: Undo,
+    done: futures::channel::oneshot::Sender<Result<(), StoreError>>,
+}
+
+type Ack = futures::channel::oneshot::Receiver<Result<(), StoreError>>;
 
 /// One applied change, kept until the revision is visible (and for rollback).
 #[derive(Debug)]
@@ -147,8 +178,12 @@ struct Inner {
     /// Wakes background threads early on close.
     stop: (Mutex<bool>, Condvar),
     memory_quota: Option<u64>,
+    disk_quota: Option<u64>,
     watch_buffer: usize,
     clock: Arc<dyn Clock>,
+    log: Option<Arc<dyn LogStore>>,
+    /// Hands pending writes to the pump thread (with a log).
+    pump: Mutex<Option<mpsc::Sender<Pending>>>,
 }
 
 /// The embedded engine. Open with [`Engine::open`]; share as `Arc<Engine>` (or
@@ -160,43 +195,81 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens an engine.
+    /// Opens an engine: in memory if `cfg.data_dir` is `None`.
     ///
     /// Errors: `InvalidRequest` for a bad config; `Io` if a background thread cannot start;
-    /// `Unavailable` for a `data_dir` (durability is not integrated yet).
+    /// `Unavailable` for a `data_dir` (the WAL is not wired in yet: use
+    /// [`Engine::open_with_log`]).
     pub fn open(cfg: EngineConfig) -> Result<Arc<Self>, StoreError> {
+        if cfg.data_dir.is_some() {
+            return Err(StoreError::Unavailable(
+                "durable engine (data_dir) is not available yet; use EngineConfig::in_memory \
+                 or Engine::open_with_log"
+                    .into(),
+            ));
+        }
+        Self::start(cfg, None)
+    }
+
+    /// Opens an engine on `log`, recovering its state from the log's records. The engine
+    /// has one data shard per log shard (`cfg.shards` is ignored).
+    ///
+    /// Errors: `Corrupt` if a record fails validation; as [`Engine::open`] otherwise.
+    pub fn open_with_log(
+        mut cfg: EngineConfig,
+        log: Arc<dyn LogStore>,
+    ) -> Result<Arc<Self>, StoreError> {
+        cfg.shards = log.shards();
+        Self::start(cfg, Some(log))
+    }
+
+    fn start(cfg: EngineConfig, log: Option<Arc<dyn LogStore>>) -> Result<Arc<Self>, StoreError> {
         if cfg.shards == 0 || cfg.shards > 4096 {
             return Err(StoreError::InvalidRequest(format!(
                 "shards must be in 1..=4096, got {}",
                 cfg.shards
             )));
         }
-        if cfg.data_dir.is_some() {
-            return Err(StoreError::Unavailable(
-                "durable engine (data_dir) is not available yet; use EngineConfig::in_memory"
-                    .into(),
-            ));
+        let mut shards: Vec<Shard> = (0..cfg.shards).map(|_| Shard::default()).collect();
+        let mut leases = LeaseTable::default();
+        let mut seq = Seq::default();
+        let mut compacted = 0;
+        if let Some(log) = &log {
+            let rec = recover(
+                log.take_recovered()?,
+                &mut shards,
+                &mut leases,
+                cfg.clock.now(),
+            )?;
+            seq = Seq {
+                applied: rec.head,
+                issued: rec.issued,
+            };
+            compacted = rec.compacted;
         }
+        let bytes: u64 = shards.iter().map(|s| s.bytes).sum();
         let hub = Arc::new(WatchHub::new(
-            0,
+            seq.applied,
             cfg.event_history_events,
             cfg.progress_interval,
         ));
+        let (pump_tx, pump_rx) = mpsc::channel::<Pending>();
         let inner = Arc::new(Inner {
-            shards: (0..cfg.shards)
-                .map(|_| RwLock::new(Shard::default()))
-                .collect(),
-            seq: Mutex::new(Seq::default()),
-            visible: AtomicU64::new(0),
-            compacted: AtomicU64::new(0),
-            leases: Mutex::new(LeaseTable::default()),
+            shards: shards.into_iter().map(RwLock::new).collect(),
+            visible: AtomicU64::new(seq.applied),
+            seq: Mutex::new(seq),
+            compacted: AtomicU64::new(compacted),
+            leases: Mutex::new(leases),
             hub,
-            bytes: AtomicU64::new(0),
+            bytes: AtomicU64::new(bytes),
             closed: AtomicBool::new(false),
             stop: (Mutex::new(false), Condvar::new()),
             memory_quota: cfg.memory_quota_bytes,
+            disk_quota: cfg.disk_quota_bytes,
             watch_buffer: cfg.watch_buffer_events,
             clock: cfg.clock.clone(),
+            pump: Mutex::new(log.is_some().then_some(pump_tx)),
+            log,
         });
         let mut threads = Vec::new();
         let hub = inner.hub.clone();
@@ -205,6 +278,14 @@ impl Engine {
                 .name("store-watch".into())
                 .spawn(move || hub.run_fanout())?,
         );
+        if inner.log.is_some() {
+            let weak = Arc::downgrade(&inner);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("store-commit".into())
+                    .spawn(move || pump_loop(&weak, &pump_rx))?,
+            );
+        }
         let weak = Arc::downgrade(&inner);
         let every = cfg.lease_check_interval.max(Duration::from_millis(1));
         threads.push(
@@ -228,9 +309,15 @@ impl Engine {
             cv.notify_all();
         }
         self.inner.hub.stop();
+        // Writes already sequenced finish (the pump drains its queue, then sees the channel
+        // closed).
+        drop(self.inner.pump.lock().take());
         let threads = std::mem::take(&mut *self.threads.lock());
         for t in threads {
             let _ = t.join();
+        }
+        if let Some(log) = &self.inner.log {
+            log.close();
         }
         self.inner
             .hub
@@ -560,8 +647,9 @@ impl Inner {
         Ok(responses)
     }
 
-    /// Runs a transaction under the sequencer and makes it visible.
-    fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+    /// Runs a transaction under the sequencer. The response is final once the returned ack
+    /// (if any) resolves `Ok`: the write (or, for a read, the state it saw) is durable.
+    fn txn(&self, txn: Txn) -> Result<(TxnResponse, Option<Ack>), StoreError> {
         self.check_open()?;
         validate_ops(&txn.success)?;
         validate_ops(&txn.failure)?;
@@ -573,11 +661,12 @@ impl Inner {
         if !writes {
             let mut changes = Vec::new();
             let responses = self.apply_ops(ops, current, &mut changes)?;
-            return Ok(TxnResponse {
+            let resp = TxnResponse {
                 succeeded,
                 revision: Revision(current),
                 responses,
-            });
+            };
+            return Ok((resp, self.barrier(&seq)));
         }
         let now = self.clock.now();
         let mut grow = 0u64;
@@ -597,17 +686,10 @@ impl Inner {
                 }
             }
         }
-        if grow > 0
-            && let Some(q) = self.memory_quota
-        {
-            let held = self.bytes.load(Ordering::Acquire);
-            if held + grow > q {
-                return Err(StoreError::QuotaExceeded(format!(
-                    "memory quota of {q} bytes: {held} held, {grow} more requested"
-                )));
-            }
+        if grow > 0 {
+            self.check_quota(grow)?;
         }
-        let rev = current + 1;
+        let rev = seq.issued.max(current) + 1;
         let mut changes = Vec::new();
         let responses = match self.apply_ops(ops, rev, &mut changes) {
             Ok(r) => r,
@@ -617,38 +699,155 @@ impl Inner {
             }
         };
         if changes.is_empty() {
-            return Ok(TxnResponse {
+            let resp = TxnResponse {
                 succeeded,
                 revision: Revision(current),
                 responses,
-            });
+            };
+            return Ok((resp, self.barrier(&seq)));
         }
         seq.applied = rev;
-        self.commit(rev, changes);
-        Ok(TxnResponse {
-            succeeded,
-            revision: Revision(rev),
-            responses,
-        })
+        seq.issued = rev;
+        let ack = self.commit(rev, current, changes, Vec::new(), Undo::Changes);
+        Ok((
+            TxnResponse {
+                succeeded,
+                revision: Revision(rev),
+                responses,
+            },
+            ack,
+        ))
     }
 
-    /// Bookkeeping after a revision applied: lease attachments, visibility, watch events.
-    fn commit(&self, rev: u64, mut changes: Vec<Change>) {
-        {
-            let mut leases = self.leases.lock();
-            for c in &changes {
-                let old = c.prev.as_ref().and_then(Envelope::lease);
-                let new = c.new.as_ref().and_then(Envelope::lease);
-                if old != new
-                    && let Some(o) = old
-                {
-                    leases.detach(o, &c.key);
-                }
-                if let Some(n) = new {
-                    leases.attach(n, &c.key);
-                }
+    fn check_quota(&self, grow: u64) -> Result<(), StoreError> {
+        if let Some(q) = self.memory_quota {
+            let held = self.bytes.load(Ordering::Acquire);
+            if held + grow > q {
+                return Err(StoreError::QuotaExceeded(format!(
+                    "memory quota of {q} bytes: {held} held, {grow} more requested"
+                )));
             }
         }
+        if let (Some(q), Some(log)) = (self.disk_quota, &self.log) {
+            let used = log.disk_bytes();
+            if used + grow > q {
+                return Err(StoreError::QuotaExceeded(format!(
+                    "disk quota of {q} bytes: {used} used, {grow} more requested"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// With a log: an ack that resolves once everything applied so far is durable (for
+    /// responses that reflect applied state without writing).
+    fn barrier(&self, seq: &Seq) -> Option<Ack> {
+        if self.log.is_none() || seq.applied <= self.visible() {
+            return None;
+        }
+        self.enqueue(0, Vec::new(), Undo::None)
+    }
+
+    /// Hands a pending write to the pump. `None` only without a log.
+    fn enqueue(&self, rev: u64, appends: Vec<AppendFuture>, undo: Undo) -> Option<Ack> {
+        self.log.as_ref()?;
+        let (done, ack) = futures::channel::oneshot::channel();
+        let pending = Pending {
+            rev,
+            appends,
+            undo,
+            done,
+        };
+        match &*self.pump.lock() {
+            Some(tx) => {
+                if let Err(mpsc::SendError(p)) = tx.send(pending) {
+                    let _ = p
+                        .done
+                        .send(Err(StoreError::Unavailable("store closed".into())));
+                }
+            }
+            None => {
+                let _ = pending
+                    .done
+                    .send(Err(StoreError::Unavailable("store closed".into())));
+            }
+        }
+        Some(ack)
+    }
+
+    /// After a revision applied (sequencer held): lease attachments, then either
+    /// visibility and watch events right away (no log) or the log appends, with visibility
+    /// left to the pump. `extra` records go to shard 0 after the revision's parts.
+    fn commit(
+        &self,
+        rev: u64,
+        prev: u64,
+        changes: Vec<Change>,
+        extra: Vec<Record>,
+        undo: impl FnOnce(Vec<Change>) -> Undo,
+    ) -> Option<Ack> {
+        self.attach_leases(&changes);
+        let Some(log) = &self.log else {
+            self.publish(rev, changes);
+            return None;
+        };
+        let mut by_shard: std::collections::BTreeMap<usize, Vec<Entry>> = Default::default();
+        for c in &changes {
+            let e = match &c.new {
+                Some(env) => Entry::Put(env.clone()),
+                None => Entry::Delete(c.key.clone()),
+            };
+            by_shard.entry(c.shard).or_default().push(e);
+        }
+        let parts = u16::try_from(by_shard.len()).unwrap_or(u16::MAX);
+        let mut appends = Vec::with_capacity(by_shard.len() + extra.len());
+        for (s, entries) in by_shard {
+            let payload = record::encode(&Record::Part {
+                rev,
+                prev,
+                parts,
+                entries,
+            });
+            appends.push(log.append(s, payload, rev));
+        }
+        for r in &extra {
+            appends.push(log.append(0, record::encode(r), rev));
+        }
+        self.enqueue(rev, appends, undo(changes))
+    }
+
+    fn attach_leases(&self, changes: &[Change]) {
+        let mut leases = self.leases.lock();
+        for c in changes {
+            let old = c.prev.as_ref().and_then(Envelope::lease);
+            let new = c.new.as_ref().and_then(Envelope::lease);
+            if old != new
+                && let Some(o) = old
+            {
+                leases.detach(o, &c.key);
+            }
+            if let Some(n) = new {
+                leases.attach(n, &c.key);
+            }
+        }
+    }
+
+    fn detach_leases(&self, changes: &[Change]) {
+        let mut leases = self.leases.lock();
+        for c in changes.iter().rev() {
+            let old = c.prev.as_ref().and_then(Envelope::lease);
+            let new = c.new.as_ref().and_then(Envelope::lease);
+            if let Some(n) = new {
+                leases.detach(n, &c.key);
+            }
+            if let Some(o) = old {
+                leases.attach(o, &c.key);
+            }
+        }
+    }
+
+    /// Makes `rev` visible and hands its events to watchers (in revision order).
+    fn publish(&self, rev: u64, mut changes: Vec<Change>) {
         changes.sort_by(|a, b| a.key.cmp(&b.key));
         let events = changes
             .into_iter()
@@ -665,7 +864,60 @@ impl Inner {
         self.hub.append(RevBatch { rev, events });
     }
 
-    fn lease_grant(&self, ttl: i64, id: Option<LeaseId>) -> Result<LeaseGrant, StoreError> {
+    /// The pump: a pending write's appends are durable.
+    fn durable(&self, p: Pending) {
+        match p.undo {
+            Undo::Changes(changes) | Undo::Revoke(_, _, changes) if p.rev > 0 => {
+                self.publish(p.rev, changes);
+            }
+            _ => {}
+        }
+        let _ = p.done.send(Ok(()));
+    }
+
+    /// The pump: a pending write's append failed. It and every write sequenced after it
+    /// are rolled back and fail; the store stays readable and takes new writes (which
+    /// follow the last durable revision in the log's chain).
+    fn failed(&self, first: Pending, err: StoreError, rx: &mpsc::Receiver<Pending>) {
+        let mut seq = self.seq.lock();
+        let mut items = vec![first];
+        while let Ok(p) = rx.try_recv() {
+            items.push(p);
+        }
+        for p in items.iter_mut().rev() {
+            match std::mem::replace(&mut p.undo, Undo::None) {
+                Undo::None => {}
+                Undo::Changes(changes) => {
+                    self.rollback(p.rev, &changes);
+                    self.detach_leases(&changes);
+                }
+                Undo::Grant(id) => {
+                    self.leases.lock().leases.remove(&id);
+                }
+                Undo::Revoke(id, lease, changes) => {
+                    self.rollback(p.rev, &changes);
+                    self.leases.lock().leases.insert(id, lease);
+                    self.detach_leases(&changes);
+                }
+            }
+        }
+        seq.applied = self.visible();
+        drop(seq);
+        tracing::warn!(error = %err, failed = items.len(), "log append failed; writes rolled back");
+        let mut err = Some(err);
+        for p in items {
+            let e = err.take().unwrap_or_else(|| {
+                StoreError::Unavailable("an earlier write failed to become durable".into())
+            });
+            let _ = p.done.send(Err(e));
+        }
+    }
+
+    fn lease_grant(
+        &self,
+        ttl: i64,
+        id: Option<LeaseId>,
+    ) -> Result<(LeaseGrant, Option<Ack>), StoreError> {
         self.check_open()?;
         if ttl > MAX_TTL_SECONDS {
             return Err(StoreError::InvalidRequest(format!(
@@ -673,77 +925,102 @@ impl Inner {
             )));
         }
         let ttl = ttl.max(MIN_TTL_SECONDS);
-        let _seq = self.seq.lock();
-        let mut leases = self.leases.lock();
-        let now = self.clock.now();
-        let id = match id {
-            Some(LeaseId(i)) if i < 0 => {
-                return Err(StoreError::InvalidRequest(format!("negative lease id {i}")));
-            }
-            Some(LeaseId(i)) if i > 0 => {
-                if leases.leases.contains_key(&i) {
-                    return Err(StoreError::LeaseExists(i));
+        let seq = self.seq.lock();
+        let id = {
+            let mut leases = self.leases.lock();
+            let now = self.clock.now();
+            let id = match id {
+                Some(LeaseId(i)) if i < 0 => {
+                    return Err(StoreError::InvalidRequest(format!("negative lease id {i}")));
                 }
-                i
-            }
-            _ => {
-                let seed = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_secs());
-                leases.fresh_id(seed)
-            }
+                Some(LeaseId(i)) if i > 0 => {
+                    if leases.leases.contains_key(&i) {
+                        return Err(StoreError::LeaseExists(i));
+                    }
+                    i
+                }
+                _ => {
+                    let seed = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |d| d.as_secs());
+                    leases.fresh_id(seed)
+                }
+            };
+            leases.grant(id, ttl, now);
+            id
         };
-        leases.grant(id, ttl, now);
-        Ok(LeaseGrant {
-            id: LeaseId(id),
-            ttl_seconds: ttl,
-        })
+        let ack = self.log.as_ref().and_then(|log| {
+            let f = log.append(
+                0,
+                record::encode(&Record::LeaseGrant { id, ttl }),
+                seq.issued.max(seq.applied),
+            );
+            self.enqueue(0, vec![f], Undo::Grant(id))
+        });
+        Ok((
+            LeaseGrant {
+                id: LeaseId(id),
+                ttl_seconds: ttl,
+            },
+            ack,
+        ))
     }
 
     /// Revokes a lease (deleting its keys at one new revision). `only_if_expired` makes it a
     /// no-op for a lease that was renewed meanwhile (the expiry task's race).
-    fn lease_revoke(&self, id: LeaseId, only_if_expired: bool) -> Result<Revision, StoreError> {
+    fn lease_revoke(
+        &self,
+        id: LeaseId,
+        only_if_expired: bool,
+    ) -> Result<(Revision, Option<Ack>), StoreError> {
         self.check_open()?;
         let mut seq = self.seq.lock();
-        let keys = {
+        let lease = {
             let mut leases = self.leases.lock();
             let now = self.clock.now();
             match leases.leases.get(&id.0) {
                 None => return Err(StoreError::LeaseNotFound(id.0)),
                 Some(l) if only_if_expired && l.expiry > now => {
-                    return Ok(Revision(seq.applied));
+                    return Ok((Revision(seq.applied), None));
                 }
                 Some(_) => {}
             }
-            leases
-                .leases
-                .remove(&id.0)
-                .map(|l| l.keys)
-                .unwrap_or_default()
+            match leases.leases.remove(&id.0) {
+                Some(l) => l,
+                None => return Err(StoreError::LeaseNotFound(id.0)),
+            }
         };
-        let ops: Vec<TxnOp> = keys
-            .into_iter()
+        let ops: Vec<TxnOp> = lease
+            .keys
+            .iter()
             .map(|key| TxnOp::Delete {
-                key,
+                key: key.clone(),
                 range_end: crate::RangeEnd::Single,
                 prev_kv: false,
             })
             .collect();
-        if ops.is_empty() {
-            return Ok(Revision(seq.applied));
-        }
-        let rev = seq.applied + 1;
+        let current = seq.applied;
+        let rev = seq.issued.max(current) + 1;
         let mut changes = Vec::new();
         if let Err(e) = self.apply_ops(ops, rev, &mut changes) {
             self.rollback(rev, &changes);
+            self.leases.lock().leases.insert(id.0, lease);
             return Err(e);
         }
+        let revoke = Record::LeaseRevoke { id: id.0 };
         if changes.is_empty() {
-            return Ok(Revision(seq.applied));
+            let ack = self.log.as_ref().and_then(|log| {
+                let f = log.append(0, record::encode(&revoke), seq.issued.max(current));
+                self.enqueue(0, vec![f], Undo::Revoke(id.0, lease, Vec::new()))
+            });
+            return Ok((Revision(current), ack));
         }
         seq.applied = rev;
-        self.commit(rev, changes);
-        Ok(Revision(rev))
+        seq.issued = rev;
+        let ack = self.commit(rev, current, changes, vec![revoke], move |c| {
+            Undo::Revoke(id.0, lease, c)
+        });
+        Ok((Revision(rev), ack))
     }
 
     fn expire_leases(&self) -> Result<usize, StoreError> {
@@ -752,11 +1029,37 @@ impl Inner {
         }
         let expired = self.leases.lock().expired(self.clock.now());
         let mut n = 0;
+        let mut acks = Vec::new();
         for id in expired {
             match self.lease_revoke(id, true) {
-                Ok(_) => n += 1,
+                Ok((_, ack)) => {
+                    n += 1;
+                    acks.extend(ack);
+                }
                 Err(StoreError::LeaseNotFound(_)) => {}
                 Err(e) => return Err(e),
+            }
+        }
+        // Wait (bounded, without an executor: callers may be inside one) until the
+        // revocations are durable, so the caller observes them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for mut ack in acks {
+            loop {
+                match ack.try_recv() {
+                    Ok(Some(r)) => {
+                        r?;
+                        break;
+                    }
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Ok(None) => {
+                        return Err(StoreError::Unavailable(
+                            "lease revocation not durable within 10s".into(),
+                        ));
+                    }
+                    Err(_) => return Err(StoreError::Unavailable("store closed".into())),
+                }
             }
         }
         Ok(n)
@@ -803,9 +1106,9 @@ impl Inner {
         }
     }
 
-    fn compact(&self, rev: Revision) -> Result<(), StoreError> {
+    fn compact(&self, rev: Revision) -> Result<Option<Ack>, StoreError> {
         self.check_open()?;
-        let _seq = self.seq.lock();
+        let seq = self.seq.lock();
         let visible = self.visible();
         if rev.0 > visible {
             return Err(StoreError::FutureRevision {
@@ -827,14 +1130,23 @@ impl Inner {
             let freed = s.write().compact(rev.0);
             self.bytes.fetch_sub(freed, Ordering::AcqRel);
         }
-        Ok(())
+        // Compaction is not undone if its record fails: the history is gone from memory
+        // either way, and a restart without the record merely keeps more history.
+        Ok(self.log.as_ref().and_then(|log| {
+            let f = log.append(
+                0,
+                record::encode(&Record::Compact { rev: rev.0 }),
+                seq.issued.max(seq.applied),
+            );
+            self.enqueue(0, vec![f], Undo::None)
+        }))
     }
 
     fn status(&self) -> StoreStatus {
         StoreStatus {
             revision: Revision(self.visible()),
             compact_revision: Revision(self.compacted.load(Ordering::Acquire)),
-            db_size_bytes: 0,
+            db_size_bytes: self.log.as_ref().map_or(0, |l| l.disk_bytes()),
             db_size_in_use_bytes: self.bytes.load(Ordering::Acquire),
             version: concat!("kubeshard-engine ", env!("CARGO_PKG_VERSION")).into(),
         }
@@ -966,6 +1278,161 @@ impl Inner {
     }
 }
 
+/// Waits for a pending write's acknowledgement.
+async fn wait(ack: Option<Ack>) -> Result<(), StoreError> {
+    match ack {
+        None => Ok(()),
+        Some(rx) => rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "store closed before the write became durable".into(),
+            ))
+        }),
+    }
+}
+
+fn pump_loop(inner: &std::sync::Weak<Inner>, rx: &mpsc::Receiver<Pending>) {
+    while let Ok(mut p) = rx.recv() {
+        let appends = std::mem::take(&mut p.appends);
+        let result = futures::executor::block_on(futures::future::join_all(appends))
+            .into_iter()
+            .find_map(Result::err);
+        let Some(i) = inner.upgrade() else {
+            let _ = p
+                .done
+                .send(Err(StoreError::Unavailable("store closed".into())));
+            continue;
+        };
+        match result {
+            None => i.durable(p),
+            Some(e) => i.failed(p, e, rx),
+        }
+    }
+}
+
+/// What recovery found.
+struct Recovered {
+    /// The last revision of the chain (the recovered store's revision).
+    head: u64,
+    /// The highest revision number in the log.
+    issued: u64,
+    compacted: u64,
+}
+
+/// Rebuilds shards and leases from the log's records (see `record` for the chain rule).
+fn recover(
+    records: Vec<Vec<(u64, Bytes)>>,
+    shards: &mut [Shard],
+    leases: &mut LeaseTable,
+    now: Duration,
+) -> Result<Recovered, StoreError> {
+    struct Rev {
+        prev: u64,
+        parts: u16,
+        got: u16,
+        entries: Vec<Entry>,
+    }
+    let mut revs: std::collections::HashMap<u64, Rev> = Default::default();
+    let mut issued = 0u64;
+    let mut compacts = Vec::new();
+    for shard_records in records {
+        for (wal_rev, payload) in shard_records {
+            issued = issued.max(wal_rev);
+            match record::decode(payload)? {
+                Record::Part {
+                    rev,
+                    prev,
+                    parts,
+                    entries,
+                } => {
+                    issued = issued.max(rev);
+                    let r = revs.entry(rev).or_insert(Rev {
+                        prev,
+                        parts,
+                        got: 0,
+                        entries: Vec::new(),
+                    });
+                    if r.prev != prev || r.parts != parts {
+                        return Err(StoreError::Corrupt(format!(
+                            "revision {rev}: parts disagree on their chain position"
+                        )));
+                    }
+                    r.got += 1;
+                    r.entries.extend(entries);
+                }
+                Record::LeaseGrant { id, ttl } => leases.grant(id, ttl, now),
+                Record::LeaseRevoke { id } => {
+                    leases.leases.remove(&id);
+                }
+                Record::Compact { rev } => compacts.push(rev),
+            }
+        }
+    }
+    let mut next: std::collections::HashMap<u64, u64> = Default::default();
+    for (rev, r) in &revs {
+        if r.got == r.parts {
+            let e = next.entry(r.prev).or_insert(*rev);
+            *e = (*e).max(*rev);
+        }
+    }
+    let n = shards.len();
+    let mut head = 0u64;
+    while let Some(rev) = next.get(&head).copied() {
+        let Some(r) = revs.remove(&rev) else { break };
+        for e in r.entries {
+            let (key, value) = match e {
+                Entry::Put(env) => (env.key(), Some(env)),
+                Entry::Delete(k) => (k, None),
+            };
+            let s = &mut shards[shard_of(&key, n)];
+            if value.is_none() && s.get(&key, rev).is_none() {
+                return Err(StoreError::Corrupt(format!(
+                    "revision {rev} deletes a key that does not exist"
+                )));
+            }
+            if !s.push(key, rev, value) {
+                return Err(StoreError::Corrupt(format!(
+                    "revision {rev} writes a key twice"
+                )));
+            }
+        }
+        head = rev;
+    }
+    // Attach keys to their leases; keys whose lease is gone get an expired stand-in, so the
+    // expiry task deletes them (their lease was revoked or its grant lost).
+    for s in shards.iter() {
+        for (key, h) in &s.keys {
+            let Some(l) = h
+                .last()
+                .and_then(|v| v.value.as_ref())
+                .and_then(Envelope::lease)
+            else {
+                continue;
+            };
+            let lease = leases.leases.entry(l.0).or_insert_with(|| Lease {
+                ttl: 1,
+                expiry: now,
+                keys: Default::default(),
+            });
+            lease.keys.insert(key.clone());
+        }
+    }
+    let compacted = compacts
+        .into_iter()
+        .filter(|c| *c <= head)
+        .max()
+        .unwrap_or(0);
+    if compacted > 0 {
+        for s in shards.iter_mut() {
+            s.compact(compacted);
+        }
+    }
+    Ok(Recovered {
+        head,
+        issued,
+        compacted,
+    })
+}
+
 fn duplicate(key: &[u8]) -> StoreError {
     StoreError::InvalidRequest(format!(
         "duplicate key given in txn request: {}",
@@ -980,7 +1447,9 @@ impl Backend for Engine {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
-        self.inner.txn(txn)
+        let (resp, ack) = self.inner.txn(txn)?;
+        wait(ack).await?;
+        Ok(resp)
     }
 
     async fn watch(&self, req: WatchRequest) -> Result<WatchStream, StoreError> {
@@ -992,11 +1461,15 @@ impl Backend for Engine {
         ttl_seconds: i64,
         id: Option<LeaseId>,
     ) -> Result<LeaseGrant, StoreError> {
-        self.inner.lease_grant(ttl_seconds, id)
+        let (grant, ack) = self.inner.lease_grant(ttl_seconds, id)?;
+        wait(ack).await?;
+        Ok(grant)
     }
 
     async fn lease_revoke(&self, id: LeaseId) -> Result<Revision, StoreError> {
-        self.inner.lease_revoke(id, false)
+        let (rev, ack) = self.inner.lease_revoke(id, false)?;
+        wait(ack).await?;
+        Ok(rev)
     }
 
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, StoreError> {
@@ -1012,7 +1485,8 @@ impl Backend for Engine {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.inner.compact(revision)
+        let ack = self.inner.compact(revision)?;
+        wait(ack).await
     }
 
     async fn status(&self) -> Result<StoreStatus, StoreError> {

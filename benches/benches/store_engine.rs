@@ -1,0 +1,152 @@
+//! In-process benches of the embedded store engine (`store::Engine`): put throughput, get,
+//! a range of 10,000 keys, and watch fan-out of one event to 1,000 and 10,000 watchers.
+//!
+//! Run: `cargo bench -p kubeshard-benches --bench store_engine`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::executor::block_on;
+use store::{
+    Backend, Engine, EngineConfig, ObjectValue, RangeEnd, RangeRequest, Txn, TxnOp, WatchEvent,
+    WatchFilter, WatchRequest,
+};
+
+fn engine() -> Arc<Engine> {
+    let mut cfg = EngineConfig::in_memory();
+    cfg.shards = 2;
+    cfg.watch_buffer_events = 100_000;
+    Engine::open(cfg).expect("open engine")
+}
+
+fn put(key: Bytes, value: Bytes) -> Txn {
+    Txn {
+        success: vec![TxnOp::Put {
+            key,
+            value: ObjectValue::opaque(value),
+            lease: None,
+            prev_kv: false,
+        }],
+        ..Txn::default()
+    }
+}
+
+fn bench_put(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store_engine/put");
+    for size in [256usize, 4096] {
+        let e = engine();
+        let value = Bytes::from(vec![b'x'; size]);
+        let mut i = 0u64;
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::from_parameter(size), |b| {
+            b.iter(|| {
+                i += 1;
+                // 10,000 distinct keys, overwritten in turn (history compacted below).
+                let key = Bytes::from(format!("/registry/pods/ns/p{}", i % 10_000));
+                block_on(e.txn(put(key, value.clone()))).expect("put");
+                if i.is_multiple_of(50_000) {
+                    let rev = e.revision();
+                    block_on(e.compact(rev)).expect("compact");
+                }
+            });
+        });
+        e.close();
+    }
+    g.finish();
+}
+
+fn fill(e: &Engine, n: usize, size: usize) {
+    let value = Bytes::from(vec![b'y'; size]);
+    for i in 0..n {
+        let key = Bytes::from(format!("/registry/pods/ns/p{i:06}"));
+        block_on(e.txn(put(key, value.clone()))).expect("fill");
+    }
+}
+
+fn bench_get(c: &mut Criterion) {
+    let e = engine();
+    fill(&e, 10_000, 1024);
+    let mut g = c.benchmark_group("store_engine/get");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    g.bench_function("1KiB", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 10_000;
+            let key = Bytes::from(format!("/registry/pods/ns/p{i:06}"));
+            let kv = block_on(e.get(key)).expect("get");
+            assert!(kv.is_some());
+        });
+    });
+    g.finish();
+    let mut g = c.benchmark_group("store_engine/range");
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("10000x1KiB", |b| {
+        b.iter(|| {
+            let r = block_on(e.range(RangeRequest::prefix(Bytes::from_static(b"/registry/pods/"))))
+                .expect("range");
+            assert_eq!(r.kvs.len(), 10_000);
+        });
+    });
+    g.finish();
+    e.close();
+}
+
+fn bench_watch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store_engine/watch_fanout");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(10));
+    for n in [1_000usize, 10_000] {
+        let e = engine();
+        let mut streams: Vec<_> = (0..n)
+            .map(|_| {
+                block_on(e.watch(WatchRequest {
+                    key: Bytes::from_static(b"/registry/pods/"),
+                    range_end: RangeEnd::Prefix,
+                    start_revision: None,
+                    filter: WatchFilter::default(),
+                    prev_kv: false,
+                    progress_notify: false,
+                }))
+                .expect("watch")
+            })
+            .collect();
+        let value = Bytes::from(vec![b'z'; 1024]);
+        let mut i = 0u64;
+        g.throughput(Throughput::Elements(n as u64));
+        // One put, then every watcher receives it: put-to-delivery of one event to all.
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                i += 1;
+                let key = Bytes::from(format!("/registry/pods/ns/w{}", i % 1000));
+                let rev = block_on(e.txn(put(key, value.clone())))
+                    .expect("put")
+                    .revision;
+                for s in &mut streams {
+                    loop {
+                        match s.next().now_or_never() {
+                            Some(Some(Ok(evs))) => {
+                                if evs.iter().any(|ev| {
+                                    !matches!(ev, WatchEvent::Progress(_)) && ev.revision() >= rev
+                                }) {
+                                    break;
+                                }
+                            }
+                            Some(other) => panic!("watch ended: {other:?}"),
+                            None => std::thread::yield_now(),
+                        }
+                    }
+                }
+            });
+        });
+        drop(streams);
+        e.close();
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_put, bench_get, bench_watch);
+criterion_main!(benches);
