@@ -19,6 +19,28 @@ pub struct IndexedObject {
     pub fields: Vec<(String, String)>,
 }
 
+impl IndexedObject {
+    /// The store value for `raw` (the serialized object) with this metadata.
+    pub fn into_object_value(
+        self,
+        raw: bytes::Bytes,
+        content_type: store::ContentType,
+        rv_slot: Option<u32>,
+    ) -> store::ObjectValue {
+        store::ObjectValue {
+            uid: self.uid,
+            kind: self.kind,
+            namespace: self.namespace,
+            name: self.name,
+            labels: self.labels,
+            fields: self.fields,
+            content_type,
+            raw,
+            rv_slot,
+        }
+    }
+}
+
 /// Extracts labels and the field-selector values of `obj`, a resource of `def`.
 pub fn extract_index(def: &ResourceDef, obj: &Value) -> IndexedObject {
     let meta = obj.get("metadata");

@@ -13,11 +13,16 @@
 //! - [`Registry::apply_crd`]`(&crd_json)` / [`Registry::remove_crd`]`(name)` -> the dynamic part.
 //! - [`Registry::group_versions`] -> served groups with versions, preferred first.
 //! - [`extract_index`]`(def, &object)` -> labels and indexed field values for
-//!   `store::ObjectValue`.
+//!   `store::ObjectValue` ([`IndexedObject::into_object_value`]).
+//! - [`parse_field_selector`]`(def, "spec.nodeName=n1")` -> `store::Requirement`s (400 on
+//!   unsupported fields), [`matches_fields`] to filter lists.
+//! - [`scale_of`] / [`apply_scale`] -> the `scale` subresource (`autoscaling/v1 Scale`).
 
 mod builtin;
 mod crd;
+mod fields;
 mod index;
+mod scale;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +31,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use crd::{CrdError, version_priority};
+pub use fields::{FieldSelectorError, matches_fields, parse_field_selector};
 pub use index::{IndexedObject, extract_index, field_value};
+pub use scale::{ScaleError, apply_scale, scale_of};
 
 /// A group, version and kind (`group` is `""` for the core group).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

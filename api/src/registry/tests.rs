@@ -537,3 +537,158 @@ fn group_versions_core_first() {
         Some("/registry/core/pods/".into())
     );
 }
+
+#[test]
+fn field_selector_parsing_and_matching() {
+    let r = Registry::builtin();
+    let Some(pods) = r.lookup("", "v1", "pods").cloned() else {
+        panic!("pods")
+    };
+    use store::Requirement::*;
+    let ok: &[(&str, Vec<store::Requirement>)] = &[
+        ("", vec![]),
+        (
+            "spec.nodeName=n1",
+            vec![Equals("spec.nodeName".into(), "n1".into())],
+        ),
+        (
+            "status.phase!=Running,metadata.name==a",
+            vec![
+                NotEquals("status.phase".into(), "Running".into()),
+                Equals("metadata.name".into(), "a".into()),
+            ],
+        ),
+        (
+            "metadata.name=a\\,b",
+            vec![Equals("metadata.name".into(), "a,b".into())],
+        ),
+        (
+            "spec.nodeName=",
+            vec![Equals("spec.nodeName".into(), "".into())],
+        ),
+    ];
+    for (sel, want) in ok {
+        assert_eq!(parse_field_selector(&pods, sel).as_ref(), Ok(want), "{sel}");
+    }
+    assert_eq!(
+        parse_field_selector(&pods, "spec.foo=x"),
+        Err(FieldSelectorError::Unsupported("spec.foo".into()))
+    );
+    assert_eq!(
+        parse_field_selector(&pods, "spec.foo=x")
+            .err()
+            .map(|e| e.to_string())
+            .as_deref(),
+        Some("field label not supported: spec.foo")
+    );
+    assert!(matches!(
+        parse_field_selector(&pods, "nonsense"),
+        Err(FieldSelectorError::Syntax { .. })
+    ));
+    let pod = json!({"metadata": {"name": "a", "namespace": "d"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}});
+    let reqs =
+        parse_field_selector(&pods, "spec.nodeName=n1,status.phase!=Running").unwrap_or_default();
+    assert!(matches_fields(&pods, &pod, &reqs));
+    let reqs = parse_field_selector(&pods, "spec.nodeName=n2").unwrap_or_default();
+    assert!(!matches_fields(&pods, &pod, &reqs));
+    let unscheduled = parse_field_selector(&pods, "spec.nodeName=").unwrap_or_default();
+    assert!(matches_fields(
+        &pods,
+        &json!({"metadata": {"name": "b"}}),
+        &unscheduled
+    ));
+}
+
+#[test]
+fn scale_subresource() {
+    let r = Registry::builtin();
+    let Some(dep) = r.lookup("apps", "v1", "deployments").cloned() else {
+        panic!("deployments")
+    };
+    let mut d = json!({"metadata": {"name": "web", "namespace": "default", "uid": "u", "resourceVersion": "5", "labels": {"x": "y"}},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}}, "status": {"replicas": 2}});
+    assert_eq!(
+        scale_of(&dep, &d),
+        Ok(json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": "web", "namespace": "default", "uid": "u", "resourceVersion": "5"},
+        "spec": {"replicas": 3}, "status": {"replicas": 2, "selector": "app=web"}}))
+    );
+    assert_eq!(
+        apply_scale(&dep, &mut d, &json!({"spec": {"replicas": 5}})),
+        Ok(())
+    );
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(
+        apply_scale(&dep, &mut d, &json!({"spec": {"replicas": -1}})),
+        Err(ScaleError::BadReplicas(-1))
+    );
+    let Some(rc) = r.lookup("", "v1", "replicationcontrollers").cloned() else {
+        panic!("rc")
+    };
+    let s = scale_of(
+        &rc,
+        &json!({"metadata": {"name": "r"}, "spec": {"selector": {"b": "2", "a": "1"}}}),
+    )
+    .unwrap_or_default();
+    assert_eq!(s["status"]["selector"], "a=1,b=2");
+    assert_eq!(s["spec"]["replicas"], 1);
+    let Some(ds) = r.lookup("apps", "v1", "daemonsets").cloned() else {
+        panic!("ds")
+    };
+    assert_eq!(scale_of(&ds, &json!({})), Err(ScaleError::NoScale));
+
+    let mut reg = Registry::builtin();
+    let crd = json!({"metadata": {"name": "widgets.example.com"}, "spec": {"group": "example.com", "scope": "Namespaced",
+        "names": {"plural": "widgets", "kind": "Widget"},
+        "versions": [{"name": "v1", "served": true, "storage": true,
+            "subresources": {"scale": {"specReplicasPath": ".spec.size", "statusReplicasPath": ".status.size", "labelSelectorPath": ".status.sel"}}}]}});
+    assert!(reg.apply_crd(&crd).is_ok());
+    let Some(w) = reg.lookup("example.com", "v1", "widgets").cloned() else {
+        panic!("widgets")
+    };
+    let mut obj = json!({"metadata": {"name": "w"}, "status": {"size": 1, "sel": "app=w"}});
+    let s = scale_of(&w, &obj).unwrap_or_default();
+    assert_eq!(
+        (
+            s["spec"]["replicas"].clone(),
+            s["status"]["replicas"].clone(),
+            s["status"]["selector"].clone()
+        ),
+        (json!(0), json!(1), json!("app=w"))
+    );
+    assert_eq!(
+        apply_scale(&w, &mut obj, &json!({"spec": {"replicas": 4}})),
+        Ok(())
+    );
+    assert_eq!(obj["spec"]["size"], 4);
+}
+
+#[test]
+fn index_into_store_value() {
+    let r = Registry::builtin();
+    let Some(pods) = r.lookup("", "v1", "pods").cloned() else {
+        panic!("pods")
+    };
+    let idx = extract_index(
+        &pods,
+        &json!({"metadata": {"name": "p", "namespace": "n", "uid": "u"}, "spec": {"nodeName": "x"}}),
+    );
+    let v = idx.into_object_value(
+        bytes::Bytes::from_static(b"{}"),
+        store::ContentType::Json,
+        None,
+    );
+    assert_eq!(
+        (
+            v.name.as_str(),
+            v.namespace.as_str(),
+            v.kind.as_str(),
+            v.uid.as_str()
+        ),
+        ("p", "n", "Pod", "u")
+    );
+    assert!(
+        v.fields
+            .contains(&("spec.nodeName".to_owned(), "x".to_owned()))
+    );
+}

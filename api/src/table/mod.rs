@@ -12,7 +12,7 @@
 //! Server-side tables carry every column (the `priority: 1` ones are kubectl's `-o wide`).
 
 mod jsonpath;
-mod printers;
+pub(crate) mod printers;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};

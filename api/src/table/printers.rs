@@ -655,7 +655,7 @@ fn map_len(o: &Value, ptr: &str) -> usize {
 }
 
 /// `labels.FormatLabels`: `k=v,...` sorted by key, `<none>` if empty.
-fn format_labels(m: Option<&Value>) -> String {
+pub(crate) fn format_labels(m: Option<&Value>) -> String {
     let mut pairs: Vec<String> = m
         .and_then(Value::as_object)
         .map(|m| {
@@ -673,7 +673,7 @@ fn format_labels(m: Option<&Value>) -> String {
 }
 
 /// A LabelSelector as `labels.Selector.String()` renders it (requirements sorted by key).
-fn selector_string(sel: Option<&Value>) -> String {
+pub(crate) fn selector_string(sel: Option<&Value>) -> String {
     let Some(sel) = sel else { return String::new() };
     let mut reqs: Vec<(String, String)> = Vec::new();
     if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
