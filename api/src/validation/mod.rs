@@ -161,6 +161,13 @@ fn check_with(
             detail: strict::type_error_text(path, expected, found, comp),
         });
     }
+    if !is_crd && let Some(detail) = out.bad_bytes {
+        return Err(DecodeError::Type {
+            kind: def.kind.clone(),
+            version: def.version.clone(),
+            detail,
+        });
+    }
     let mut problems: Vec<String> = out
         .unknown
         .iter()

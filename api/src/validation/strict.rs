@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use base64::Engine as _;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -128,6 +129,8 @@ pub(super) struct Walk {
     pub unknown: Vec<String>,
     /// Type mismatches: (path, expected Go-ish type, JSON kind found, enclosing component).
     pub type_errors: Vec<(String, String, &'static str, String)>,
+    /// The first invalid base64 value of a `format: byte` field, as Go's decoder words it.
+    pub bad_bytes: Option<String>,
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -232,6 +235,21 @@ impl<'a> Walker<'a> {
         match ty {
             Some("string") if !string_ok => {
                 self.type_err(path, "string", v, comp_name);
+            }
+            Some("string") if format == "byte" => {
+                // []byte fields travel as base64; Go rejects anything else.
+                if let Some(text) = v.as_str()
+                    && let Err(e) = base64::engine::general_purpose::STANDARD.decode(text)
+                    && self.out.bad_bytes.is_none()
+                {
+                    self.out.bad_bytes = Some(match e {
+                        base64::DecodeError::InvalidByte(at, _)
+                        | base64::DecodeError::InvalidLastSymbol { offset: at, .. } => {
+                            format!("illegal base64 data at input byte {at}")
+                        }
+                        _ => format!("illegal base64 data at input byte {}", text.len()),
+                    });
+                }
             }
             Some("integer") if !(v.is_i64() || v.is_u64()) => {
                 let go = if format == "int64" { "int64" } else { "int32" };

@@ -615,3 +615,23 @@ fn qos_classes() {
         Some(json!("Guaranteed"))
     );
 }
+
+#[test]
+fn secret_data_must_be_base64() {
+    let d = def("", "secrets");
+    let e = decode(
+        &d,
+        r#"{"metadata":{"name":"s"},"data":{"a":"not base64!"}}"#,
+        FieldValidation::Strict,
+    )
+    .err();
+    assert_eq!(e.map(|e| e.to_string()), Some("Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input byte 3".to_owned()));
+    assert!(
+        decode(
+            &d,
+            r#"{"metadata":{"name":"s"},"data":{"a":"aGVsbG8="},"stringData":{"b":"plain text"}}"#,
+            FieldValidation::Strict
+        )
+        .is_ok()
+    );
+}
