@@ -8,6 +8,7 @@
 //! **Must not depend on:** `scheduler`, `controllers`, `node` or `proxy-dp`; those depend on
 //! this crate's client, never the other way round.
 
+pub mod apply;
 pub mod discovery;
 pub mod openapi;
 pub mod patch;
