@@ -14,5 +14,8 @@ pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
+pub mod status;
 pub mod table;
 pub mod validation;
+
+pub use status::{ApiError, FieldError, Reason, Status};
