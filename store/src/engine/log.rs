@@ -18,6 +18,9 @@ use parking_lot::Mutex;
 
 use crate::error::StoreError;
 
+/// Recovered records: per shard, `(revision, payload)` in append order.
+pub type Recovered = Vec<Vec<(u64, Bytes)>>;
+
 /// A future resolving once an appended record is durable.
 pub type AppendFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
@@ -34,7 +37,7 @@ pub trait LogStore: Send + Sync + fmt::Debug + 'static {
     fn append(&self, shard: usize, payload: Bytes, revision: u64) -> AppendFuture;
 
     /// The records recovered at open, per shard, in append order (handed out once).
-    fn take_recovered(&self) -> Result<Vec<Vec<(u64, Bytes)>>, StoreError>;
+    fn take_recovered(&self) -> Result<Recovered, StoreError>;
 
     /// Bytes the logs occupy (for status and the disk quota).
     fn disk_bytes(&self) -> u64;
@@ -103,7 +106,7 @@ impl LogStore for MemLog {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn take_recovered(&self) -> Result<Vec<Vec<(u64, Bytes)>>, StoreError> {
+    fn take_recovered(&self) -> Result<Recovered, StoreError> {
         Ok(self.shards.lock().clone())
     }
 

@@ -27,6 +27,7 @@ mod lease;
 pub mod log;
 mod mvcc;
 mod record;
+mod wal_log;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ pub struct EngineConfig {
     pub lease_check_interval: Duration,
     /// The clock leases run on.
     pub clock: Arc<dyn Clock>,
+    /// The file I/O the WAL goes through (the std one by default; a fault-injecting one in
+    /// tests).
+    pub storage: Arc<dyn crate::fileio::Storage>,
 }
 
 impl EngineConfig {
@@ -93,6 +97,7 @@ impl EngineConfig {
             progress_interval: Duration::from_secs(5),
             lease_check_interval: Duration::from_millis(250),
             clock: SystemClock::new(),
+            storage: Arc::new(crate::fileio::StdStorage),
         }
     }
 
@@ -195,20 +200,25 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens an engine: in memory if `cfg.data_dir` is `None`.
+    /// Opens an engine: in memory if `cfg.data_dir` is `None`, otherwise durable on the
+    /// per-shard WALs in `data_dir` (created if missing, recovered if present; an existing
+    /// directory keeps its shard count).
     ///
-    /// Errors: `InvalidRequest` for a bad config; `Io` if a background thread cannot start;
-    /// `Unavailable` for a `data_dir` (the WAL is not wired in yet: use
-    /// [`Engine::open_with_log`]).
+    /// Errors: `InvalidRequest` for a bad config; `Io` for file or thread failures;
+    /// `Corrupt` if the log is damaged beyond a torn tail.
     pub fn open(cfg: EngineConfig) -> Result<Arc<Self>, StoreError> {
-        if cfg.data_dir.is_some() {
-            return Err(StoreError::Unavailable(
-                "durable engine (data_dir) is not available yet; use EngineConfig::in_memory \
-                 or Engine::open_with_log"
-                    .into(),
-            ));
+        match &cfg.data_dir {
+            None => Self::start(cfg, None),
+            Some(dir) => {
+                let log = wal_log::WalLog::open(
+                    dir,
+                    cfg.shards.clamp(1, 4096),
+                    cfg.storage.clone(),
+                    cfg.disk_quota_bytes,
+                )?;
+                Self::open_with_log(cfg, Arc::new(log))
+            }
         }
-        Self::start(cfg, None)
     }
 
     /// Opens an engine on `log`, recovering its state from the log's records. The engine

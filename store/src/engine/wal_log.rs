@@ -1,0 +1,131 @@
+//! The production [`LogStore`]: one [`Wal`] per shard under `<data_dir>/wal/shard-NNN`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use super::log::{AppendFuture, LogStore, Recovered};
+use crate::backend::Revision;
+use crate::error::StoreError;
+use crate::fileio::Storage;
+use crate::wal::{Wal, WalOptions};
+
+/// Name of the file recording the data directory's shard count (placement depends on it).
+const META_FILE: &str = "engine.meta";
+
+/// Per-shard WALs of a data directory.
+#[derive(Debug)]
+pub(crate) struct WalLog {
+    wals: RwLock<Vec<Wal>>,
+    recovered: Mutex<Option<Recovered>>,
+}
+
+/// The shard count a data directory was created with, or `wanted` for a new one (recorded).
+fn shard_count(storage: &dyn Storage, dir: &Path, wanted: usize) -> Result<usize, StoreError> {
+    storage.create_dir_all(dir)?;
+    let path = dir.join(META_FILE);
+    match storage.read(&path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            text.trim()
+                .strip_prefix("shards=")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| (1..=4096).contains(n))
+                .ok_or_else(|| StoreError::Corrupt(format!("{}: unreadable", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join(format!("{META_FILE}.tmp"));
+            let _ = storage.remove(&tmp);
+            let mut f = storage.create(&tmp)?;
+            f.write_all_at(format!("shards={wanted}\n").as_bytes(), 0)?;
+            f.sync_all()?;
+            drop(f);
+            storage.rename(&tmp, &path)?;
+            storage.sync_dir(dir)?;
+            Ok(wanted)
+        }
+        Err(e) => Err(StoreError::Io(e)),
+    }
+}
+
+impl WalLog {
+    /// Opens (recovering) every shard's WAL in `data_dir`. A data directory keeps the shard
+    /// count it was created with, whatever `shards` says.
+    pub(crate) fn open(
+        data_dir: &Path,
+        shards: usize,
+        storage: Arc<dyn Storage>,
+        quota_bytes: Option<u64>,
+    ) -> Result<Self, StoreError> {
+        let n = shard_count(storage.as_ref(), data_dir, shards)?;
+        let mut options = WalOptions::with_storage(storage);
+        // The quota is for the whole directory; each shard gets its share.
+        options.quota_bytes = quota_bytes.map(|q| q / n as u64);
+        let mut wals = Vec::with_capacity(n);
+        let mut recovered = Vec::with_capacity(n);
+        for i in 0..n {
+            let dir: PathBuf = data_dir.join("wal").join(format!("shard-{i:03}"));
+            let shard = u16::try_from(i)
+                .map_err(|_| StoreError::InvalidRequest("too many shards".into()))?;
+            let (wal, records) = Wal::open(&dir, shard, options.clone())?;
+            wals.push(wal);
+            recovered.push(
+                records
+                    .into_iter()
+                    .map(|r| (r.revision.0, r.payload))
+                    .collect(),
+            );
+        }
+        Ok(Self {
+            wals: RwLock::new(wals),
+            recovered: Mutex::new(Some(recovered)),
+        })
+    }
+}
+
+impl LogStore for WalLog {
+    fn shards(&self) -> usize {
+        self.wals.read().len()
+    }
+
+    fn append(&self, shard: usize, payload: Bytes, revision: u64) -> AppendFuture {
+        match self.wals.read().get(shard) {
+            Some(wal) => Box::pin(wal.append(payload, Revision(revision))),
+            None => Box::pin(std::future::ready(Err(StoreError::Unavailable(
+                "the WAL is closed".into(),
+            )))),
+        }
+    }
+
+    fn take_recovered(&self) -> Result<Recovered, StoreError> {
+        self.recovered
+            .lock()
+            .take()
+            .ok_or_else(|| StoreError::InvalidRequest("WAL records already taken".into()))
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.wals.read().iter().map(Wal::logical_bytes).sum()
+    }
+
+    fn close(&self) {
+        let wals = std::mem::take(&mut *self.wals.write());
+        // `Wal::close` is async; run it on a helper thread so `close` works from inside any
+        // executor (or none).
+        let joined = std::thread::Builder::new()
+            .name("store-wal-close".into())
+            .spawn(move || {
+                for w in wals {
+                    if let Err(e) = futures::executor::block_on(w.close()) {
+                        tracing::warn!(error = %e, "closing a WAL failed");
+                    }
+                }
+            })
+            .map(std::thread::JoinHandle::join);
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::warn!("the WAL close thread failed");
+        }
+    }
+}
