@@ -482,6 +482,25 @@ mod tests {
         assert!(Envelope::decode(Bytes::new()).is_err());
     }
 
+    proptest::proptest! {
+        /// What the fuzz target checks, in the normal test run: arbitrary bytes, and valid
+        /// records with arbitrary bytes flipped, never panic the decoder.
+        #[test]
+        fn decode_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+                               flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 0..8)) {
+            let _ = Envelope::decode(Bytes::from(data));
+            let env = Envelope::encode(b"/k", sample(), meta(5)).unwrap();
+            let mut bad = env.as_bytes().to_vec();
+            for (i, x) in flips {
+                let n = bad.len();
+                bad[i % n] ^= x;
+            }
+            if let Ok(d) = Envelope::decode(Bytes::from(bad)) {
+                let _ = d.key_value();
+            }
+        }
+    }
+
     #[test]
     fn decode_copies_misaligned_input() {
         let env = Envelope::encode(b"/k", sample(), meta(5)).unwrap();
