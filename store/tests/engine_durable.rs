@@ -185,3 +185,51 @@ fn power_cut_during_concurrent_writes_keeps_every_acknowledged_write() {
         });
     }
 }
+
+#[test]
+fn recovery_from_a_snapshot_plus_the_wal_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FaultStorage::new();
+    let e = open(dir.path(), Arc::new(storage.clone()));
+    let (latest, old, lease) = block_on(async {
+        for i in 0..40 {
+            e.create(b(&format!("/s/{i:02}")), v(&format!("{i}")), None)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        e.delete(b("/s/03"), None).await.unwrap().unwrap();
+        let lease = e.lease_grant(60, None).await.unwrap().id;
+        e.compact(Revision(10)).await.unwrap();
+        assert_eq!(e.snapshot().unwrap(), Revision(41));
+        // After the snapshot: more writes that only the WAL holds.
+        for i in 0..10 {
+            let cur = e.get(b(&format!("/s/{i:02}"))).await.unwrap();
+            if let Some(cur) = cur {
+                e.update(cur.key, cur.mod_revision, v("after"), Some(lease))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+        e.delete(b("/s/20"), None).await.unwrap().unwrap();
+        (dump(&e, None).await, dump(&e, Some(30)).await, lease)
+    });
+    let rev = e.revision();
+    // Power cut with everything acknowledged (so durable): no close, no second snapshot.
+    storage.crash(CrashMode::DropUnsynced).unwrap();
+    drop(e);
+    let e = open(dir.path(), Arc::new(storage.restarted()));
+    assert_eq!(e.revision(), rev);
+    block_on(async {
+        assert_eq!(dump(&e, None).await, latest);
+        assert_eq!(dump(&e, Some(30)).await, old, "history from the snapshot");
+        assert_eq!(e.status().await.unwrap().compact_revision, Revision(10));
+        let ttl = e.lease_time_to_live(lease, true).await.unwrap();
+        assert_eq!(
+            ttl.keys.len(),
+            9,
+            "lease from the snapshot, keys from the WAL"
+        );
+    });
+}

@@ -44,6 +44,16 @@ pub trait LogStore: Send + Sync + fmt::Debug + 'static {
 
     /// Stops the log after queued appends finish.
     fn close(&self);
+
+    /// Drops records below `revision` (a durable snapshot covers them). Best effort.
+    fn truncate_before(&self, _revision: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Where this log's shard snapshots live, if it keeps any.
+    fn snapshot_dir(&self) -> Option<(std::path::PathBuf, Arc<dyn crate::fileio::Storage>)> {
+        None
+    }
 }
 
 /// An in-memory [`LogStore`] whose records outlive the engine (tests): "restart" opens a

@@ -81,6 +81,9 @@ pub struct EngineConfig {
     /// The file I/O the WAL goes through (the std one by default; a fault-injecting one in
     /// tests).
     pub storage: Arc<dyn crate::fileio::Storage>,
+    /// Take a snapshot (and truncate the WAL) once the WAL has grown by this many bytes
+    /// since the last one; `None`: only on [`Engine::snapshot`] and at close.
+    pub snapshot_log_bytes: Option<u64>,
 }
 
 impl EngineConfig {
@@ -98,6 +101,7 @@ impl EngineConfig {
             lease_check_interval: Duration::from_millis(250),
             clock: SystemClock::new(),
             storage: Arc::new(crate::fileio::StdStorage),
+            snapshot_log_bytes: Some(256 << 20),
         }
     }
 
@@ -189,6 +193,9 @@ struct Inner {
     log: Option<Arc<dyn LogStore>>,
     /// Hands pending writes to the pump thread (with a log).
     pump: Mutex<Option<mpsc::Sender<Pending>>>,
+    /// One snapshot at a time; holds the log size after the last one.
+    snapshot_state: Mutex<u64>,
+    snapshot_log_bytes: Option<u64>,
 }
 
 /// The embedded engine. Open with [`Engine::open`]; share as `Arc<Engine>` (or
@@ -245,7 +252,20 @@ impl Engine {
         let mut seq = Seq::default();
         let mut compacted = 0;
         if let Some(log) = &log {
+            let snaps = match log.snapshot_dir() {
+                None => Vec::new(),
+                Some((dir, _)) => (0..cfg.shards)
+                    .map(|i| {
+                        let shard = u16::try_from(i).unwrap_or(u16::MAX);
+                        crate::snapshot::Snapshot::open_latest(
+                            &dir.join(format!("shard-{i:03}")),
+                            shard,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
             let rec = recover(
+                snaps,
                 log.take_recovered()?,
                 &mut shards,
                 &mut leases,
@@ -279,6 +299,8 @@ impl Engine {
             watch_buffer: cfg.watch_buffer_events,
             clock: cfg.clock.clone(),
             pump: Mutex::new(log.is_some().then_some(pump_tx)),
+            snapshot_state: Mutex::new(log.as_ref().map_or(0, |l| l.disk_bytes())),
+            snapshot_log_bytes: cfg.snapshot_log_bytes,
             log,
         });
         let mut threads = Vec::new();
@@ -323,10 +345,17 @@ impl Engine {
         // closed).
         drop(self.inner.pump.lock().take());
         let threads = std::mem::take(&mut *self.threads.lock());
+        let had_threads = !threads.is_empty();
         for t in threads {
             let _ = t.join();
         }
-        if let Some(log) = &self.inner.log {
+        if let Some(log) = &self.inner.log
+            && had_threads
+        {
+            // A snapshot at close makes the next open a map plus a short replay.
+            if let Err(e) = self.inner.snapshot() {
+                tracing::warn!(error = %e, "snapshot at close failed; the WAL still has it all");
+            }
             log.close();
         }
         self.inner
@@ -344,6 +373,14 @@ impl Engine {
     /// directly.
     pub fn expire_leases(&self) -> Result<usize, StoreError> {
         self.inner.expire_leases()
+    }
+
+    /// Writes a snapshot of every shard at the visible revision (every retained version,
+    /// so reads and watches at older revisions keep working after a restart), then drops
+    /// the WAL records it covers. Returns the snapshot's revision (0: nothing to do, e.g.
+    /// no log). Runs automatically once the WAL grows by `snapshot_log_bytes`, and at close.
+    pub fn snapshot(&self) -> Result<Revision, StoreError> {
+        self.inner.snapshot().map(Revision)
     }
 
     /// Number of watchers registered (tests and metrics).
@@ -376,6 +413,9 @@ fn lease_loop(inner: &std::sync::Weak<Inner>, every: Duration) {
         }
         if let Err(e) = i.expire_leases() {
             tracing::warn!(error = %e, "lease expiry failed; will retry");
+        }
+        if let Err(e) = i.maybe_snapshot() {
+            tracing::warn!(error = %e, "background snapshot failed; will retry");
         }
     }
 }
@@ -1152,6 +1192,82 @@ impl Inner {
         }))
     }
 
+    fn maybe_snapshot(&self) -> Result<(), StoreError> {
+        let (Some(every), Some(log)) = (self.snapshot_log_bytes, &self.log) else {
+            return Ok(());
+        };
+        let last = *self.snapshot_state.lock();
+        if log.disk_bytes() >= last.saturating_add(every) {
+            self.snapshot()?;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<u64, StoreError> {
+        let Some(log) = &self.log else {
+            return Ok(0);
+        };
+        let Some((dir, storage)) = log.snapshot_dir() else {
+            return Ok(0);
+        };
+        let mut state = self.snapshot_state.lock();
+        // Capture under the sequencer: versions at or below the visible revision are then
+        // fixed (compaction also runs under it); cloning envelopes is cheap.
+        let (rev, meta, per_shard) = {
+            let seq = self.seq.lock();
+            let rev = self.visible();
+            let leases: Vec<(i64, i64)> = self
+                .leases
+                .lock()
+                .leases
+                .iter()
+                .map(|(id, l)| (*id, l.ttl))
+                .collect();
+            let meta = encode_meta(
+                self.compacted.load(Ordering::Acquire),
+                seq.issued.max(seq.applied),
+                &leases,
+            );
+            let per_shard: Vec<Vec<(Vec<u8>, Bytes)>> = self
+                .shards
+                .iter()
+                .map(|sh| {
+                    let sh = sh.read();
+                    let mut out = Vec::with_capacity(sh.keys.len());
+                    for (k, h) in &sh.keys {
+                        for v in h.iter().filter(|v| v.rev <= rev) {
+                            let mut ck = Vec::with_capacity(k.len() + 8);
+                            ck.extend_from_slice(k);
+                            ck.extend_from_slice(&v.rev.to_be_bytes());
+                            let val = v
+                                .value
+                                .as_ref()
+                                .map_or_else(Bytes::new, |e| e.as_bytes().clone());
+                            out.push((ck, val));
+                        }
+                    }
+                    out
+                })
+                .collect();
+            (rev, meta, per_shard)
+        };
+        for (i, mut entries) in per_shard.into_iter().enumerate() {
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let shard = u16::try_from(i).unwrap_or(u16::MAX);
+            crate::snapshot::write_snapshot(
+                storage.as_ref(),
+                &dir.join(format!("shard-{i:03}")),
+                shard,
+                Revision(rev),
+                &meta,
+                entries.iter().map(|(k, v)| (&k[..], &v[..])),
+            )?;
+        }
+        log.truncate_before(rev)?;
+        *state = log.disk_bytes();
+        Ok(rev)
+    }
+
     fn status(&self) -> StoreStatus {
         StoreStatus {
             revision: Revision(self.visible()),
@@ -1330,11 +1446,67 @@ struct Recovered {
 
 /// Rebuilds shards and leases from the log's records (see `record` for the chain rule).
 fn recover(
+    snaps: Vec<Option<crate::snapshot::Snapshot>>,
     records: Vec<Vec<(u64, Bytes)>>,
     shards: &mut [Shard],
     leases: &mut LeaseTable,
     now: Duration,
 ) -> Result<Recovered, StoreError> {
+    let n = shards.len();
+    // Snapshots first: every retained version up to each shard's snapshot revision.
+    let mut snap_rev = vec![0u64; n];
+    let mut meta: Option<(u64, Meta)> = None;
+    for (i, snap) in snaps.into_iter().enumerate() {
+        let Some(snap) = snap else { continue };
+        let srev = snap.revision().0;
+        if let Some(r) = snap_rev.get_mut(i) {
+            *r = srev;
+        }
+        if meta.as_ref().is_none_or(|(r, _)| srev > *r) {
+            meta = Some((srev, decode_meta(&snap.meta())?));
+        }
+        for (ck, val) in snap.iter() {
+            if ck.len() < 9 {
+                return Err(StoreError::Corrupt("snapshot entry key too short".into()));
+            }
+            let (key, rev) = ck.split_at(ck.len() - 8);
+            let mut rb = [0u8; 8];
+            rb.copy_from_slice(rev);
+            let rev = u64::from_be_bytes(rb);
+            if rev > srev {
+                return Err(StoreError::Corrupt(
+                    "snapshot entry above its revision".into(),
+                ));
+            }
+            let value = if val.is_empty() {
+                None
+            } else {
+                let env = Envelope::decode(val)?;
+                if env.key_ref() != key || env.mod_revision().0 != rev {
+                    return Err(StoreError::Corrupt("snapshot entry does not match".into()));
+                }
+                Some(env)
+            };
+            let key = ck.slice(..key.len());
+            if !shards[shard_of(&key, n)].push(key, rev, value) {
+                return Err(StoreError::Corrupt("snapshot versions out of order".into()));
+            }
+        }
+    }
+    let mut meta_issued = 0;
+    let mut meta_compacted = 0;
+    if let Some((_, m)) = meta {
+        meta_issued = m.issued;
+        meta_compacted = m.compacted;
+        for (id, ttl) in m.leases {
+            leases.grant(id, ttl, now);
+        }
+    }
+    let start = if !snap_rev.is_empty() && snap_rev.iter().all(|r| *r > 0) {
+        snap_rev.iter().copied().min().unwrap_or(0)
+    } else {
+        0
+    };
     struct Rev {
         prev: u64,
         parts: u16,
@@ -1384,8 +1556,7 @@ fn recover(
             *e = (*e).max(*rev);
         }
     }
-    let n = shards.len();
-    let mut head = 0u64;
+    let mut head = start;
     while let Some(rev) = next.get(&head).copied() {
         let Some(r) = revs.remove(&rev) else { break };
         for e in r.entries {
@@ -1393,7 +1564,11 @@ fn recover(
                 Entry::Put(env) => (env.key(), Some(env)),
                 Entry::Delete(k) => (k, None),
             };
-            let s = &mut shards[shard_of(&key, n)];
+            let k = shard_of(&key, n);
+            if rev <= snap_rev[k] {
+                continue; // the snapshot has it
+            }
+            let s = &mut shards[k];
             if value.is_none() && s.get(&key, rev).is_none() {
                 return Err(StoreError::Corrupt(format!(
                     "revision {rev} deletes a key that does not exist"
@@ -1430,7 +1605,9 @@ fn recover(
         .into_iter()
         .filter(|c| *c <= head)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(meta_compacted);
+    let issued = issued.max(meta_issued).max(head);
     if compacted > 0 {
         for s in shards.iter_mut() {
             s.compact(compacted);
@@ -1440,6 +1617,52 @@ fn recover(
         head,
         issued,
         compacted,
+    })
+}
+
+/// Engine state stored beside the shards in a snapshot.
+struct Meta {
+    compacted: u64,
+    issued: u64,
+    leases: Vec<(i64, i64)>,
+}
+
+fn encode_meta(compacted: u64, issued: u64, leases: &[(i64, i64)]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + leases.len() * 16);
+    b.push(1u8);
+    b.extend_from_slice(&[0u8; 7]);
+    b.extend_from_slice(&compacted.to_le_bytes());
+    b.extend_from_slice(&issued.to_le_bytes());
+    for (id, ttl) in leases {
+        b.extend_from_slice(&id.to_le_bytes());
+        b.extend_from_slice(&ttl.to_le_bytes());
+    }
+    b
+}
+
+fn decode_meta(b: &[u8]) -> Result<Meta, StoreError> {
+    let bad = || StoreError::Corrupt("snapshot engine metadata".into());
+    if b.len() < 24 || b[0] != 1 || !(b.len() - 24).is_multiple_of(16) {
+        return Err(bad());
+    }
+    let word = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[at..at + 8]);
+        a
+    };
+    let leases = (24..b.len())
+        .step_by(16)
+        .map(|at| {
+            (
+                i64::from_le_bytes(word(at)),
+                i64::from_le_bytes(word(at + 8)),
+            )
+        })
+        .collect();
+    Ok(Meta {
+        compacted: u64::from_le_bytes(word(8)),
+        issued: u64::from_le_bytes(word(16)),
+        leases,
     })
 }
 

@@ -19,6 +19,8 @@ const META_FILE: &str = "engine.meta";
 #[derive(Debug)]
 pub(crate) struct WalLog {
     wals: RwLock<Vec<Wal>>,
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
     recovered: Mutex<Option<Recovered>>,
 }
 
@@ -60,7 +62,7 @@ impl WalLog {
         quota_bytes: Option<u64>,
     ) -> Result<Self, StoreError> {
         let n = shard_count(storage.as_ref(), data_dir, shards)?;
-        let mut options = WalOptions::with_storage(storage);
+        let mut options = WalOptions::with_storage(storage.clone());
         // The quota is for the whole directory; each shard gets its share.
         options.quota_bytes = quota_bytes.map(|q| q / n as u64);
         let mut wals = Vec::with_capacity(n);
@@ -80,6 +82,8 @@ impl WalLog {
         }
         Ok(Self {
             wals: RwLock::new(wals),
+            dir: data_dir.to_path_buf(),
+            storage,
             recovered: Mutex::new(Some(recovered)),
         })
     }
@@ -108,6 +112,25 @@ impl LogStore for WalLog {
 
     fn disk_bytes(&self) -> u64 {
         self.wals.read().iter().map(Wal::logical_bytes).sum()
+    }
+
+    fn truncate_before(&self, revision: u64) -> Result<(), StoreError> {
+        let wals = self.wals.read();
+        // Run the async truncations on a helper thread so this works inside any executor.
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for w in wals.iter() {
+                    futures::executor::block_on(w.truncate_before(Revision(revision)))?;
+                }
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("WAL truncation panicked".into())))
+        })
+    }
+
+    fn snapshot_dir(&self) -> Option<(PathBuf, Arc<dyn Storage>)> {
+        Some((self.dir.join("snap"), self.storage.clone()))
     }
 
     fn close(&self) {
