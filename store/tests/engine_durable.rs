@@ -233,3 +233,45 @@ fn recovery_from_a_snapshot_plus_the_wal_after_it() {
         );
     });
 }
+
+#[test]
+fn disk_quota_refuses_puts_allows_deletes_and_frees_after_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::durable(dir.path());
+    cfg.shards = 2;
+    cfg.disk_quota_bytes = Some(48 * 1024);
+    let e = Engine::open(cfg).unwrap();
+    block_on(async {
+        let mut n = 0;
+        let err = loop {
+            match e
+                .create(
+                    b(&format!("/q/{n}")),
+                    ObjectValue::opaque(vec![7u8; 4096]),
+                    None,
+                )
+                .await
+            {
+                Ok(r) => assert!(r.is_some()),
+                Err(err) => break err,
+            }
+            n += 1;
+            assert!(n < 100, "disk quota never hit");
+        };
+        assert!(matches!(err, StoreError::QuotaExceeded(_)), "{err}");
+        assert!(e.get(b("/q/0")).await.unwrap().is_some(), "still readable");
+        for i in 0..n {
+            e.delete(b(&format!("/q/{i}")), None)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let rev = e.revision();
+        e.compact(rev).await.unwrap();
+        e.snapshot().unwrap();
+        e.create(b("/q/again"), ObjectValue::opaque(vec![7u8; 4096]), None)
+            .await
+            .unwrap()
+            .unwrap();
+    });
+}

@@ -1214,8 +1214,12 @@ impl Inner {
         // Capture under the sequencer: versions at or below the visible revision are then
         // fixed (compaction also runs under it); cloning envelopes is cheap.
         let (rev, meta, per_shard) = {
-            let seq = self.seq.lock();
+            let mut seq = self.seq.lock();
             let rev = self.visible();
+            // Every record appended from now on carries a revision above `rev`, so the WAL can
+            // drop everything up to `rev` inclusive once the snapshot is durable (a revision
+            // number is skipped; numbers are never required to be dense).
+            seq.issued = seq.issued.max(seq.applied) + 1;
             let leases: Vec<(i64, i64)> = self
                 .leases
                 .lock()
@@ -1263,7 +1267,7 @@ impl Inner {
                 entries.iter().map(|(k, v)| (&k[..], &v[..])),
             )?;
         }
-        log.truncate_before(rev)?;
+        log.truncate_before(rev + 1)?;
         *state = log.disk_bytes();
         Ok(rev)
     }

@@ -62,9 +62,10 @@ impl WalLog {
         quota_bytes: Option<u64>,
     ) -> Result<Self, StoreError> {
         let n = shard_count(storage.as_ref(), data_dir, shards)?;
-        let mut options = WalOptions::with_storage(storage.clone());
-        // The quota is for the whole directory; each shard gets its share.
-        options.quota_bytes = quota_bytes.map(|q| q / n as u64);
+        // The disk quota is enforced by the engine on puts only (deletes must stay possible
+        // when the quota is full, as etcd allows), so the WALs get none of their own.
+        let _ = quota_bytes;
+        let options = WalOptions::with_storage(storage.clone());
         let mut wals = Vec::with_capacity(n);
         let mut recovered = Vec::with_capacity(n);
         for i in 0..n {
