@@ -330,8 +330,10 @@ pub(super) fn decode_message(
         }
     }
     // gogo writes every non-pointer member, zero or not: drop the zeros Go's JSON would omit.
+    // Status members are never pointers in the kinds listed; keep the list for spec members.
+    let keep_listed = !msg.name.ends_with("Status");
     for f in msg.fields {
-        if f.required || f.repeated || KEEP_ZERO.contains(&f.json) {
+        if f.required || f.repeated || (keep_listed && KEEP_ZERO.contains(&f.json)) {
             continue;
         }
         if out.get(f.json).is_some_and(is_zero) {
