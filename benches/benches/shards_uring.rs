@@ -4,7 +4,7 @@
 //! `cargo bench -p kubeshard-benches --bench shards_uring -- --warm-up-time 1 --measurement-time 5`
 //!
 //! Each iteration writes one record at the next offset and waits for fdatasync, as a WAL
-//! group commit of one record would. Offsets wrap inside a 32 MiB region that is written once
+//! group commit of one record would. Offsets wrap inside an 8 MiB region that is written once
 //! before measuring, so both peers overwrite allocated blocks (no allocation in the timing).
 
 use std::os::unix::fs::FileExt;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use shards::uring::Ring;
 
-const REGION: u64 = 32 << 20;
+const REGION: u64 = 8 << 20;
 
 fn prepared_file(dir: &tempfile::TempDir, name: &str) -> std::fs::File {
     let f = std::fs::OpenOptions::new()
