@@ -34,7 +34,10 @@
 //!   cross-shard calls (`invoke_on`, `try_invoke_on`, `invoke_on_all`).
 //! - [`route`]: [`stable_hash`] and [`shard_for_key`].
 //! - [`listen`]: `SO_REUSEPORT` listeners, [`ShardHandle::serve_tcp`]/[`ShardHandle::serve_udp`].
-//! - [`uring`]: [`Ring`](uring::Ring) and its operation futures.
+//! - [`uring`]: [`Ring`](uring::Ring) (`Ring::current()` per thread and runtime, `Ring::probe()`
+//!   to choose io_uring or std I/O) and its operation futures: `write_at`, `write_all_at`,
+//!   `writev_at`, `read_at`, `fsync`, `fdatasync`, `write_at_fdatasync` (linked), `splice`,
+//!   `nop`. Buffers go in by value and come back with the result (`BufResult`).
 //! - The stall detector is part of the set ([`ShardConfig::stall_threshold`],
 //!   [`ShardHandle::stall_counts`]).
 //!

@@ -579,6 +579,19 @@ impl Ring {
         }
     }
 
+    /// Whether io_uring can be set up here at all (kernel support, not disabled by sysctl or
+    /// seccomp), without a runtime: callers pick io_uring or std I/O once at start.
+    pub fn probe() -> Result<(), SetupError> {
+        IoUring::new(2)
+            .map(drop)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EACCES) => {
+                    SetupError::Unavailable(e)
+                }
+                _ => SetupError::Io(e),
+            })
+    }
+
     /// The most operations this ring keeps in the kernel at once.
     pub fn max_in_flight(&self) -> usize {
         self.shared.inner.borrow().max_in_flight
@@ -1069,8 +1082,21 @@ impl<'a, T: Operation> Op<'a, T> {
     }
 
     /// One poll step: submit if not yet, reap, collect the result or wait. `Ok(res)` carries
-    /// the kernel result; `Err(e)` a failure before submission.
+    /// the kernel results; `Err(e)` a failure before submission (or of the eventfd).
     fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Result<Results, UringError>> {
+        let out = self.poll_step(cx);
+        if out.is_ready() {
+            // Whatever ended the wait, this op no longer watches the eventfd: hand over.
+            if let (Some(id), Ok(mut inner)) = (self.op_id, self.ring.shared.inner.try_borrow_mut())
+            {
+                inner.submit_waiters.retain(|(w, _)| *w != id);
+                inner.hand_over_polling(id);
+            }
+        }
+        out
+    }
+
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Results, UringError>> {
         let shared = Rc::clone(&self.ring.shared);
         loop {
             let mut inner = shared.inner.borrow_mut();

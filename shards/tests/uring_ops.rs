@@ -103,6 +103,10 @@ fn linked_write_and_fdatasync() {
         );
         let s = ring.stats();
         assert_eq!((s.in_flight, s.abandoned), (0, 0));
+        // A ring allowing a single op in flight still runs a linked pair (it takes 2 places).
+        let tiny = Ring::new(RingConfig::default().entries(2).max_in_flight(1)).expect("ring");
+        let (r, _) = tiny.write_at_fdatasync(&file, vec![6u8; 512], 0).await;
+        assert_eq!(r.expect("linked on a 1-place ring"), 512);
     });
     file.set_len(0).expect("truncate");
 }
@@ -444,6 +448,12 @@ fn a_ring_dropped_with_a_never_completing_op_cancels_it_without_hanging() {
         drop(ring); // cancels the read, then frees its buffer
     });
     assert!(t0.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn probe_reports_availability_without_a_runtime() {
+    // This machine has io_uring (the suite targets Linux >= 5.19 with io_uring enabled).
+    Ring::probe().expect("io_uring available");
 }
 
 #[test]
