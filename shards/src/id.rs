@@ -1,7 +1,10 @@
 //! Identifiers and per-thread shard context.
 
+use std::any::{Any, TypeId};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::rc::Rc;
 
 use crate::set::ShardHandle;
 
@@ -35,6 +38,8 @@ pub struct ShardContext {
 
 thread_local! {
     static CONTEXT: RefCell<Option<ShardContext>> = const { RefCell::new(None) };
+    /// Shard-local services, one per type (see [`local`]).
+    static LOCALS: RefCell<HashMap<TypeId, Rc<dyn Any>>> = RefCell::new(HashMap::new());
 }
 
 impl ShardContext {
@@ -71,6 +76,34 @@ impl ShardContext {
     pub(crate) fn clear() {
         CONTEXT.with(|c| c.borrow_mut().take());
     }
+}
+
+/// Drops every shard-local service of this thread (shard threads, at exit, while the runtime
+/// still exists).
+pub(crate) fn clear_locals() {
+    let all = LOCALS.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    drop(all);
+}
+
+/// Installs `value` as this shard's instance of `T` (replacing an earlier one), Seastar's
+/// `sharded<T>`: each shard holds its own, `!Send` allowed. Usually called through
+/// [`ShardHandle::install_local`](crate::ShardHandle::install_local). Returns `false` (and
+/// installs nothing) off shard threads.
+pub fn set_local<T: 'static>(value: T) -> bool {
+    if current_shard().is_none() {
+        return false;
+    }
+    LOCALS.with(|l| {
+        l.borrow_mut()
+            .insert(TypeId::of::<T>(), Rc::new(value) as Rc<dyn Any>)
+    });
+    true
+}
+
+/// This shard's instance of `T`, if one was installed (`None` off shard threads).
+pub fn local<T: 'static>() -> Option<Rc<T>> {
+    let any = LOCALS.with(|l| l.borrow().get(&TypeId::of::<T>()).cloned())?;
+    any.downcast::<T>().ok()
 }
 
 /// The id of the shard the calling thread runs, or `None` off shard threads.

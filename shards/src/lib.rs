@@ -32,6 +32,8 @@
 //!
 //! - [`ShardSet`], [`ShardHandle`], [`ShardConfig`], [`ShardContext`]: the runtimes and
 //!   cross-shard calls (`invoke_on`, `try_invoke_on`, `invoke_on_all`).
+//! - Shard-local services (Seastar's `sharded<T>`): [`ShardHandle::install_local`] builds one
+//!   `T` per shard, [`local::<T>()`](local) gets this shard's.
 //! - [`route`]: [`stable_hash`] and [`shard_for_key`].
 //! - [`listen`]: `SO_REUSEPORT` listeners, [`ShardHandle::serve_tcp`]/[`ShardHandle::serve_udp`].
 //! - [`uring`]: [`Ring`](uring::Ring) (`Ring::current()` per thread and runtime, `Ring::probe()`
@@ -75,6 +77,6 @@ pub(crate) mod sync;
 pub mod uring;
 
 pub use error::{InvokeError, ListenError, ShutdownError, StartError, TryInvokeError};
-pub use id::{ShardContext, ShardId, current_shard};
+pub use id::{ShardContext, ShardId, current_shard, local, set_local};
 pub use route::{shard_for_key, stable_hash};
 pub use set::{ShardConfig, ShardHandle, ShardSet};

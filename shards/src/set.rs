@@ -26,6 +26,9 @@ pub struct ShardConfig {
     /// Number of shards; `None` = one per available core.
     pub shards: Option<usize>,
     /// Pin shard `i` to core `i % cores` (best effort: a refused pin is logged, not fatal).
+    /// On an oversubscribed host pinning raises wake-up latency (a pinned shard waits for its
+    /// own core; BENCHMARKS.md `## shards` measured 13x on a loaded 2-core VM): turn it off
+    /// there.
     pub pin: bool,
     /// Jobs each shard's mailbox holds before senders wait (`invoke_on`) or fail
     /// (`try_invoke_on`). At least 1.
@@ -300,6 +303,28 @@ impl ShardHandle {
     }
 }
 
+impl ShardHandle {
+    /// Builds one `T` on every shard with `make(shard)` and installs it as that shard's
+    /// instance (Seastar's `sharded<T>::start`); code on a shard reaches it with
+    /// [`local::<T>()`](crate::local). `T` may be `!Send`: it is created on its shard and never
+    /// leaves it. Replaces earlier instances of `T`. Dropped when the shard stops.
+    pub fn install_local<T, F>(
+        &self,
+        make: F,
+    ) -> impl Future<Output = Result<(), InvokeError>> + Send + 'static + use<T, F>
+    where
+        T: 'static,
+        F: Fn(ShardId) -> T + Clone + Send + 'static,
+    {
+        let all = self.invoke_on_all(move || async move {
+            if let Some(id) = crate::id::current_shard() {
+                crate::id::set_local(make(id));
+            }
+        });
+        async move { all.await.map(drop) }
+    }
+}
+
 /// One pinned tokio `current_thread` runtime per shard, each inside a `LocalSet`.
 ///
 /// Start with [`ShardSet::start`], submit work through [`ShardSet::handle`], stop with
@@ -518,6 +543,7 @@ fn shard_main(
     });
     // Cancel what is left (shard-local background tasks), then the runtime itself.
     drop(local);
+    crate::id::clear_locals();
     crate::uring::release_thread_ring();
     rt.shutdown_timeout(cfg.drain_timeout);
     ShardContext::clear();

@@ -322,3 +322,52 @@ fn a_panicking_closure_is_reported_and_the_shard_survives() {
     );
     set.shutdown().expect("shutdown");
 }
+
+#[test]
+fn shard_local_services_are_per_shard_and_dropped_at_stop() {
+    struct Counter {
+        shard: ShardId,
+        hits: RefCell<u32>,
+        dropped: Arc<AtomicUsize>,
+    }
+    impl Drop for Counter {
+        fn drop(&mut self) {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let set = ShardSet::start(ShardConfig::default().shards(2)).expect("start");
+    let h = set.handle().clone();
+    let rt = rt();
+    let d = Arc::clone(&dropped);
+    rt.block_on(h.install_local(move |shard| Counter {
+        shard,
+        hits: RefCell::new(0),
+        dropped: Arc::clone(&d),
+    }))
+    .expect("install");
+    for _ in 0..3 {
+        rt.block_on(h.invoke_on(ShardId(1), || async {
+            let c = shards::local::<Counter>().expect("installed");
+            *c.hits.borrow_mut() += 1;
+        }))
+        .expect("invoke");
+    }
+    let seen = rt
+        .block_on(h.invoke_on_all(|| async {
+            let c = shards::local::<Counter>().expect("installed");
+            let hits = *c.hits.borrow();
+            (c.shard, hits)
+        }))
+        .expect("all");
+    assert_eq!(seen, vec![(ShardId(0), 0), (ShardId(1), 3)]);
+    // Off a shard there is no local instance, and nothing can be installed.
+    assert!(shards::local::<Counter>().is_none());
+    assert!(!shards::set_local(5u8));
+    set.shutdown().expect("shutdown");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        2,
+        "each shard dropped its instance"
+    );
+}
