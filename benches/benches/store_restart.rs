@@ -64,8 +64,10 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return; // `cargo bench -- --list` probes; nothing to list.
     }
+    // `STORE_RESTART_DIR` keeps the data directory (for profiling the open with `--child`).
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().to_str().expect("utf-8 path").to_owned();
+    let path = std::env::var("STORE_RESTART_DIR")
+        .unwrap_or_else(|_| dir.path().to_str().expect("utf-8 path").to_owned());
     let e = Engine::open(EngineConfig::durable(&path)).expect("open");
     let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
     let fill = Instant::now();

@@ -221,6 +221,16 @@ impl Envelope {
     ///
     /// Errors: `Corrupt` (any check failed).
     pub fn decode(buf: Bytes) -> Result<Self, StoreError> {
+        Self::decode_inner(buf, true)
+    }
+
+    /// As [`Envelope::decode`], but without the crc32c check: for bytes a container
+    /// (a snapshot body) has already checksummed. The archive is still validated.
+    pub fn decode_checksummed(buf: Bytes) -> Result<Self, StoreError> {
+        Self::decode_inner(buf, false)
+    }
+
+    fn decode_inner(buf: Bytes, check_crc: bool) -> Result<Self, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt(format!("envelope: {what}"));
         if buf.len() < HEADER_LEN {
             return Err(corrupt("shorter than its header"));
@@ -239,7 +249,7 @@ impl Envelope {
         if end > buf.len() || buf.len() - end >= 16 || !buf.len().is_multiple_of(16) {
             return Err(corrupt("body length does not match the record length"));
         }
-        if crc32c::crc32c(&buf[HEADER_LEN..end]) != crc {
+        if check_crc && crc32c::crc32c(&buf[HEADER_LEN..end]) != crc {
             return Err(corrupt("crc32c mismatch"));
         }
         let buf = if (buf.as_ptr() as usize).is_multiple_of(16) {

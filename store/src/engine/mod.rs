@@ -1240,9 +1240,7 @@ impl Inner {
                     let mut out = Vec::with_capacity(sh.keys.len());
                     for (k, h) in &sh.keys {
                         for v in h.iter().filter(|v| v.rev <= rev) {
-                            let mut ck = Vec::with_capacity(k.len() + 8);
-                            ck.extend_from_slice(k);
-                            ck.extend_from_slice(&v.rev.to_be_bytes());
+                            let ck = snapshot_key(k, v.rev);
                             let val = v
                                 .value
                                 .as_ref()
@@ -1457,44 +1455,35 @@ fn recover(
     now: Duration,
 ) -> Result<Recovered, StoreError> {
     let n = shards.len();
-    // Snapshots first: every retained version up to each shard's snapshot revision.
+    // Snapshots first (every retained version up to each shard's snapshot revision), one
+    // thread per shard.
     let mut snap_rev = vec![0u64; n];
     let mut meta: Option<(u64, Meta)> = None;
-    for (i, snap) in snaps.into_iter().enumerate() {
-        let Some(snap) = snap else { continue };
-        let srev = snap.revision().0;
+    let loaded: Vec<Result<Option<LoadedShard>, StoreError>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = snaps
+            .into_iter()
+            .enumerate()
+            .map(|(i, snap)| sc.spawn(move || snap.map(|s| load_snapshot(&s, i, n)).transpose()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(StoreError::Corrupt("snapshot loading panicked".into()))
+                })
+            })
+            .collect()
+    });
+    for (i, l) in loaded.into_iter().enumerate() {
+        let Some(l) = l? else { continue };
         if let Some(r) = snap_rev.get_mut(i) {
-            *r = srev;
+            *r = l.rev;
         }
-        if meta.as_ref().is_none_or(|(r, _)| srev > *r) {
-            meta = Some((srev, decode_meta(&snap.meta())?));
+        if meta.as_ref().is_none_or(|(r, _)| l.rev > *r) {
+            meta = Some((l.rev, l.meta));
         }
-        for (ck, val) in snap.iter() {
-            if ck.len() < 9 {
-                return Err(StoreError::Corrupt("snapshot entry key too short".into()));
-            }
-            let (key, rev) = ck.split_at(ck.len() - 8);
-            let mut rb = [0u8; 8];
-            rb.copy_from_slice(rev);
-            let rev = u64::from_be_bytes(rb);
-            if rev > srev {
-                return Err(StoreError::Corrupt(
-                    "snapshot entry above its revision".into(),
-                ));
-            }
-            let value = if val.is_empty() {
-                None
-            } else {
-                let env = Envelope::decode(val)?;
-                if env.key_ref() != key || env.mod_revision().0 != rev {
-                    return Err(StoreError::Corrupt("snapshot entry does not match".into()));
-                }
-                Some(env)
-            };
-            let key = ck.slice(..key.len());
-            if !shards[shard_of(&key, n)].push(key, rev, value) {
-                return Err(StoreError::Corrupt("snapshot versions out of order".into()));
-            }
+        if let Some(s) = shards.get_mut(i) {
+            *s = l.shard;
         }
     }
     let mut meta_issued = 0;
@@ -1624,6 +1613,102 @@ fn recover(
     })
 }
 
+/// A snapshot entry's key: the object key, zero padding, the revision (big-endian) and the
+/// key length (big-endian u32), padded so its length is a multiple of 16. Every key and
+/// value blob in the snapshot archive then has a length that is a multiple of 16, so the
+/// envelopes land 16-byte aligned in the mapped file and are used in place.
+fn snapshot_key(key: &[u8], rev: u64) -> Vec<u8> {
+    let len = (key.len() + 12).div_ceil(16) * 16;
+    let mut ck = Vec::with_capacity(len);
+    ck.extend_from_slice(key);
+    ck.resize(len - 12, 0);
+    ck.extend_from_slice(&rev.to_be_bytes());
+    ck.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    ck
+}
+
+/// Splits a snapshot entry key into (key length, revision).
+fn parse_snapshot_key(ck: &[u8]) -> Option<(usize, u64)> {
+    if ck.len() < 16 || !ck.len().is_multiple_of(16) {
+        return None;
+    }
+    let tail = &ck[ck.len() - 12..];
+    let mut rb = [0u8; 8];
+    rb.copy_from_slice(&tail[..8]);
+    let klen = u32::from_be_bytes([tail[8], tail[9], tail[10], tail[11]]) as usize;
+    if klen == 0 || klen > ck.len() - 12 || ck[klen..ck.len() - 12].iter().any(|b| *b != 0) {
+        return None;
+    }
+    Some((klen, u64::from_be_bytes(rb)))
+}
+
+/// One shard rebuilt from its snapshot.
+struct LoadedShard {
+    rev: u64,
+    meta: Meta,
+    shard: Shard,
+}
+
+/// Rebuilds shard `i` of `n` from its snapshot: validates every entry (envelopes through
+/// their checked decoder, in place when aligned) and bulk-builds the key map.
+fn load_snapshot(
+    snap: &crate::snapshot::Snapshot,
+    i: usize,
+    n: usize,
+) -> Result<LoadedShard, StoreError> {
+    let srev = snap.revision().0;
+    let meta = decode_meta(&snap.meta())?;
+    let bad = |what: &str| StoreError::Corrupt(format!("snapshot of shard {i}: {what}"));
+    let mut versions: Vec<(Bytes, u64, Option<Envelope>)> = Vec::with_capacity(snap.len());
+    let mut bytes = 0u64;
+    for (ck, val) in snap.iter() {
+        let (klen, rev) = parse_snapshot_key(&ck).ok_or_else(|| bad("malformed entry key"))?;
+        if rev > srev {
+            return Err(bad("entry above the snapshot revision"));
+        }
+        let key = ck.slice(..klen);
+        if shard_of(&key, n) != i {
+            return Err(bad("key of another shard"));
+        }
+        let value = if val.is_empty() {
+            None
+        } else {
+            // The snapshot's body checksum already covered these bytes.
+            let env = Envelope::decode_checksummed(val)?;
+            if env.key_ref() != &key[..] || env.mod_revision().0 != rev {
+                return Err(bad("entry does not match its envelope"));
+            }
+            bytes += env.len() as u64;
+            Some(env)
+        };
+        versions.push((key, rev, value));
+    }
+    // Entry keys sort by key then revision except for pathological keys; make it exact.
+    versions.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut grouped: Vec<(Bytes, mvcc::History)> = Vec::new();
+    for (key, rev, value) in versions {
+        match grouped.last_mut() {
+            Some((k, h)) if *k == key => {
+                if h.last().is_some_and(|v| v.rev >= rev) {
+                    return Err(bad("duplicate version"));
+                }
+                h.push(mvcc::Version { rev, value });
+            }
+            _ => grouped.push((key, vec![mvcc::Version { rev, value }])),
+        }
+    }
+    Ok(LoadedShard {
+        rev: srev,
+        meta,
+        shard: Shard {
+            // Sorted input: the map is bulk-built, not inserted key by key.
+            keys: grouped.into_iter().collect(),
+            compacted: 0,
+            bytes,
+        },
+    })
+}
+
 /// Engine state stored beside the shards in a snapshot.
 struct Meta {
     compacted: u64,
@@ -1641,14 +1726,17 @@ fn encode_meta(compacted: u64, issued: u64, leases: &[(i64, i64)]) -> Vec<u8> {
         b.extend_from_slice(&id.to_le_bytes());
         b.extend_from_slice(&ttl.to_le_bytes());
     }
+    // 24 + 16k bytes: pad to a multiple of 16 (keeps the snapshot's blobs aligned).
+    b.extend_from_slice(&[0u8; 8]);
     b
 }
 
 fn decode_meta(b: &[u8]) -> Result<Meta, StoreError> {
     let bad = || StoreError::Corrupt("snapshot engine metadata".into());
-    if b.len() < 24 || b[0] != 1 || !(b.len() - 24).is_multiple_of(16) {
+    if b.len() < 32 || b[0] != 1 || !(b.len() - 32).is_multiple_of(16) {
         return Err(bad());
     }
+    let b = &b[..b.len() - 8];
     let word = |at: usize| {
         let mut a = [0u8; 8];
         a.copy_from_slice(&b[at..at + 8]);
