@@ -428,6 +428,47 @@ mod loom_tests {
         });
     }
 
+    /// A waiting sender that gives up (is dropped) while a slot frees up must pass the
+    /// wake-up on: the other waiting sender still gets through (a lost wake-up would leave it
+    /// blocked forever, which loom reports as a deadlock).
+    #[test]
+    fn loom_dropped_waiter_passes_the_wakeup_on() {
+        model(|| {
+            let m = Mailbox::new(1);
+            assert!(m.try_send(0u32).is_ok());
+            let b = {
+                let m = m.clone();
+                thread::spawn(move || block_on(m.send(2)).is_ok())
+            };
+            let a = {
+                let m = m.clone();
+                thread::spawn(move || {
+                    let waker = futures::task::noop_waker();
+                    let mut cx = Context::from_waker(&waker);
+                    let mut fut = m.send(1);
+                    // Either it gets a slot at once, or it waits once and gives up.
+                    let sent = matches!(Pin::new(&mut fut).poll(&mut cx), Poll::Ready(Ok(())));
+                    drop(fut);
+                    sent
+                })
+            };
+            let mut got = vec![block_on(m.recv()).expect("first")];
+            let a_sent = a.join().expect("a");
+            got.push(block_on(m.recv()).expect("second"));
+            if a_sent {
+                got.push(block_on(m.recv()).expect("third"));
+            }
+            assert!(b.join().expect("b"));
+            got.sort_unstable();
+            let mut want = vec![0, 2];
+            if a_sent {
+                want.push(1);
+                want.sort_unstable();
+            }
+            assert_eq!(got, want);
+        });
+    }
+
     /// try_send never exceeds the bound under concurrent senders and a concurrent receiver.
     #[test]
     fn loom_try_send_respects_the_bound() {
