@@ -114,21 +114,11 @@ impl EngineConfig {
     }
 }
 
-/// The shard that owns `key` among `n`: the stable routing hash (FNV-1a 64 + murmur3
-/// finaliser, the same function as `shards::route`), fixed forever because on-disk
+/// The shard that owns `key` among `n`: the substrate's stable routing hash
+/// (`shards::shard_for_key`: FNV-1a 64 + murmur3 finaliser), fixed forever because on-disk
 /// placement depends on it.
 pub fn shard_of(key: &[u8], n: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    (h % n.max(1) as u64) as usize
+    shards::shard_for_key(key, n).index()
 }
 
 /// The sequencer's state.
@@ -1816,5 +1806,32 @@ impl Backend for Engine {
 
     async fn status(&self) -> Result<StoreStatus, StoreError> {
         Ok(self.inner.status())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Placement is part of the on-disk format: these must never change.
+    #[test]
+    fn shard_placement_is_stable() {
+        let keys: [&[u8]; 4] = [b"", b"/registry/pods/ns/a", b"/registry/nodes/n1", b"x"];
+        let got: Vec<usize> = keys.iter().map(|k| super::shard_of(k, 7)).collect();
+        // FNV-1a 64 then murmur3 fmix64, modulo 7 (the reference function, inlined).
+        let reference = |key: &[u8]| {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for &b in key {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+            h ^= h >> 33;
+            (h % 7) as usize
+        };
+        let want: Vec<usize> = keys.iter().map(|k| reference(k)).collect();
+        assert_eq!(got, want);
+        assert_eq!(super::shard_of(b"anything", 1), 0);
     }
 }
