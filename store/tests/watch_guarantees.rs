@@ -190,6 +190,14 @@ fn consume(
                 .await
                 .unwrap();
             let mut n = 0u64;
+            if spec.slow && rec.resumes.is_empty() {
+                // Read nothing until the writers are done: the bounded queue must overflow,
+                // so the cut-off and resume path always runs (independent of timing).
+                while !stop.load(Ordering::SeqCst) {
+                    assert!(Instant::now() < deadline, "{}: timed out", spec.name);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             while let Some(item) = w.next().await {
                 assert!(Instant::now() < deadline, "{}: timed out", spec.name);
                 match item {
