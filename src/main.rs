@@ -18,6 +18,94 @@ struct Cli {
 enum Command {
     /// Print the version of this binary and the Kubernetes version it serves.
     Version,
+    /// The store and the apiserver; writes the admin kubeconfig to DIR/kubeconfig.
+    Server(ServerArgs),
+    /// The whole single-machine cluster (for now: the store and the apiserver).
+    Up(ServerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Where the store, the PKI and the kubeconfig live (default: ~/.kubeshard).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// The TLS port of the apiserver (0: any free port).
+    #[arg(long, default_value_t = 6443)]
+    port: u16,
+    /// The address the TLS port binds.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_address: std::net::IpAddr,
+    /// A plain-HTTP port on 127.0.0.1 for development; its requests are the admin.
+    #[arg(long)]
+    insecure_port: Option<u16>,
+    /// Extra names or addresses for the serving certificate (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Static bearer tokens: CSV `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    token_auth_file: Option<std::path::PathBuf>,
+    /// Let requests without credentials through as system:anonymous.
+    #[arg(long)]
+    anonymous_auth: bool,
+}
+
+fn default_data_dir() -> std::path::PathBuf {
+    std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
+        .join(".kubeshard")
+}
+
+/// Runs the store and the apiserver until SIGTERM or SIGINT.
+fn run_server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)?;
+    let engine = store::Engine::open(store::EngineConfig::durable(data_dir.join("store")))?;
+    let mut opts = api::server::ServerOptions::new(&data_dir);
+    opts.port = args.port;
+    opts.bind_address = args.bind_address;
+    opts.insecure_port = args.insecure_port;
+    opts.extra_sans = args.tls_san;
+    opts.token_auth_file = args.token_auth_file;
+    opts.anonymous_auth = args.anonymous_auth;
+    let backend: std::sync::Arc<dyn store::Backend> = engine.clone();
+    let server = api::server::start(opts, backend)?;
+    let kubeconfig = server.kubeconfig.display().to_string();
+    tracing::info!(port = server.port, insecure_port = ?server.insecure_port, "apiserver listening");
+    if up {
+        println!(
+            "kubeshard is up: the API server listens on https://127.0.0.1:{}",
+            server.port
+        );
+        println!("Use it with:");
+        println!("  export KUBECONFIG={kubeconfig}");
+        println!("  kubectl get namespaces");
+    } else {
+        println!(
+            "kubeshard server listening on port {}; kubeconfig: {kubeconfig}",
+            server.port
+        );
+    }
+    if let Some(p) = server.insecure_port {
+        println!("plain HTTP (admin, development only) on http://127.0.0.1:{p}");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    tracing::info!("stopping");
+    server.shutdown();
+    engine.close();
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +122,7 @@ fn main() -> anyhow::Result<()> {
             println!("kubeshard {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Server(args) => run_server(args, false),
+        Command::Up(args) => run_server(args, true),
     }
 }

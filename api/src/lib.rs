@@ -19,3 +19,9 @@ pub mod table;
 pub mod validation;
 
 pub use status::{ApiError, FieldError, Reason, Status};
+pub mod auth;
+pub mod kubeconfig;
+pub mod pki;
+pub mod rest;
+pub mod server;
+pub mod watch;

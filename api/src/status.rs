@@ -267,7 +267,8 @@ pub struct ApiError {
     pub code: u16,
     pub reason: Reason,
     pub message: String,
-    pub details: Option<StatusDetails>,
+    /// Boxed to keep `Result<_, ApiError>` small on the hot path.
+    pub details: Option<Box<StatusDetails>>,
 }
 
 /// `resource` or `resource.group`, as upstream names a resource in messages.
@@ -290,7 +291,7 @@ impl ApiError {
     }
 
     fn with_details(mut self, details: StatusDetails) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -502,7 +503,7 @@ impl ApiError {
             status: "Failure".into(),
             message: self.message.clone(),
             reason: self.reason.as_str().into(),
-            details: self.details.clone(),
+            details: self.details.as_deref().cloned(),
             code: self.code,
         }
     }
@@ -529,6 +530,88 @@ impl From<StoreError> for ApiError {
             StoreError::ValueTooLarge { .. } => ApiError::request_entity_too_large(e.to_string()),
             StoreError::Unavailable(_) => ApiError::service_unavailable(e.to_string()),
             other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Builds an error from an HTTP status code and message with the reason that code means.
+pub fn from_code(code: u16, message: impl Into<String>) -> ApiError {
+    let reason = match code {
+        400 => Reason::BadRequest,
+        401 => Reason::Unauthorized,
+        403 => Reason::Forbidden,
+        404 => Reason::NotFound,
+        405 => Reason::MethodNotAllowed,
+        406 => Reason::NotAcceptable,
+        409 => Reason::Conflict,
+        410 => Reason::Gone,
+        413 => Reason::RequestEntityTooLarge,
+        415 => Reason::UnsupportedMediaType,
+        422 => Reason::Invalid,
+        429 => Reason::TooManyRequests,
+        503 => Reason::ServiceUnavailable,
+        504 => Reason::Timeout,
+        _ => Reason::InternalError,
+    };
+    ApiError::new(code, reason, message)
+}
+
+impl From<crate::validation::Invalid> for ApiError {
+    fn from(e: crate::validation::Invalid) -> Self {
+        let causes = e
+            .causes
+            .iter()
+            .map(|c| StatusCause {
+                reason: c.reason().to_string(),
+                message: c.body(),
+                field: c.field.clone(),
+            })
+            .collect();
+        ApiError::new(422, Reason::Invalid, e.message()).with_details(StatusDetails {
+            name: e.name.clone(),
+            group: e.group.clone(),
+            kind: e.kind.clone(),
+            causes,
+            ..Default::default()
+        })
+    }
+}
+
+impl From<crate::validation::DecodeError> for ApiError {
+    fn from(e: crate::validation::DecodeError) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<crate::patch::PatchError> for ApiError {
+    fn from(e: crate::patch::PatchError) -> Self {
+        from_code(e.http_status(), e.to_string())
+    }
+}
+
+impl From<crate::apply::ApplyError> for ApiError {
+    fn from(e: crate::apply::ApplyError) -> Self {
+        from_code(e.http_status(), e.to_string())
+    }
+}
+
+impl From<crate::protobuf::ProtobufError> for ApiError {
+    fn from(e: crate::protobuf::ProtobufError) -> Self {
+        from_code(e.http_status(), e.to_string())
+    }
+}
+
+impl From<crate::registry::FieldSelectorError> for ApiError {
+    fn from(e: crate::registry::FieldSelectorError) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<crate::registry::ScaleError> for ApiError {
+    fn from(e: crate::registry::ScaleError) -> Self {
+        match e {
+            crate::registry::ScaleError::NoScale => ApiError::path_not_found(),
+            other => from_code(422, other.to_string()),
         }
     }
 }

@@ -1,0 +1,474 @@
+//! The request pipeline: authenticate, route, then the handler of the endpoint.
+//!
+//! Non-resource endpoints (`/version`, health, discovery, OpenAPI) are answered from caches;
+//! resource paths (`/api/v1/...`, `/apis/{g}/{v}/...`) are parsed into a [`Target`] and
+//! handed to [`objects`] (CRUD, patch, subresources) or [`crate::watch`].
+//!
+//! Store keys are `/registry/<group>/<resource>/[<namespace>/]<name>` with the core group
+//! written `core` ([`crate::registry::ResourceDef::key_prefix`]).
+
+pub mod objects;
+pub mod selector;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::auth::UserInfo;
+use crate::discovery::{self, Scope};
+use crate::registry::ResourceDef;
+use crate::server::body::{self, Body};
+use crate::server::{App, ConnInfo};
+use crate::status::ApiError;
+
+/// The Kubernetes version this server reports.
+pub const KUBE_MINOR: &str = "33";
+/// `gitVersion` reported by `/version`.
+pub const KUBE_GIT_VERSION: &str = "v1.33.1";
+
+/// Namespaces every cluster starts with.
+pub const DEFAULT_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// A parsed query string (`application/x-www-form-urlencoded`).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Query(Vec<(String, String)>);
+
+fn percent_decode(s: &str, plus_space: bool) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Query {
+    pub(crate) fn parse(q: Option<&str>) -> Result<Self, ApiError> {
+        let mut out = Vec::new();
+        for pair in q
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .take(256)
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let bad = || ApiError::bad_request(format!("malformed query parameter {pair:?}"));
+            out.push((
+                percent_decode(k, true).ok_or_else(bad)?,
+                percent_decode(v, true).ok_or_else(bad)?,
+            ));
+        }
+        Ok(Self(out))
+    }
+
+    /// The first value of `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a boolean parameter is set (`true`, `1`).
+    pub(crate) fn flag(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("true" | "1" | "True"))
+    }
+
+    /// Every value of `name`.
+    pub(crate) fn all(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a resource path names.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) def: Arc<ResourceDef>,
+    /// The namespace in the path (namespaced resources only).
+    pub(crate) namespace: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) subresource: Option<String>,
+}
+
+impl Target {
+    /// The store key of the named object.
+    pub(crate) fn key(&self) -> Bytes {
+        object_key(
+            &self.def,
+            self.namespace.as_deref(),
+            self.name.as_deref().unwrap_or(""),
+        )
+    }
+
+    /// The store key prefix of the collection (all namespaces when none is given).
+    pub(crate) fn prefix(&self) -> Bytes {
+        let mut p = self.def.key_prefix();
+        if let Some(ns) = &self.namespace {
+            p.push_str(ns);
+            p.push('/');
+        }
+        Bytes::from(p)
+    }
+}
+
+/// The store key of an object.
+pub(crate) fn object_key(def: &ResourceDef, namespace: Option<&str>, name: &str) -> Bytes {
+    let mut k = def.key_prefix();
+    if def.namespaced {
+        k.push_str(namespace.unwrap_or(""));
+        k.push('/');
+    }
+    k.push_str(name);
+    Bytes::from(k)
+}
+
+/// A path segment that names an object or namespace: no traversal, no separators.
+pub(crate) fn check_segment(s: &str) -> Result<(), ApiError> {
+    let why = match s {
+        "" => Some("may not be empty".to_string()),
+        "." | ".." => Some(format!("may not be {s:?}")),
+        _ if s.contains('/') => Some("may not contain '/'".to_string()),
+        _ if s.contains('%') => Some("may not contain '%'".to_string()),
+        _ if s.chars().any(char::is_control) => Some("may not contain control characters".into()),
+        _ => None,
+    };
+    match why {
+        Some(w) => Err(ApiError::bad_request(format!("name {w}"))),
+        None => Ok(()),
+    }
+}
+
+/// Serve a whole request; never fails (errors become Status answers).
+pub(crate) async fn handle(
+    app: Arc<App>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let gzip_ok = accepts_gzip(req.headers());
+    let mut resp = match route(&app, &conn, req).await {
+        Ok(r) => r,
+        Err(e) => body::error(&e),
+    };
+    if gzip_ok {
+        resp = maybe_gzip(resp);
+    }
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+fn accepts_gzip(h: &HeaderMap) -> bool {
+    h.get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|e| e.trim().split(';').next() == Some("gzip"))
+        })
+}
+
+/// Responses at least this large are gzipped when the client accepts it (as upstream).
+const GZIP_MIN_BYTES: usize = 128 * 1024;
+
+/// Gzips a full (non-streaming) body of at least [`GZIP_MIN_BYTES`].
+fn maybe_gzip(resp: Response<Body>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    use hyper::body::Body as _;
+    let exact = resp.body().size_hint().exact();
+    let Some(len) = exact else { return resp };
+    if (len as usize) < GZIP_MIN_BYTES || resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return resp;
+    }
+    let (mut parts, b) = resp.into_parts();
+    // A full body is ready at once: poll it without a runtime hop.
+    let fut = b.collect();
+    let mut fut = std::pin::pin!(fut);
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let data = match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok(c)) => c.to_bytes(),
+        _ => return Response::from_parts(parts, body::full(Bytes::new())),
+    };
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::fast(),
+    );
+    use std::io::Write;
+    if enc.write_all(&data).is_err() {
+        return Response::from_parts(parts, body::full(data));
+    }
+    match enc.finish() {
+        Ok(z) => {
+            parts
+                .headers
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, body::full(z))
+        }
+        Err(_) => Response::from_parts(parts, body::full(data)),
+    }
+}
+
+use std::future::Future as _;
+
+fn version_body() -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&json!({
+            "major": "1",
+            "minor": KUBE_MINOR,
+            "gitVersion": KUBE_GIT_VERSION,
+            "gitCommit": "kubeshard",
+            "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z",
+            "goVersion": "go1.24.0",
+            "compiler": "gc",
+            "platform": "linux/amd64",
+        }))
+        .unwrap_or_default(),
+    )
+}
+
+async fn route(
+    app: &Arc<App>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let user = if conn.secure {
+        app.auth.authenticate(
+            conn.cert_user.as_ref(),
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        )?
+    } else {
+        UserInfo::unsecured_admin()
+    };
+    let path = req.uri().path().to_string();
+    let query = Query::parse(req.uri().query())?;
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+
+    match path.as_str() {
+        "/version" | "/version/" if get => return Ok(body::json(StatusCode::OK, version_body())),
+        "/healthz" | "/livez" | "/readyz" | "/healthz/" | "/livez/" | "/readyz/" if get => {
+            return Ok(body::response(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "ok",
+            ));
+        }
+        "/api" | "/api/" | "/apis" | "/apis/" if get => {
+            let scope = if path.starts_with("/apis") {
+                Scope::Apis
+            } else {
+                Scope::Core
+            };
+            let format = discovery::negotiate(accept.as_deref())
+                .ok_or_else(|| ApiError::not_acceptable(accept.as_deref().unwrap_or("")))?;
+            let (ct, bytes) = app.discovery().root(scope, format);
+            return Ok(body::response(StatusCode::OK, ct, bytes));
+        }
+        "/openapi/v3" | "/openapi/v3/" if get => {
+            return Ok(body::json(StatusCode::OK, app.openapi().index().clone()));
+        }
+        _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/openapi/v3/") {
+        if !get {
+            return Err(ApiError::method_not_allowed());
+        }
+        let oa = app.openapi();
+        let doc = oa.document(rest).ok_or_else(ApiError::path_not_found)?;
+        let mut r = body::json(StatusCode::OK, doc.bytes.clone());
+        let h = r.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&doc.etag) {
+            h.insert(header::ETAG, v);
+        }
+        let cache = if query.get("hash") == Some(doc.hash.as_str()) {
+            "public, immutable"
+        } else {
+            "no-cache, private"
+        };
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+        return Ok(r);
+    }
+    if path.starts_with("/healthz/") || path.starts_with("/livez/") || path.starts_with("/readyz/")
+    {
+        return Ok(body::response(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "ok",
+        ));
+    }
+
+    // Resource paths.
+    let segs: Vec<String> = path
+        .split('/')
+        .skip(1)
+        .map(|s| percent_decode(s, false).ok_or_else(|| ApiError::bad_request("malformed path")))
+        .collect::<Result<_, _>>()?;
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let segs: &[&str] = match segs.last() {
+        Some(&"") => &segs[..segs.len() - 1],
+        _ => &segs[..],
+    };
+    let (group, version, rest): (&str, &str, &[&str]) = match segs {
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g] if get => {
+            let b = app
+                .discovery()
+                .group(g)
+                .ok_or_else(ApiError::path_not_found)?;
+            return Ok(body::json(StatusCode::OK, b));
+        }
+        ["apis", g, v, rest @ ..] => (g, v, rest),
+        _ => return Err(ApiError::path_not_found()),
+    };
+    if rest.is_empty() {
+        if !get {
+            return Err(ApiError::method_not_allowed());
+        }
+        let b = app
+            .discovery()
+            .resource_list(group, version)
+            .ok_or_else(ApiError::path_not_found)?;
+        return Ok(body::json(StatusCode::OK, b));
+    }
+    let target = parse_target(app, group, version, rest)?;
+    objects::serve(app, &user, target, query, req).await
+}
+
+fn parse_target(app: &App, group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
+    let reg = app.registry();
+    let lookup = |r: &str| reg.lookup(group, version, r).cloned();
+    let t = match rest {
+        ["namespaces", ns, r, tail @ ..] if lookup(r).is_some_and(|d| d.namespaced) => {
+            check_segment(ns)?;
+            let def = lookup(r).ok_or_else(ApiError::path_not_found)?;
+            match tail {
+                [] => Target {
+                    def,
+                    namespace: Some(ns.to_string()),
+                    name: None,
+                    subresource: None,
+                },
+                [n] => Target {
+                    def,
+                    namespace: Some(ns.to_string()),
+                    name: Some(n.to_string()),
+                    subresource: None,
+                },
+                [n, s] => Target {
+                    def,
+                    namespace: Some(ns.to_string()),
+                    name: Some(n.to_string()),
+                    subresource: Some(s.to_string()),
+                },
+                _ => return Err(ApiError::path_not_found()),
+            }
+        }
+        [r, tail @ ..] => {
+            let def = lookup(r).ok_or_else(ApiError::path_not_found)?;
+            match tail {
+                [] => Target {
+                    def,
+                    namespace: None,
+                    name: None,
+                    subresource: None,
+                },
+                [n] if !def.namespaced => Target {
+                    def,
+                    namespace: None,
+                    name: Some(n.to_string()),
+                    subresource: None,
+                },
+                [n, s] if !def.namespaced => Target {
+                    def,
+                    namespace: None,
+                    name: Some(n.to_string()),
+                    subresource: Some(s.to_string()),
+                },
+                _ => return Err(ApiError::path_not_found()),
+            }
+        }
+        [] => return Err(ApiError::path_not_found()),
+    };
+    if let Some(n) = &t.name {
+        check_segment(n)?;
+    }
+    if let Some(s) = &t.subresource
+        && t.def.subresource(s).is_none()
+    {
+        return Err(ApiError::path_not_found());
+    }
+    Ok(t)
+}
+
+/// Creates the default namespaces if missing.
+pub(crate) async fn bootstrap(app: &Arc<App>) -> Result<(), ApiError> {
+    let reg = app.registry();
+    let def = reg
+        .lookup("", "v1", "namespaces")
+        .cloned()
+        .ok_or_else(|| ApiError::internal("no namespaces resource"))?;
+    for ns in DEFAULT_NAMESPACES {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match objects::create_object(app, &def, None, obj, "kubeshard", false).await {
+            Ok(_) => tracing::info!("created namespace {ns}"),
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding() {
+        let q = Query::parse(Some("labelSelector=app%3Dweb%2Ctier+in+(a)&watch=1&x")).unwrap();
+        assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
+        assert!(q.flag("watch"));
+        assert_eq!(q.get("x"), Some(""));
+        assert!(Query::parse(Some("a=%zz")).is_err());
+    }
+
+    #[test]
+    fn segments_reject_traversal() {
+        for s in ["", ".", "..", "a/b", "a%2f"] {
+            assert!(check_segment(s).is_err(), "{s}");
+        }
+        assert!(check_segment("web-1").is_ok());
+    }
+}

@@ -1,0 +1,509 @@
+//! The apiserver's transport: one TLS port speaking HTTP/2 and HTTP/1.1 (ALPN `h2`,
+//! `http/1.1`, upgrades on HTTP/1.1), accepted by one acceptor per core, each a
+//! `current_thread` tokio runtime with its own `SO_REUSEPORT` listener; plus an optional
+//! plain-HTTP port on loopback for development whose requests are the unsecured admin.
+//!
+//! [`start`] prepares everything that can fail (PKI, token file, TLS config, sockets,
+//! default namespaces) before it returns, so a caller sees start-up errors at once; the
+//! returned [`RunningServer`] stops every acceptor on [`RunningServer::shutdown`].
+//!
+//! Bounds: connections per acceptor ([`MAX_CONNECTIONS_PER_ACCEPTOR`]), TLS handshake time,
+//! HTTP/1.1 header read time (also the idle keep-alive limit), HTTP/2 keep-alive pings,
+//! concurrent HTTP/2 streams, request bodies (3 MiB, 413) and body read time.
+
+pub mod body;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::auth::{AuthError, Authenticator, UserInfo};
+use crate::discovery::DiscoveryCache;
+use crate::openapi::OpenApi;
+use crate::pki::{self, PkiError};
+use crate::registry::Registry;
+
+/// Most open connections one acceptor serves at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS_PER_ACCEPTOR: usize = 10_000;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP1_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+const HTTP2_MAX_STREAMS: u32 = 1000;
+const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(3);
+
+/// How to run the apiserver.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Holds `pki/` and `kubeconfig`.
+    pub data_dir: PathBuf,
+    /// The address the TLS port binds (loopback by default).
+    pub bind_address: IpAddr,
+    /// The TLS port; 0 picks a free one (see [`RunningServer::port`]).
+    pub port: u16,
+    /// A plain-HTTP port on 127.0.0.1 (development only; its requests are admin).
+    pub insecure_port: Option<u16>,
+    /// Extra SANs for the serving certificate (addresses clients use).
+    pub extra_sans: Vec<String>,
+    /// Upstream's static token file (`token,user,uid,"groups"`).
+    pub token_auth_file: Option<PathBuf>,
+    /// Let requests without credentials through as `system:anonymous`.
+    pub anonymous_auth: bool,
+    /// Number of acceptor threads (one per core by default).
+    pub acceptors: usize,
+}
+
+impl ServerOptions {
+    /// Defaults: loopback, port 6443, no insecure port, one acceptor per core.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            bind_address: IpAddr::from([127, 0, 0, 1]),
+            port: 6443,
+            insecure_port: None,
+            extra_sans: Vec::new(),
+            token_auth_file: None,
+            anonymous_auth: false,
+            acceptors: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        }
+    }
+}
+
+/// Start-up failures. None is retryable without a change (free the port, fix the files).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("bootstrapping the store: {0}")]
+    Bootstrap(#[from] crate::status::ApiError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+/// What a request handler knows about its connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// False on the loopback plain-HTTP port.
+    pub(crate) secure: bool,
+    /// The identity of a verified client certificate.
+    pub(crate) cert_user: Option<UserInfo>,
+}
+
+/// Shared state of every request handler.
+pub(crate) struct App {
+    pub(crate) backend: Arc<dyn store::Backend>,
+    pub(crate) registry: RwLock<Arc<Registry>>,
+    pub(crate) discovery: RwLock<Arc<DiscoveryCache>>,
+    pub(crate) openapi: RwLock<Arc<OpenApi>>,
+    pub(crate) auth: Authenticator,
+    pub(crate) server_address: String,
+}
+
+impl App {
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .map_or_else(|p| p.into_inner().clone(), |g| g.clone())
+    }
+
+    pub(crate) fn discovery(&self) -> Arc<DiscoveryCache> {
+        self.discovery
+            .read()
+            .map_or_else(|p| p.into_inner().clone(), |g| g.clone())
+    }
+
+    pub(crate) fn openapi(&self) -> Arc<OpenApi> {
+        self.openapi
+            .read()
+            .map_or_else(|p| p.into_inner().clone(), |g| g.clone())
+    }
+}
+
+/// A started apiserver.
+pub struct RunningServer {
+    /// The TLS port actually bound.
+    pub port: u16,
+    /// The plain-HTTP port actually bound, if any.
+    pub insecure_port: Option<u16>,
+    /// The admin kubeconfig written at start.
+    pub kubeconfig: PathBuf,
+    stop: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets open requests finish for a few seconds, and joins every
+    /// acceptor thread.
+    pub fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Binds `n` SO_REUSEPORT listeners on `addr` (port 0: the first picks, the rest follow).
+fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, ServerError> {
+    let first = bind_reuseport(addr).map_err(io(format!("binding {addr}")))?;
+    let port = first.local_addr().map_err(io("local address"))?.port();
+    let mut out = vec![first];
+    for _ in 1..n {
+        let a = SocketAddr::new(addr.ip(), port);
+        out.push(bind_reuseport(a).map_err(io(format!("binding {a}")))?);
+    }
+    Ok(out)
+}
+
+fn tls_config(pki: &pki::Pki) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pki.ca_cert_pem.as_bytes()) {
+        roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls(&e))?;
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut pki.serving_cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| tls(&e))?;
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut pki.serving_key_pem.as_bytes())
+            .map_err(|e| tls(&e))?
+            .ok_or_else(|| ServerError::Tls("no private key in apiserver.key".into()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(&e))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Starts the apiserver over `backend`: PKI and kubeconfig under `opts.data_dir`, default
+/// namespaces, then the acceptors. Returns once every listener is bound.
+pub fn start(
+    opts: ServerOptions,
+    backend: Arc<dyn store::Backend>,
+) -> Result<RunningServer, ServerError> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(io(format!(
+        "creating data directory {}",
+        opts.data_dir.display()
+    )))?;
+    let mut sans = opts.extra_sans.clone();
+    if !opts.bind_address.is_unspecified() {
+        sans.push(opts.bind_address.to_string());
+    }
+    let pki = pki::ensure(&opts.data_dir, &sans)?;
+    let mut auth = Authenticator::new(opts.anonymous_auth);
+    if let Some(f) = &opts.token_auth_file {
+        auth.load_token_file(f)?;
+    }
+    let tls = tls_config(&pki)?;
+    let n = opts.acceptors.max(1);
+    let listeners = bind_group(SocketAddr::new(opts.bind_address, opts.port), n)?;
+    let port = listeners[0]
+        .local_addr()
+        .map_err(io("local address"))?
+        .port();
+    let insecure = match opts.insecure_port {
+        Some(p) => Some(bind_group(SocketAddr::from(([127, 0, 0, 1], p)), n)?),
+        None => None,
+    };
+    let insecure_port = match &insecure {
+        Some(l) => Some(l[0].local_addr().map_err(io("local address"))?.port()),
+        None => None,
+    };
+
+    let host = if opts.bind_address.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        match opts.bind_address {
+            IpAddr::V6(a) => format!("[{a}]"),
+            IpAddr::V4(a) => a.to_string(),
+        }
+    };
+    let server_address = format!("{host}:{port}");
+    let kubeconfig = opts.data_dir.join("kubeconfig");
+    crate::kubeconfig::write_admin_kubeconfig(
+        &pki,
+        &format!("https://{server_address}"),
+        &kubeconfig,
+    )
+    .map_err(io(format!("writing {}", kubeconfig.display())))?;
+
+    let registry = Registry::builtin();
+    let app = Arc::new(App {
+        backend,
+        discovery: RwLock::new(Arc::new(DiscoveryCache::build(&registry, &server_address))),
+        openapi: RwLock::new(Arc::new(OpenApi::build(&registry))),
+        registry: RwLock::new(Arc::new(registry)),
+        auth,
+        server_address,
+    });
+
+    // Bootstrap (default namespaces) on a throwaway runtime before serving.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting a runtime"))?;
+    rt.block_on(crate::rest::bootstrap(&app))?;
+    drop(rt);
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut threads = Vec::new();
+    let mut insecure = insecure.map(Vec::into_iter);
+    for (i, l) in listeners.into_iter().enumerate() {
+        let app = app.clone();
+        let tls = tls.clone();
+        let stop_rx = stop_rx.clone();
+        let plain = insecure.as_mut().and_then(Iterator::next);
+        let t = std::thread::Builder::new()
+            .name(format!("api-accept-{i}"))
+            .spawn(move || acceptor(app, tls, l, plain, stop_rx))
+            .map_err(io("spawning an acceptor thread"))?;
+        threads.push(t);
+    }
+    Ok(RunningServer {
+        port,
+        insecure_port,
+        kubeconfig,
+        stop,
+        threads,
+    })
+}
+
+fn acceptor(
+    app: Arc<App>,
+    tls: Arc<rustls::ServerConfig>,
+    listener: std::net::TcpListener,
+    plain: Option<std::net::TcpListener>,
+    stop: watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("acceptor runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_ACCEPTOR));
+        let secure = accept_loop(
+            app.clone(),
+            Some(tls),
+            listener,
+            stop.clone(),
+            limit.clone(),
+        );
+        match plain {
+            Some(p) => {
+                let insecure = accept_loop(app, None, p, stop, limit);
+                tokio::join!(secure, insecure);
+            }
+            None => secure.await,
+        }
+    });
+    // Dropping the runtime cancels what is still running (open watches).
+}
+
+async fn accept_loop(
+    app: Arc<App>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    listener: std::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    limit: Arc<tokio::sync::Semaphore>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("listener: {e}");
+            return;
+        }
+    };
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let (sock, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = sock.set_nodelay(true);
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            match acceptor {
+                None => {
+                    let info = ConnInfo {
+                        secure: false,
+                        cert_user: None,
+                    };
+                    serve_conn(app, sock, info, stop).await;
+                }
+                Some(acceptor) => {
+                    let tls =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!("TLS handshake: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let cert_user = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| UserInfo::from_client_cert(c));
+                    let info = ConnInfo {
+                        secure: true,
+                        cert_user,
+                    };
+                    serve_conn(app, tls, info, stop).await;
+                }
+            }
+        });
+        // Reap finished connection tasks so the set stays small.
+        while conns.try_join_next().is_some() {}
+    }
+    // Stop: give open connections a moment, then drop them.
+    let _ = tokio::time::timeout(GRACEFUL_SHUTDOWN, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
+}
+
+async fn serve_conn<I>(app: Arc<App>, io: I, info: ConnInfo, mut stop: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
+    let svc = hyper::service::service_fn(move |req| {
+        let app = app.clone();
+        let info = info.clone();
+        async move { Ok::<_, std::convert::Infallible>(crate::rest::handle(app, info, req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HTTP1_HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+        .max_concurrent_streams(HTTP2_MAX_STREAMS);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("connection: {e}");
+            }
+        }
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(GRACEFUL_SHUTDOWN, conn).await;
+        }
+    }
+}
+
+impl App {
+    /// A CustomResourceDefinition was written or deleted: serve (or stop serving) its
+    /// resources and refresh discovery and OpenAPI.
+    pub(crate) fn crd_changed(&self, crd: &serde_json::Value, deleted: bool) {
+        let mut reg = (*self.registry()).clone();
+        let name = crd
+            .pointer("/metadata/name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let changed = if deleted {
+            reg.remove_crd(&name)
+        } else {
+            match reg.apply_crd(crd) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!("CRD {name}: {e}");
+                    false
+                }
+            }
+        };
+        if !changed {
+            return;
+        }
+        let disc = DiscoveryCache::build(&reg, &self.server_address);
+        let mut oa = (*self.openapi()).clone();
+        oa.update_crds(&reg);
+        if let Ok(mut g) = self.registry.write() {
+            *g = Arc::new(reg);
+        }
+        if let Ok(mut g) = self.discovery.write() {
+            *g = Arc::new(disc);
+        }
+        if let Ok(mut g) = self.openapi.write() {
+            *g = Arc::new(oa);
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! End-to-end sessions of the real kubectl (1.27, 1.30, 1.33) against `kubeshard server`.
+
+#[path = "support/api_server.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::{TestServer, kubectl_path};
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: IMAGE
+";
+
+fn have_kubectl(minor: u32) -> bool {
+    let p = kubectl_path(minor);
+    if !p.exists() {
+        eprintln!("skipping: {} is not installed", p.display());
+    }
+    p.exists()
+}
+
+#[test]
+fn kubectl_1_33_session() {
+    if !have_kubectl(33) {
+        return;
+    }
+    let s = TestServer::start(&[]);
+    let k = 33;
+    let v = s.ok(k, &["version"]);
+    assert!(v.contains("Server Version: v1.33."), "{v}");
+
+    let ns = s.ok(k, &["get", "namespaces"]);
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            ns.lines().any(|l| l.starts_with(n) && l.contains("Active")),
+            "{ns}"
+        );
+    }
+
+    // Typed-client creates send protobuf bodies on 1.33.
+    assert_eq!(
+        s.ok(k, &["create", "namespace", "demo"]).trim(),
+        "namespace/demo created"
+    );
+    assert_eq!(
+        s.ok(
+            k,
+            &[
+                "create",
+                "configmap",
+                "c1",
+                "-n",
+                "demo",
+                "--from-literal=a=b"
+            ]
+        )
+        .trim(),
+        "configmap/c1 created"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok(k, &["get", "configmap", "c1", "-n", "demo", "-o", "json"]))
+            .unwrap();
+    assert_eq!(json["data"]["a"], "b");
+    assert_eq!(json["metadata"]["namespace"], "demo");
+    assert!(
+        json["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(json["metadata"]["uid"].as_str().unwrap().len(), 36);
+    let e = s.err(k, &["create", "configmap", "c1", "-n", "demo"]);
+    assert!(e.contains("configmaps \"c1\" already exists"), "{e}");
+
+    // Labels and selectors.
+    assert_eq!(
+        s.ok(k, &["label", "configmap", "c1", "-n", "demo", "tier=web"])
+            .trim(),
+        "configmap/c1 labeled"
+    );
+    let l = s.ok(
+        k,
+        &[
+            "get",
+            "configmap",
+            "-n",
+            "demo",
+            "-l",
+            "tier=web",
+            "--show-labels",
+        ],
+    );
+    assert!(l.contains("c1") && l.contains("tier=web"), "{l}");
+    let out = s.kubectl(
+        k,
+        &["get", "configmap", "-n", "demo", "-l", "tier in (db,cache)"],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No resources found in demo namespace."));
+    let y = s.ok(k, &["get", "configmap", "c1", "-n", "demo", "-o", "yaml"]);
+    assert!(
+        y.contains("tier: web") && y.contains("kind: ConfigMap"),
+        "{y}"
+    );
+
+    // Client-side apply: create, unchanged, configured.
+    let d1 = DEPLOY.replace("IMAGE", "nginx:1.27");
+    let d2 = DEPLOY.replace("IMAGE", "nginx:1.28");
+    let apply = |doc: &str| s.ok_stdin(k, &["apply", "-n", "demo", "-f", "-"], doc);
+    assert_eq!(apply(&d1).trim(), "deployment.apps/web created");
+    assert_eq!(apply(&d1).trim(), "deployment.apps/web unchanged");
+    assert_eq!(apply(&d2).trim(), "deployment.apps/web configured");
+    let wide = s.ok(k, &["get", "deployments", "-n", "demo", "-o", "wide"]);
+    assert!(
+        wide.contains("CONTAINERS") && wide.contains("nginx:1.28") && wide.contains("app=web"),
+        "{wide}"
+    );
+
+    // Scale, patches (no-op keeps the resourceVersion), server-side apply.
+    assert_eq!(
+        s.ok(
+            k,
+            &["scale", "deployment", "web", "-n", "demo", "--replicas=5"]
+        )
+        .trim(),
+        "deployment.apps/web scaled"
+    );
+    let reps = |s: &TestServer| {
+        s.ok(
+            k,
+            &[
+                "get",
+                "deployment",
+                "web",
+                "-n",
+                "demo",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+        )
+    };
+    assert_eq!(reps(&s), "5");
+    let p = s.ok(
+        k,
+        &[
+            "patch",
+            "deployment",
+            "web",
+            "-n",
+            "demo",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":5}}"#,
+        ],
+    );
+    assert_eq!(p.trim(), "deployment.apps/web patched (no change)");
+    s.ok(
+        k,
+        &[
+            "patch",
+            "deployment",
+            "web",
+            "-n",
+            "demo",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/replicas","value":3}]"#,
+        ],
+    );
+    assert_eq!(reps(&s), "3");
+    s.ok(k, &["patch", "deployment", "web", "-n", "demo", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.29"}]}}}}"#]);
+    let img = s.ok(
+        k,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].image}",
+        ],
+    );
+    assert_eq!(img, "nginx:1.29");
+    let ssa = s.ok_stdin(
+        k,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-n",
+            "demo",
+            "-f",
+            "-",
+        ],
+        &d2,
+    );
+    assert_eq!(ssa.trim(), "deployment.apps/web serverside-applied");
+
+    // Strict decoding and name validation.
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c2\nbogus: 1\n";
+    let e = s.kubectl_stdin(k, &["create", "-n", "demo", "-f", "-"], Some(bad));
+    let e = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        e.contains("strict decoding error: unknown field \"bogus\""),
+        "{e}"
+    );
+    let e = s.err(k, &["create", "configmap", "Bad_Name", "-n", "demo"]);
+    assert!(
+        e.contains("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value"),
+        "{e}"
+    );
+
+    // Pods, -A, -o wide columns from the server-side Table.
+    s.ok(k, &["run", "p1", "-n", "demo", "--image=nginx"]);
+    let all = s.ok(k, &["get", "pods", "-A", "-o", "wide"]);
+    assert!(
+        all.contains("NAMESPACE") && all.contains("NOMINATED NODE"),
+        "{all}"
+    );
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("demo") && l.contains("p1") && l.contains("Pending")),
+        "{all}"
+    );
+
+    // Discovery, OpenAPI, auth.
+    let ar = s.ok(k, &["api-resources"]);
+    assert!(
+        ar.lines()
+            .any(|l| l.starts_with("deployments") && l.contains("apps/v1")),
+        "{ar}"
+    );
+    let ex = s.ok(k, &["explain", "deployment.spec.replicas"]);
+    assert!(ex.contains("FIELD: replicas <integer>"), "{ex}");
+    assert_eq!(s.ok(k, &["auth", "can-i", "create", "pods"]).trim(), "yes");
+
+    // Delete returns, then 404.
+    assert_eq!(
+        s.ok(k, &["delete", "configmap", "c1", "-n", "demo"]).trim(),
+        "configmap \"c1\" deleted"
+    );
+    let e = s.err(k, &["get", "configmap", "c1", "-n", "demo"]);
+    assert!(
+        e.contains("Error from server (NotFound): configmaps \"c1\" not found"),
+        "{e}"
+    );
+    // Paging follows continue tokens.
+    for i in 0..5 {
+        s.ok(
+            k,
+            &["create", "configmap", &format!("page-{i}"), "-n", "demo"],
+        );
+    }
+    let paged = s.ok(
+        k,
+        &[
+            "get",
+            "configmaps",
+            "-n",
+            "demo",
+            "--chunk-size=2",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(
+        paged
+            .lines()
+            .filter(|l| l.starts_with("configmap/page-"))
+            .count(),
+        5,
+        "{paged}"
+    );
+}
+
+#[test]
+fn older_kubectl_versions() {
+    for k in [27, 30] {
+        if !have_kubectl(k) {
+            continue;
+        }
+        let s = TestServer::start(&[]);
+        // kubectl 1.27 validates with the protobuf OpenAPI v2 document, not served yet.
+        let validate = if k == 27 {
+            "--validate=false"
+        } else {
+            "--validate=strict"
+        };
+        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: old\ndata:\n  k: v\n";
+        assert_eq!(
+            s.ok_stdin(k, &["create", validate, "-f", "-"], cm).trim(),
+            "configmap/old created",
+            "1.{k}"
+        );
+        let g = s.ok(k, &["get", "configmaps"]);
+        assert!(
+            g.contains("DATA") && g.lines().any(|l| l.starts_with("old")),
+            "1.{k}: {g}"
+        );
+        assert_eq!(
+            s.ok(k, &["create", "namespace", "n2"]).trim(),
+            "namespace/n2 created"
+        );
+        s.ok(k, &["label", "configmap", "old", "a=b"]);
+        assert_eq!(
+            s.ok(
+                k,
+                &["get", "cm", "old", "-o", "jsonpath={.metadata.labels.a}"]
+            ),
+            "b"
+        );
+        let d = DEPLOY.replace("IMAGE", "nginx");
+        assert_eq!(
+            s.ok_stdin(k, &["apply", validate, "-f", "-"], &d).trim(),
+            "deployment.apps/web created"
+        );
+        assert_eq!(
+            s.ok_stdin(k, &["apply", validate, "-f", "-"], &d).trim(),
+            "deployment.apps/web unchanged"
+        );
+        assert_eq!(
+            s.ok(k, &["delete", "configmap", "old"]).trim(),
+            "configmap \"old\" deleted"
+        );
+        drop(s);
+    }
+}
+
+#[test]
+fn get_watch_streams_changes() {
+    if !have_kubectl(33) {
+        return;
+    }
+    let s = TestServer::start(&[]);
+    let mut child = Command::new(kubectl_path(33))
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .arg("--cache-dir")
+        .arg(s.dir.join("watch-cache"))
+        .args(["get", "configmaps", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the watch time to start, then write.
+    std::thread::sleep(Duration::from_secs(2));
+    s.ok(33, &["create", "configmap", "w1"]);
+    s.ok(33, &["label", "configmap", "w1", "x=y"]);
+    s.ok(33, &["delete", "configmap", "w1"]);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 3 && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(500))
+            && l.contains("w1")
+        {
+            seen.push(l);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[0].starts_with("ADDED"), "{seen:?}");
+    assert!(seen[1].starts_with("MODIFIED"), "{seen:?}");
+    assert!(seen[2].starts_with("DELETED"), "{seen:?}");
+}
