@@ -378,10 +378,11 @@ impl WatchHub {
         if from < log.floor {
             return None;
         }
+        let start = log.ring.partition_point(|b| b.rev < from);
         Some(
             log.ring
-                .iter()
-                .filter(|b| b.rev >= from && b.rev <= to)
+                .range(start..)
+                .take_while(|b| b.rev <= to)
                 .cloned()
                 .collect(),
         )
@@ -477,10 +478,12 @@ impl WatchHub {
                     return;
                 }
                 let lost = log.floor > cursor + 1 && log.last > cursor;
+                // The ring is in revision order: find the first unsent revision by binary
+                // search, not a scan (the ring holds up to `cap_events` events).
+                let from = log.ring.partition_point(|b| b.rev <= cursor);
                 let batches: Vec<_> = log
                     .ring
-                    .iter()
-                    .filter(|b| b.rev > cursor)
+                    .range(from..)
                     .take(FANOUT_CHUNK)
                     .cloned()
                     .collect();
