@@ -27,6 +27,12 @@ use parking_lot::Mutex;
 pub trait StorageFile: Send + fmt::Debug {
     /// Writes all of `buf` at `offset`. On error an unknown prefix may have been written.
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// [`StorageFile::write_all_at`] with an owned buffer, handed back (io_uring needs the
+    /// buffer to stay put while the kernel reads it; this saves a copy).
+    fn write_all_at_owned(&mut self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
+        let res = self.write_all_at(&buf, offset);
+        (res, buf)
+    }
     /// Makes the written data durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
     /// Makes data and metadata durable (`fsync`).
@@ -42,6 +48,13 @@ pub trait StorageFile: Send + fmt::Debug {
 
 /// Directory-level operations and file opening.
 pub trait Storage: Send + Sync + fmt::Debug {
+    /// Called once on the WAL writer thread before it does any I/O (io_uring sets up the
+    /// thread's ring here). Files used on other threads use plain syscalls.
+    fn prepare_thread(&self) {}
+    /// A short name for logs and benches ("std", "io_uring", "fault").
+    fn name(&self) -> &'static str {
+        "std"
+    }
     /// Creates `dir` and its parents if missing.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Creates a new file (fails if it exists), opened for writing.
@@ -140,6 +153,184 @@ impl Storage for StdStorage {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// io_uring
+// ---------------------------------------------------------------------------------------------
+
+/// The calling thread's io_uring context: a small `current_thread` runtime (the ring awaits
+/// completions through its reactor) and the ring from `shards`.
+struct UringCtx {
+    rt: tokio::runtime::Runtime,
+    ring: shards::uring::Ring,
+}
+
+thread_local! {
+    static URING: std::cell::RefCell<Option<UringCtx>> = const { std::cell::RefCell::new(None) };
+}
+
+fn uring_err(e: shards::uring::UringError) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::other(e.to_string()),
+    }
+}
+
+/// Runs `f` with the thread's ring if [`Storage::prepare_thread`] set one up here.
+fn with_uring<T>(f: impl FnOnce(&UringCtx) -> T) -> Option<T> {
+    URING.with(|cell| cell.borrow().as_ref().map(f))
+}
+
+/// [`StdStorage`] whose data writes and fdatasyncs go through an io_uring ring (`shards`'
+/// per-thread ring) on the WAL writer thread. Every other operation, and any I/O from other
+/// threads (recovery, snapshots), uses plain syscalls. If the ring cannot be set up, the
+/// writer thread logs it and falls back to std I/O.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UringStorage;
+
+impl UringStorage {
+    /// Whether io_uring works here: sets up (and drops) a ring on a scratch thread.
+    pub fn probe() -> Result<(), String> {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let ring = shards::uring::Ring::new(shards::uring::RingConfig::default())
+                    .map_err(|e| e.to_string())?;
+                ring.nop().await.map_err(|e| e.to_string())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("probe thread panicked".into()))
+    }
+}
+
+/// The default storage: io_uring where a ring can be set up, std otherwise (logged).
+pub fn default_storage() -> Arc<dyn Storage> {
+    static CHOICE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    match CHOICE.get_or_init(UringStorage::probe) {
+        Ok(()) => Arc::new(UringStorage),
+        Err(e) => {
+            tracing::info!(error = %e, "io_uring unavailable; the WAL uses std file I/O");
+            Arc::new(StdStorage)
+        }
+    }
+}
+
+/// A file of [`UringStorage`].
+#[derive(Debug)]
+pub struct UringFile {
+    inner: StdFile,
+}
+
+impl StorageFile for UringFile {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        // Borrowed buffers take the plain path; the writer uses `write_all_at_owned`.
+        self.inner.write_all_at(buf, offset)
+    }
+    fn write_all_at_owned(&mut self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
+        let file = &self.inner.file;
+        let mut buf = Some(buf);
+        let done = with_uring(|ctx| {
+            let buf = buf.take().unwrap_or_default();
+            let (res, buf) = ctx.rt.block_on(ctx.ring.write_all_at(file, buf, offset));
+            (res.map_err(uring_err), buf)
+        });
+        match done {
+            Some(done) => done,
+            None => {
+                let buf = buf.take().unwrap_or_default();
+                let res = self.inner.write_all_at(&buf, offset);
+                (res, buf)
+            }
+        }
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        let file = &self.inner.file;
+        match with_uring(|ctx| ctx.rt.block_on(ctx.ring.fdatasync(file)).map_err(uring_err)) {
+            Some(res) => res,
+            None => self.inner.sync_data(),
+        }
+    }
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.inner.sync_all()
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        self.inner.allocate(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+impl Storage for UringStorage {
+    fn prepare_thread(&self) {
+        let ctx = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                let ring = rt
+                    .block_on(async {
+                        shards::uring::Ring::new(shards::uring::RingConfig::default())
+                    })
+                    .map_err(|e| e.to_string())?;
+                Ok(UringCtx { rt, ring })
+            });
+        match ctx {
+            Ok(ctx) => URING.with(|cell| *cell.borrow_mut() = Some(ctx)),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring ring setup failed; this WAL writer uses std file I/O")
+            }
+        }
+    }
+    fn name(&self) -> &'static str {
+        if with_uring(|_| ()).is_some() {
+            "io_uring"
+        } else {
+            "io_uring(std fallback)"
+        }
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        StdStorage.create_dir_all(dir)
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Box::new(UringFile {
+            inner: StdFile { file },
+        }))
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(UringFile {
+            inner: StdFile { file },
+        }))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        StdStorage.read(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        StdStorage.list(dir)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        StdStorage.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdStorage.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        StdStorage.sync_dir(dir)
     }
 }
 
@@ -476,6 +667,9 @@ impl FaultStorage {
 }
 
 impl Storage for FaultStorage {
+    fn name(&self) -> &'static str {
+        "fault"
+    }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)
     }

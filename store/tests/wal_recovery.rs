@@ -246,3 +246,15 @@ async fn half_created_and_missing_segments() {
         "{err}"
     );
 }
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Wal>();
+    send_sync::<WalOptions>();
+    send_sync::<store::snapshot::Snapshot>();
+    send_sync::<FaultStorage>();
+    send_sync::<store::fileio::UringStorage>();
+    send::<store::wal::AppendFuture>();
+}

@@ -113,7 +113,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::Revision;
 use crate::error::StoreError;
-use crate::fileio::{StdStorage, Storage};
+use crate::fileio::{Storage, default_storage};
 
 /// Options of a [`Wal`]; [`WalOptions::new`] documents the defaults.
 #[derive(Debug, Clone)]
@@ -137,10 +137,11 @@ pub struct WalOptions {
 }
 
 impl WalOptions {
-    /// Defaults: std file I/O, 64 MiB preallocated segments, a 4096-record queue, batches of
-    /// up to 1024 records / 4 MiB, 16 MiB records, no quota.
+    /// Defaults: io_uring file I/O where a ring can be set up (std otherwise, logged), 64 MiB
+    /// preallocated segments, a 4096-record queue, batches of up to 1024 records / 4 MiB,
+    /// 16 MiB records, no quota.
     pub fn new() -> Self {
-        Self::with_storage(Arc::new(StdStorage))
+        Self::with_storage(default_storage())
     }
 
     /// The defaults of [`WalOptions::new`] over another storage.

@@ -207,6 +207,15 @@ impl Writer {
                 )));
             }
             let file_len = data.len() as u64;
+            let dirty = is_last
+                && data
+                    .get(scan.valid_end..)
+                    .is_some_and(|t| t.iter().any(|&b| b != 0));
+            // Replayed payloads point into this buffer: drop the preallocated (or torn) tail
+            // so it is not kept alive with them.
+            let mut data = data;
+            data.truncate(scan.valid_end);
+            data.shrink_to_fit();
             let data = Bytes::from(data);
             let mut last_revision = h.base_revision.max(writer.last_revision);
             for rec in &scan.records {
@@ -225,9 +234,6 @@ impl Writer {
             writer.last_revision = last_revision;
             writer.next_batch = scan.last_batch + 1;
             if is_last {
-                let dirty = data
-                    .get(scan.valid_end..)
-                    .is_some_and(|t| t.iter().any(|&b| b != 0));
                 tail = Some((h.seq, scan.valid_end, dirty));
             }
             writer.segments.push_back(Segment {
@@ -375,6 +381,12 @@ impl Writer {
 
     /// The writer thread's loop: drain the queue into batches until every sender is gone.
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        self.storage.prepare_thread();
+        tracing::debug!(
+            shard = self.shard,
+            io = self.storage.name(),
+            "WAL writer started"
+        );
         let mut batch: Vec<Pending> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut control = None;
@@ -509,10 +521,11 @@ impl Writer {
             );
         }
         debug_assert_eq!(self.buf.len(), len);
-        let written = active
+        let (res, buf) = active
             .file
-            .write_all_at(&self.buf, active.write_off)
-            .and_then(|()| active.file.sync_data());
+            .write_all_at_owned(std::mem::take(&mut self.buf), active.write_off);
+        self.buf = buf;
+        let written = res.and_then(|()| active.file.sync_data());
         if let Err(e) = written {
             active.broken = true;
             return Err(e);
