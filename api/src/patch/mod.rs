@@ -7,8 +7,9 @@
 //! - `application/merge-patch+json` → [`merge_patch::apply`] (RFC 7386);
 //!   [`merge_patch::diff`] computes the patch between two documents.
 //! - `application/strategic-merge-patch+json` → [`strategic::apply`] with the patch metadata of
-//!   the object's kind from [`strategic::builtin_schema`] (or any [`strategic::PatchSchema`],
-//!   e.g. one built from OpenAPI `x-kubernetes-patch-*` extensions). Upstream refuses strategic
+//!   the object's kind from [`strategic::builtin_schema`] or [`schema::OpenApiSchema`] (built
+//!   from the OpenAPI components' `x-kubernetes-patch-*`/`x-kubernetes-list-*` extensions, or
+//!   from a CRD's inline schema), or any other [`strategic::PatchSchema`]. Upstream refuses strategic
 //!   merge patch for custom resources with 415; [`strategic::builtin_schema`] returns `None` for
 //!   kinds it does not know so the server can do the same.
 //! - `application/apply-patch+yaml` → see [`crate::apply`].

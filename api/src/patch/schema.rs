@@ -7,7 +7,9 @@
 //! can implement the same trait.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use serde_json::Value;
 
 /// Patch metadata of one object type.
 pub trait PatchSchema: Send + Sync {
@@ -317,6 +319,161 @@ pub fn builtin_schema(api_version: &str, kind: &str) -> Option<&'static dyn Patc
     table().get(ty).map(|t| t as &dyn PatchSchema)
 }
 
+/// Patch metadata read from OpenAPI v3 schemas: the `x-kubernetes-patch-strategy`,
+/// `x-kubernetes-patch-merge-key`, `x-kubernetes-list-type` and `x-kubernetes-list-map-keys`
+/// extensions on properties, following `$ref`/`allOf` into `components.schemas` and `items`
+/// into list elements. Works for built-in components (as `openapi::SchemaSet` serves them) and
+/// for the inline `openAPIV3Schema` of a CRD version.
+pub struct OpenApiSchema {
+    fields: HashMap<String, OpenApiField>,
+}
+
+struct OpenApiField {
+    merge: bool,
+    retain_keys: bool,
+    merge_key: Option<&'static str>,
+    map_keys: &'static [&'static str],
+    child: Option<Arc<OpenApiSchema>>,
+}
+
+/// Nesting bound when following references (recursive schemas such as JSONSchemaProps).
+const OPENAPI_MAX_DEPTH: usize = 16;
+
+/// Interned extension strings: schemas are built rarely (at start, on CRD changes) and their
+/// key names are few, so leaking them keeps `FieldMeta` borrow-only.
+fn intern(s: &str) -> &'static str {
+    static POOL: OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        OnceLock::new();
+    let pool = POOL.get_or_init(Default::default);
+    let mut guard = match pool.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(found) = guard.get(s) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(s.to_string().into_boxed_str());
+    guard.insert(leaked);
+    leaked
+}
+
+fn intern_list(keys: &[&str]) -> &'static [&'static str] {
+    static POOL: OnceLock<std::sync::Mutex<Vec<&'static [&'static str]>>> = OnceLock::new();
+    let pool = POOL.get_or_init(Default::default);
+    let mut guard = match pool.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(found) = guard.iter().find(|l| **l == keys) {
+        return found;
+    }
+    let interned: Vec<&'static str> = keys.iter().map(|k| intern(k)).collect();
+    let leaked: &'static [&'static str] = Box::leak(interned.into_boxed_slice());
+    guard.push(leaked);
+    leaked
+}
+
+impl OpenApiSchema {
+    /// The schema of component `root` in `components` (the `components.schemas` object).
+    pub fn from_component(
+        components: &serde_json::Map<String, Value>,
+        root: &str,
+    ) -> Option<Arc<OpenApiSchema>> {
+        let node = components.get(root)?;
+        Some(Self::build(components, node, 0))
+    }
+
+    /// The schema of an inline OpenAPI schema object (a CRD's `openAPIV3Schema`).
+    pub fn from_inline(schema: &Value) -> Arc<OpenApiSchema> {
+        Self::build(&serde_json::Map::new(), schema, 0)
+    }
+
+    fn resolve<'a>(
+        components: &'a serde_json::Map<String, Value>,
+        mut node: &'a Value,
+    ) -> &'a Value {
+        for _ in 0..8 {
+            let reference = node.get("$ref").and_then(Value::as_str).or_else(|| {
+                node.get("allOf")
+                    .and_then(|a| a.get(0))
+                    .and_then(|x| x.get("$ref"))
+                    .and_then(Value::as_str)
+            });
+            let Some(target) = reference
+                .and_then(|r| r.rsplit('/').next())
+                .and_then(|name| components.get(name))
+            else {
+                break;
+            };
+            node = target;
+        }
+        node
+    }
+
+    fn build(
+        components: &serde_json::Map<String, Value>,
+        node: &Value,
+        depth: usize,
+    ) -> Arc<OpenApiSchema> {
+        let node = Self::resolve(components, node);
+        let mut fields = HashMap::new();
+        if depth < OPENAPI_MAX_DEPTH
+            && let Some(props) = node.get("properties").and_then(Value::as_object)
+        {
+            for (name, prop) in props {
+                let strategy = prop
+                    .get("x-kubernetes-patch-strategy")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let list_type = prop.get("x-kubernetes-list-type").and_then(Value::as_str);
+                let map_keys: Vec<&str> = prop
+                    .get("x-kubernetes-list-map-keys")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let resolved = Self::resolve(components, prop);
+                let element = resolved.get("items").unwrap_or(resolved);
+                let child = (Self::resolve(components, element)
+                    .get("properties")
+                    .is_some())
+                .then(|| Self::build(components, element, depth + 1));
+                fields.insert(
+                    name.clone(),
+                    OpenApiField {
+                        merge: strategy.split(',').any(|s| s == "merge")
+                            || list_type == Some("set"),
+                        retain_keys: strategy.split(',').any(|s| s == "retainKeys"),
+                        merge_key: prop
+                            .get("x-kubernetes-patch-merge-key")
+                            .and_then(Value::as_str)
+                            .map(intern),
+                        map_keys: if list_type == Some("map") {
+                            intern_list(&map_keys)
+                        } else {
+                            &[]
+                        },
+                        child,
+                    },
+                );
+            }
+        }
+        Arc::new(OpenApiSchema { fields })
+    }
+}
+
+impl PatchSchema for OpenApiSchema {
+    fn field(&self, name: &str) -> Option<FieldMeta<'_>> {
+        let f = self.fields.get(name)?;
+        Some(FieldMeta {
+            merge: f.merge,
+            retain_keys: f.retain_keys,
+            merge_key: f.merge_key,
+            list_map_keys: f.map_keys,
+            schema: f.child.as_deref().map(|c| c as &dyn PatchSchema),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +507,53 @@ mod tests {
         assert!(builtin_schema("example.com/v1", "Widget").is_none());
         assert!(builtin_schema("v1", "ConfigMap").is_some());
         assert!(builtin_schema("apps/v1", "ConfigMap").is_none());
+    }
+
+    #[test]
+    fn openapi_extensions_drive_the_schema() {
+        let components = serde_json::json!({
+            "io.k8s.api.apps.v1.Deployment": {"properties": {
+                "spec": {"allOf": [{"$ref": "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"}]}}},
+            "io.k8s.api.apps.v1.DeploymentSpec": {"properties": {
+                "template": {"$ref": "#/components/schemas/io.k8s.api.core.v1.PodTemplateSpec"}}},
+            "io.k8s.api.core.v1.PodTemplateSpec": {"properties": {
+                "spec": {"$ref": "#/components/schemas/io.k8s.api.core.v1.PodSpec"}}},
+            "io.k8s.api.core.v1.PodSpec": {"properties": {
+                "containers": {"type": "array", "x-kubernetes-patch-merge-key": "name",
+                    "x-kubernetes-patch-strategy": "merge", "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["name"],
+                    "items": {"$ref": "#/components/schemas/io.k8s.api.core.v1.Container"}}}},
+            "io.k8s.api.core.v1.Container": {"properties": {
+                "ports": {"type": "array", "x-kubernetes-patch-merge-key": "containerPort",
+                    "x-kubernetes-patch-strategy": "merge", "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["containerPort", "protocol"],
+                    "items": {"properties": {"containerPort": {"type": "integer"}}}}}}
+        });
+        let components = components.as_object().unwrap();
+        let d = OpenApiSchema::from_component(components, "io.k8s.api.apps.v1.Deployment").unwrap();
+        let pod = d
+            .field("spec")
+            .and_then(|f| f.schema)
+            .and_then(|s| s.field("template"))
+            .and_then(|f| f.schema)
+            .and_then(|s| s.field("spec"))
+            .and_then(|f| f.schema)
+            .expect("podspec");
+        let c = pod.field("containers").expect("containers");
+        assert!(c.merge);
+        assert_eq!(c.merge_key, Some("name"));
+        let ports = c.schema.and_then(|s| s.field("ports")).expect("ports");
+        assert_eq!(ports.keys(), Some(vec!["containerPort", "protocol"]));
+
+        // A CRD's inline schema: a set list and an atomic list.
+        let crd = OpenApiSchema::from_inline(&serde_json::json!({"properties": {"spec": {
+            "properties": {"tags": {"type": "array", "x-kubernetes-list-type": "set"},
+                           "args": {"type": "array"}}}}}));
+        let spec = crd.field("spec").and_then(|f| f.schema).expect("spec");
+        assert!(
+            spec.field("tags")
+                .is_some_and(|f| f.merge && f.merge_key.is_none())
+        );
+        assert!(spec.field("args").is_some_and(|f| !f.merge));
     }
 }
