@@ -382,3 +382,29 @@ fn bodies_and_invalid_configs() {
     };
     assert_eq!(apply(None, &dup, &o).unwrap_err().http_status(), 422);
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+        /// Re-applying the same configuration by the same manager changes nothing, and the
+        /// manager owns exactly the keys it applied.
+        #[test]
+        fn reapply_is_stable(data in prop::collection::btree_map("[a-e]", "[a-c]{0,2}", 0..5),
+                             other in prop::collection::btree_map("[a-e]", "[a-c]{0,2}", 0..5)) {
+            let s = cm_schema();
+            let base = apply(None, &cm(json!(other)), &opts("other", false, s)).unwrap();
+            let cfg = cm(json!(data));
+            let Ok(once) = apply(Some(&base), &cfg, &opts("me", true, s)) else {
+                return Err(TestCaseError::fail("force never conflicts"));
+            };
+            let twice = apply(Some(&once), &cfg, &opts("me", false, s)).unwrap();
+            prop_assert_eq!(&once, &twice);
+            for (k, v) in &data {
+                prop_assert_eq!(&once["data"][k], &json!(v));
+            }
+        }
+    }
+}

@@ -142,10 +142,12 @@ fn merge_map(
             (Some(Value::Array(o)), Value::Array(p)) => {
                 Value::Array(merge_list(o, p, meta.as_ref(), order, depth + 1)?)
             }
-            (None, Value::Object(p)) => {
+            // Absent or of another type: the patch value with its own directives and nulls
+            // resolved against nothing.
+            (_, Value::Object(p)) => {
                 Value::Object(merge_map(Map::new(), p, child(&meta), depth + 1)?)
             }
-            (None, Value::Array(p)) => {
+            (_, Value::Array(p)) => {
                 Value::Array(merge_list(Vec::new(), p, meta.as_ref(), order, depth + 1)?)
             }
             (_, v) => v.clone(),
@@ -610,5 +612,56 @@ mod tests {
             deep = json!({ "a": deep });
         }
         assert!(apply(&web(), &deep, deploy()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            any::<i16>().prop_map(|n| json!(n)),
+            "[a-c]{0,2}".prop_map(Value::String),
+            Just(Value::Null),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[a-d]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_object() -> impl Strategy<Value = Value> {
+        prop::collection::btree_map("[a-d]", arb_json(), 0..4)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        /// Without patch metadata and directives, a strategic merge patch is a JSON merge patch.
+        #[test]
+        fn without_schema_it_is_a_merge_patch(doc in arb_object(), patch in arb_object()) {
+            let got = apply(&doc, &patch, &NoSchema).unwrap();
+            prop_assert_eq!(got, crate::patch::merge_patch::apply(&doc, &patch));
+        }
+
+        /// Merging containers by name never loses a live container the patch does not name.
+        #[test]
+        fn containers_are_never_dropped(names in prop::collection::btree_set("[a-e]", 0..5),
+                                        patch_names in prop::collection::btree_set("[a-g]", 0..4)) {
+            let live = json!({"spec":{"containers": names.iter().map(|n| json!({"name": n, "image": "x"})).collect::<Vec<_>>()}});
+            let patch = json!({"spec":{"containers": patch_names.iter().map(|n| json!({"name": n, "image": "y"})).collect::<Vec<_>>()}});
+            let out = apply(&live, &patch, builtin_schema("v1", "Pod").unwrap()).unwrap();
+            let got: std::collections::BTreeSet<String> = out["spec"]["containers"].as_array().unwrap()
+                .iter().filter_map(|c| c["name"].as_str().map(String::from)).collect();
+            let want: std::collections::BTreeSet<String> = names.union(&patch_names).cloned().collect();
+            prop_assert_eq!(got, want);
+        }
     }
 }
