@@ -275,3 +275,31 @@ fn disk_quota_refuses_puts_allows_deletes_and_frees_after_snapshot() {
             .unwrap();
     });
 }
+
+#[test]
+fn idle_restarts_do_not_move_the_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let std: Arc<dyn Storage> = Arc::new(store::fileio::StdStorage);
+    for _ in 0..2 {
+        let e = open(dir.path(), std.clone());
+        assert_eq!(e.revision(), Revision(0));
+        e.close();
+    }
+    let e = open(dir.path(), std.clone());
+    let r = block_on(e.create(b("/first"), v("1"), None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(r, Revision(1), "the first write of a store is revision 1");
+    e.close();
+    drop(e);
+    // A close after writes snapshots (skipping one revision number); idle ones do not.
+    let e = open(dir.path(), std.clone());
+    e.close();
+    drop(e);
+    let e = open(dir.path(), std.clone());
+    assert_eq!(e.revision(), Revision(1));
+    let r = block_on(e.create(b("/second"), v("2"), None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(r, Revision(3));
+}

@@ -183,8 +183,8 @@ struct Inner {
     log: Option<Arc<dyn LogStore>>,
     /// Hands pending writes to the pump thread (with a log).
     pump: Mutex<Option<mpsc::Sender<Pending>>>,
-    /// One snapshot at a time; holds the log size after the last one.
-    snapshot_state: Mutex<u64>,
+    /// One snapshot at a time; holds the log size after the last one and its revision.
+    snapshot_state: Mutex<(u64, u64)>,
     snapshot_log_bytes: Option<u64>,
 }
 
@@ -241,6 +241,7 @@ impl Engine {
         let mut leases = LeaseTable::default();
         let mut seq = Seq::default();
         let mut compacted = 0;
+        let mut snap_at = 0;
         if let Some(log) = &log {
             let snaps = match log.snapshot_dir() {
                 None => Vec::new(),
@@ -266,6 +267,7 @@ impl Engine {
                 issued: rec.issued,
             };
             compacted = rec.compacted;
+            snap_at = rec.snapshot;
         }
         let bytes: u64 = shards.iter().map(|s| s.bytes).sum();
         let hub = Arc::new(WatchHub::new(
@@ -289,7 +291,7 @@ impl Engine {
             watch_buffer: cfg.watch_buffer_events,
             clock: cfg.clock.clone(),
             pump: Mutex::new(log.is_some().then_some(pump_tx)),
-            snapshot_state: Mutex::new(log.as_ref().map_or(0, |l| l.disk_bytes())),
+            snapshot_state: Mutex::new((log.as_ref().map_or(0, |l| l.disk_bytes()), snap_at)),
             snapshot_log_bytes: cfg.snapshot_log_bytes,
             log,
         });
@@ -1186,7 +1188,7 @@ impl Inner {
         let (Some(every), Some(log)) = (self.snapshot_log_bytes, &self.log) else {
             return Ok(());
         };
-        let last = *self.snapshot_state.lock();
+        let (last, _) = *self.snapshot_state.lock();
         if log.disk_bytes() >= last.saturating_add(every) {
             self.snapshot()?;
         }
@@ -1201,6 +1203,9 @@ impl Inner {
             return Ok(0);
         };
         let mut state = self.snapshot_state.lock();
+        if self.visible() == state.1 {
+            return Ok(state.1); // nothing new since the last snapshot (or an empty store)
+        }
         // Capture under the sequencer: versions at or below the visible revision are then
         // fixed (compaction also runs under it); cloning envelopes is cheap.
         let (rev, meta, per_shard) = {
@@ -1256,7 +1261,7 @@ impl Inner {
             )?;
         }
         log.truncate_before(rev + 1)?;
-        *state = log.disk_bytes();
+        *state = (log.disk_bytes(), rev);
         Ok(rev)
     }
 
@@ -1434,6 +1439,8 @@ struct Recovered {
     /// The highest revision number in the log.
     issued: u64,
     compacted: u64,
+    /// The newest revision every shard's snapshot covers (0: none).
+    snapshot: u64,
 }
 
 /// Rebuilds shards and leases from the log's records (see `record` for the chain rule).
@@ -1600,6 +1607,7 @@ fn recover(
         head,
         issued,
         compacted,
+        snapshot: start,
     })
 }
 

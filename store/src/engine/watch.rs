@@ -481,12 +481,7 @@ impl WatchHub {
                 // The ring is in revision order: find the first unsent revision by binary
                 // search, not a scan (the ring holds up to `cap_events` events).
                 let from = log.ring.partition_point(|b| b.rev <= cursor);
-                let batches: Vec<_> = log
-                    .ring
-                    .range(from..)
-                    .take(FANOUT_CHUNK)
-                    .cloned()
-                    .collect();
+                let batches: Vec<_> = log.ring.range(from..).take(FANOUT_CHUNK).cloned().collect();
                 (batches, lost.then_some(log.floor))
             };
             let mut reg = self.reg.lock();
