@@ -329,3 +329,86 @@ fn stops_on_sigterm_and_reuses_pki() {
         200
     );
 }
+
+#[test]
+fn watch_fanout_namespaces_and_indexed_fields() {
+    let s = TestServer::start(&[]);
+    let http = format!("http://127.0.0.1:{}", s.insecure_port);
+    let watch = |path: &str| {
+        let url = format!("{http}{path}");
+        std::thread::spawn(move || curl(&[], &url).1)
+    };
+    // Two watchers share the configmaps hub; the pod watcher uses the store's nodeName index.
+    let ns_watch =
+        watch("/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=4&resourceVersion=");
+    let all_watch =
+        watch("/api/v1/configmaps?watch=true&timeoutSeconds=4&allowWatchBookmarks=true");
+    let node_watch =
+        watch("/api/v1/pods?watch=true&timeoutSeconds=4&fieldSelector=spec.nodeName%3Dn1");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let post = |ns: &str, res: &str, body: &str| {
+        let (code, b) = curl(
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                body,
+            ],
+            &format!("{http}/api/v1/namespaces/{ns}/{res}"),
+        );
+        assert_eq!(code, 201, "{b}");
+    };
+    post(
+        "default",
+        "configmaps",
+        r#"{"metadata":{"name":"in-default"}}"#,
+    );
+    post(
+        "kube-system",
+        "configmaps",
+        r#"{"metadata":{"name":"in-system"}}"#,
+    );
+    let pod = |name: &str, node: &str| {
+        format!(
+            r#"{{"metadata":{{"name":"{name}"}},"spec":{{"nodeName":"{node}","containers":[{{"name":"c","image":"busybox"}}]}}}}"#
+        )
+    };
+    post("default", "pods", &pod("on-n1", "n1"));
+    post("default", "pods", &pod("on-n2", "n2"));
+
+    let names = |body: &str| -> Vec<String> {
+        body.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["type"] != "BOOKMARK")
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["type"].as_str().unwrap(),
+                    e["object"]["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let ns_events = names(&ns_watch.join().unwrap());
+    assert!(
+        ns_events.contains(&"ADDED in-default".to_string()),
+        "{ns_events:?}"
+    );
+    assert!(
+        !ns_events.iter().any(|e| e.contains("in-system")),
+        "{ns_events:?}"
+    );
+    let all_events = names(&all_watch.join().unwrap());
+    assert!(
+        all_events.contains(&"ADDED in-default".to_string()),
+        "{all_events:?}"
+    );
+    assert!(
+        all_events.contains(&"ADDED in-system".to_string()),
+        "{all_events:?}"
+    );
+    let node_events = names(&node_watch.join().unwrap());
+    assert_eq!(node_events, vec!["ADDED on-n1".to_string()]);
+}

@@ -118,6 +118,8 @@ pub(crate) struct App {
     pub(crate) openapi: RwLock<Arc<OpenApi>>,
     pub(crate) auth: Authenticator,
     pub(crate) server_address: String,
+    /// Shared watch fan-out per resource.
+    pub(crate) hubs: crate::watch::Hubs,
 }
 
 impl App {
@@ -279,6 +281,7 @@ pub fn start(
         registry: RwLock::new(Arc::new(registry)),
         auth,
         server_address,
+        hubs: Default::default(),
     });
 
     // Bootstrap (default namespaces) on a throwaway runtime before serving.

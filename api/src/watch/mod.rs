@@ -13,15 +13,22 @@
 //! stops matching is `DELETED`, as upstream. For JSON output the stored bytes are framed as
 //! they are (no parse); Table output (`kubectl get -w`) converts each event.
 
+mod hub;
+
 use std::sync::Arc;
 use std::time::Duration;
+
+pub(crate) use hub::Hubs;
+use hub::{HubItem, SharedEvent, frame};
 
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use store::{KeyValue, RangeEnd, RangeRequest, Revision, WatchEvent, WatchFilter, WatchRequest};
+use store::{
+    KeyValue, RangeEnd, RangeRequest, Revision, WatchEvent, WatchFilter, WatchRequest, WatchStream,
+};
 
 use crate::rest::objects::{Output, Selectors, negotiate_output, prefix_end};
 use crate::rest::{Query, Target};
@@ -156,6 +163,12 @@ pub(crate) async fn serve(
     let prefix = t.prefix();
     let end = prefix_end(&prefix);
 
+    // The hub first, so the list below is at or after the hub's start.
+    let hub = app
+        .hubs
+        .get(&app.backend, Bytes::from(t.def.key_prefix()))
+        .await
+        .ok();
     // Initial state: list at one revision, then watch right after it.
     let mut initial: Vec<Bytes> = Vec::new();
     let start = if send_initial || rv.is_empty() || rv == "0" {
@@ -209,25 +222,45 @@ pub(crate) async fn serve(
         Revision(parse_rv(rv)? + 1)
     };
 
-    let filter = WatchFilter {
-        labels: sel.labels.clone(),
-        fields: sel.fields.clone(),
-    };
-    let stream = app
-        .backend
-        .watch(WatchRequest {
-            key: prefix,
-            range_end: RangeEnd::Until(end),
-            start_revision: Some(start),
-            filter,
-            prev_kv: true,
-            progress_notify: bookmarks,
-        })
-        .await;
-
     let (tx, body) = ChannelBody::new(WATCH_CHANNEL_EVENTS);
     let def = t.def.clone();
-    let filtered = !sel.is_empty();
+    let after = Revision(start.0 - 1);
+    // Watches selected by an indexed field use the store's index; the rest share a hub.
+    let indexed = sel.fields.iter().any(|r| {
+        matches!(r, store::Requirement::Equals(f, _) if def.indexed_fields.iter().any(|i| i == f))
+    });
+    let subscription = match &hub {
+        Some(h) if !indexed => h.subscribe(after),
+        _ => None,
+    };
+    let source = match subscription {
+        Some(sub) => Source::Hub {
+            replay: sub.replay,
+            rx: sub.rx,
+        },
+        None => {
+            let stream = app
+                .backend
+                .watch(WatchRequest {
+                    key: prefix,
+                    range_end: RangeEnd::Until(end),
+                    start_revision: Some(start),
+                    filter: WatchFilter {
+                        labels: sel.labels.clone(),
+                        fields: sel.fields.clone(),
+                    },
+                    prev_kv: true,
+                    progress_notify: bookmarks,
+                })
+                .await;
+            Source::Store(stream.map_err(ApiError::from))
+        }
+    };
+    let namespace = t.namespace.clone();
+    let filtered = !sel.is_empty() || namespace.is_some();
+    let matches = move |v: &store::ObjectValue| {
+        namespace.as_deref().is_none_or(|ns| v.namespace == ns) && sel.matches(v)
+    };
     tokio::spawn(async move {
         let mut enc = Encoder {
             def,
@@ -239,63 +272,41 @@ pub(crate) async fn serve(
                 return;
             }
         }
-        let mut stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tx.send(error_line(&e.into())).await;
-                return;
-            }
-        };
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        use futures::StreamExt;
+        let mut source = source;
+        let mut last = after;
         loop {
-            let batch = tokio::select! {
-                b = stream.next() => b,
+            let items = tokio::select! {
+                i = source.next() => i,
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
             };
-            let events = match batch {
+            let items = match items {
                 None => return,
                 Some(Err(e)) => {
-                    let _ = tx.send(error_line(&e.into())).await;
+                    let _ = tx.send(error_line(&e)).await;
                     return;
                 }
-                Some(Ok(ev)) => ev,
+                Some(Ok(items)) => items,
             };
-            for ev in events {
-                let out = match ev {
-                    WatchEvent::Put { kv, prev_kv } => {
-                        let now = sel.matches(&kv.value);
-                        let before = prev_kv.as_ref().is_some_and(|p| sel.matches(&p.value));
-                        let ty = if filtered {
-                            match (before, now) {
-                                (false, true) => EventType::Added,
-                                (true, true) => EventType::Modified,
-                                (true, false) => EventType::Deleted,
-                                (false, false) => continue,
-                            }
-                        } else if kv.create_revision == kv.mod_revision {
-                            EventType::Added
-                        } else {
-                            EventType::Modified
-                        };
-                        enc.event(ty, &kv.value.raw)
-                    }
-                    WatchEvent::Delete {
-                        revision, prev_kv, ..
-                    } => {
-                        let Some(prev) = prev_kv else { continue };
-                        if filtered && !sel.matches(&prev.value) {
+            for item in items {
+                let out = match item {
+                    HubItem::Progress(rev) => {
+                        if !bookmarks || rev <= last {
                             continue;
                         }
-                        enc.event(EventType::Deleted, &deleted_object(&prev, revision))
-                    }
-                    WatchEvent::Progress(rev) => {
-                        if !bookmarks {
-                            continue;
-                        }
+                        last = rev;
                         enc.bookmark(rev, false)
+                    }
+                    HubItem::Event(e) => {
+                        if e.revision <= last {
+                            continue;
+                        }
+                        match encode_event(&mut enc, &e, filtered, &matches) {
+                            Some(b) => b,
+                            None => continue,
+                        }
                     }
                 };
                 if tx.send(out).await.is_err() {
@@ -315,4 +326,113 @@ pub(crate) async fn serve(
         HeaderValue::from_static("no-cache, private"),
     );
     Ok(r)
+}
+
+/// Where a watcher's events come from.
+enum Source {
+    /// The resource's shared hub: history to replay, then the live ring.
+    Hub {
+        replay: Vec<Arc<SharedEvent>>,
+        rx: tokio::sync::broadcast::Receiver<HubItem>,
+    },
+    /// Its own store watch (indexed field selectors, or a start the hub cannot serve).
+    Store(Result<WatchStream, ApiError>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<Result<Vec<HubItem>, ApiError>> {
+        use futures::StreamExt;
+        match self {
+            Source::Hub { replay, rx } => {
+                if !replay.is_empty() {
+                    let items = std::mem::take(replay)
+                        .into_iter()
+                        .map(HubItem::Event)
+                        .collect();
+                    return Some(Ok(items));
+                }
+                match rx.recv().await {
+                    Ok(i) => Some(Ok(vec![i])),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        Some(Err(ApiError::gone(
+                            "watch closed: the client fell too far behind; re-list and watch again",
+                        )))
+                    }
+                }
+            }
+            Source::Store(Err(e)) => {
+                let e = e.clone();
+                *self = Source::Store(Err(ApiError::gone("watch ended")));
+                Some(Err(e))
+            }
+            Source::Store(Ok(stream)) => match stream.next().await? {
+                Err(e) => Some(Err(e.into())),
+                Ok(events) => Some(Ok(events
+                    .into_iter()
+                    .map(|ev| match ev {
+                        WatchEvent::Progress(r) => HubItem::Progress(r),
+                        other => match SharedEvent::from_store(other) {
+                            Some(e) => HubItem::Event(Arc::new(e)),
+                            None => HubItem::Progress(Revision(0)),
+                        },
+                    })
+                    .collect())),
+            },
+        }
+    }
+}
+
+/// One event for one watcher: its type under the watcher's filter, encoded once per event
+/// and type (JSON) or per watcher (Table).
+fn encode_event(
+    enc: &mut Encoder,
+    e: &SharedEvent,
+    filtered: bool,
+    matches: &impl Fn(&store::ObjectValue) -> bool,
+) -> Option<Bytes> {
+    let kv = e.kv.as_ref()?;
+    let ty = if e.deleted {
+        if filtered && !matches(&kv.value) {
+            return None;
+        }
+        EventType::Deleted
+    } else {
+        let now = matches(&kv.value);
+        let before = e.prev.as_ref().is_some_and(|p| matches(&p.value));
+        if filtered {
+            match (before, now) {
+                (false, true) => EventType::Added,
+                (true, true) => EventType::Modified,
+                (true, false) => EventType::Deleted,
+                (false, false) => return None,
+            }
+        } else if kv.create_revision == kv.mod_revision {
+            EventType::Added
+        } else {
+            EventType::Modified
+        }
+    };
+    let slot = match ty {
+        EventType::Added => 0,
+        EventType::Modified => 1,
+        EventType::Deleted => 2,
+    };
+    match enc.output {
+        Output::Json => Some(e.line(slot, || {
+            if e.deleted {
+                frame(ty.prefix(), &deleted_object(kv, e.revision))
+            } else {
+                frame(ty.prefix(), &kv.value.raw)
+            }
+        })),
+        Output::Table => {
+            let raw = if e.deleted {
+                deleted_object(kv, e.revision)
+            } else {
+                kv.value.raw.clone()
+            };
+            Some(enc.event(ty, &raw))
+        }
+    }
 }
