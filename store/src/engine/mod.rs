@@ -490,6 +490,33 @@ impl Inner {
         let limit = limit
             .filter(|l| *l > 0)
             .map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+        if range.is_single() {
+            // The common GET: one shard, one key, no merge.
+            let shard = self.shards[self.shard_for(&range.start)].read();
+            if rev < shard.compacted {
+                return Err(StoreError::Compacted {
+                    requested: Revision(rev),
+                    compact_revision: Revision(shard.compacted),
+                });
+            }
+            let env = shard.get(&range.start, rev).cloned();
+            drop(shard);
+            let count = u64::from(env.is_some());
+            let kvs = match env {
+                Some(e) if !count_only => vec![if keys_only {
+                    e.key_value_keys_only()
+                } else {
+                    e.key_value()
+                }],
+                _ => Vec::new(),
+            };
+            return Ok(RangeResponse {
+                kvs,
+                more: false,
+                count,
+                revision: Revision(rev),
+            });
+        }
         let mut found: Vec<Envelope> = Vec::new();
         let mut count = 0u64;
         for s in self.shards_of(range) {
