@@ -8,6 +8,8 @@
 //! - [`column_definitions`]`(&def)` and [`row_cells`]`(&def, &obj, now)` if the server wants
 //!   to assemble rows itself.
 //! - [`human_duration`]`(seconds)`: upstream's `duration.HumanDuration`.
+//! - [`wants_table`]`(accept_header)`: whether the client asked for a Table (kubectl's
+//!   `application/json;as=Table;v=v1;g=meta.k8s.io,...`).
 //!
 //! Server-side tables carry every column (the `priority: 1` ones are kubectl's `-o wide`).
 
@@ -48,6 +50,33 @@ impl IncludeObject {
             other => Err(BadIncludeObject(other.to_owned())),
         }
     }
+}
+
+/// Whether an `Accept` header asks for `meta.k8s.io` `Table` (v1 or v1beta1) in JSON before
+/// any plain media type, as kubectl sends it for human-readable output.
+pub fn wants_table(accept: Option<&str>) -> bool {
+    for entry in accept.unwrap_or("").split(',').take(32) {
+        let mut parts = entry.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let (mut as_, mut g, mut v) = ("", "", "");
+        for p in parts {
+            match p.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                Some(("as", x)) => as_ = x,
+                Some(("g", x)) => g = x,
+                Some(("v", x)) => v = x,
+                _ => {}
+            }
+        }
+        let json_like = media == "application/json" || media == "*/*" || media == "application/*";
+        if as_ == "Table" && g == "meta.k8s.io" && (v == "v1" || v == "v1beta1") && json_like {
+            return true;
+        }
+        if as_.is_empty() && !media.is_empty() {
+            // A plain type listed first wins.
+            return false;
+        }
+    }
+    false
 }
 
 /// How to build a Table.

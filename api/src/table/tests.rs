@@ -567,3 +567,24 @@ fn jsonpath_subset() {
     assert!(JsonPath::parse(".a[").is_err());
     assert!(JsonPath::parse("..a").is_err());
 }
+
+#[test]
+fn table_negotiation() {
+    let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+    assert!(wants_table(Some(kubectl)));
+    assert!(wants_table(Some(
+        "application/json;as=Table;v=v1beta1;g=meta.k8s.io"
+    )));
+    assert!(!wants_table(Some("application/json")));
+    assert!(!wants_table(Some("application/json, */*")));
+    assert!(!wants_table(None));
+    assert!(!wants_table(Some(
+        "application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io"
+    )));
+    assert!(!wants_table(Some(
+        "application/json,application/json;as=Table;v=v1;g=meta.k8s.io"
+    )));
+    assert!(!wants_table(Some(
+        "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+    )));
+}

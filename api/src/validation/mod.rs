@@ -133,7 +133,7 @@ fn check_with(
     let is_crd = def.crd().is_some();
     if is_crd {
         match crd_root_schema(def) {
-            Some(root) => walker.walk(object, &root, None, "", true),
+            Some(root) => walker.walk(object, &root, None, &strict::Path::Root, true),
             // No schema: everything is preserved, except metadata is still ObjectMeta.
             None => {
                 if let (Some(meta), Some(s)) = (
@@ -144,14 +144,14 @@ fn check_with(
                         meta,
                         s,
                         Some("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
-                        "metadata",
+                        &strict::Path::Key(&strict::Path::Root, "metadata"),
                         false,
                     );
                 }
             }
         }
     } else if let Some(s) = schemas.get(&def.schema_name) {
-        walker.walk(object, s, Some(&def.schema_name), "", true);
+        walker.walk(object, s, Some(&def.schema_name), &strict::Path::Root, true);
     }
     let out = walker.out;
     if !is_crd && let Some((path, expected, found, comp)) = out.type_errors.first() {
@@ -202,7 +202,7 @@ pub fn default_object(def: &ResourceDef, schemas: &SchemaSet, obj: &mut Value) {
     if def.crd().is_some() {
         if let Some(root) = crd_root_schema(def) {
             let mut walker = strict::Walker::new(schemas, true);
-            walker.walk(obj, &root, None, "", true);
+            walker.walk(obj, &root, None, &strict::Path::Root, true);
         }
         return;
     }

@@ -73,15 +73,33 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-fn child(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
+/// A field path built lazily: rendered (`spec.containers[0].image`) only when reported, so
+/// walking an object allocates nothing per field.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl Path<'_> {
+    pub(super) fn render(&self) -> String {
+        match self {
+            Path::Root => String::new(),
+            Path::Key(p, k) => {
+                let mut s = p.render();
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+                s
+            }
+            Path::Index(p, i) => format!("{}[{i}]", p.render()),
+        }
     }
 }
 
-fn to_value(n: Node, path: &str, dups: &mut Vec<String>) -> Value {
+fn to_value(n: Node, path: &Path<'_>, dups: &mut Vec<String>) -> Value {
     match n {
         Node::Null => Value::Null,
         Node::Bool(b) => Value::Bool(b),
@@ -90,18 +108,18 @@ fn to_value(n: Node, path: &str, dups: &mut Vec<String>) -> Value {
         Node::Array(a) => Value::Array(
             a.into_iter()
                 .enumerate()
-                .map(|(i, x)| to_value(x, &format!("{path}[{i}]"), dups))
+                .map(|(i, x)| to_value(x, &Path::Index(path, i), dups))
                 .collect(),
         ),
         Node::Object(entries) => {
             let mut m = Map::new();
             for (k, x) in entries {
-                let p = child(path, &k);
-                let v = to_value(x, &p, dups);
-                if m.insert(k, v).is_some() && dups.len() < MAX_REPORTED {
-                    // last one wins, as Go's decoder does
-                    dups.push(p);
+                let v = to_value(x, &Path::Key(path, &k), dups);
+                if m.contains_key(&k) && dups.len() < MAX_REPORTED {
+                    dups.push(Path::Key(path, &k).render());
                 }
+                // last one wins, as Go's decoder does
+                m.insert(k, v);
             }
             Value::Object(m)
         }
@@ -118,7 +136,7 @@ pub(super) fn parse_with_duplicates(
 ) -> Result<(Value, Vec<String>), serde_json::Error> {
     let node: Node = serde_json::from_slice(body)?;
     let mut dups = Vec::new();
-    let v = to_value(node, "", &mut dups);
+    let v = to_value(node, &Path::Root, &mut dups);
     Ok((v, dups))
 }
 
@@ -205,7 +223,7 @@ impl<'a> Walker<'a> {
         v: &mut Value,
         schema: &Value,
         comp: Option<&str>,
-        path: &str,
+        path: &Path<'_>,
         root: bool,
     ) {
         if self.budget == 0 {
@@ -213,7 +231,7 @@ impl<'a> Walker<'a> {
         }
         self.budget -= 1;
         let (s, comp) = self.resolve(schema, comp);
-        let comp_name = comp.map(str::to_owned);
+        let comp_name = comp;
         if v.is_null() {
             return;
         }
@@ -261,7 +279,7 @@ impl<'a> Walker<'a> {
                 Value::Array(items) => {
                     if let Some(item_schema) = s.get("items") {
                         for (i, x) in items.iter_mut().enumerate() {
-                            self.walk(x, item_schema, comp, &format!("{path}[{i}]"), false);
+                            self.walk(x, item_schema, comp, &Path::Index(path, i), false);
                         }
                     }
                 }
@@ -291,37 +309,31 @@ impl<'a> Walker<'a> {
                             }
                         }
                     }
-                    let keys: Vec<String> = m.keys().cloned().collect();
-                    for k in keys {
-                        let p = child(path, &k);
-                        match props.get(&k) {
-                            Some(ps) => {
-                                if let Some(x) = m.get_mut(&k) {
-                                    self.walk(x, ps, comp, &p, false);
-                                }
-                            }
+                    let mut unknown: Vec<String> = Vec::new();
+                    for (k, x) in m.iter_mut() {
+                        let p = Path::Key(path, k);
+                        match props.get(k) {
+                            Some(ps) => self.walk(x, ps, comp, &p, false),
                             None if root && (k == "apiVersion" || k == "kind") => {}
                             None => match additional {
-                                Some(a) if a.is_object() => {
-                                    if let Some(x) = m.get_mut(&k) {
-                                        self.walk(x, a, comp, &p, false);
-                                    }
-                                }
+                                Some(a) if a.is_object() => self.walk(x, a, comp, &p, false),
                                 Some(Value::Bool(true)) => {}
                                 _ if preserve => {}
                                 _ => {
                                     if self.out.unknown.len() < MAX_REPORTED {
-                                        self.out.unknown.push(p);
+                                        self.out.unknown.push(p.render());
                                     }
-                                    m.remove(&k);
+                                    unknown.push(k.clone());
                                 }
                             },
                         }
                     }
+                    for k in unknown {
+                        m.remove(&k);
+                    }
                 } else if let Some(a) = additional.filter(|a| a.is_object()) {
                     for (k, x) in m.iter_mut() {
-                        let p = child(path, k);
-                        self.walk(x, a, comp, &p, false);
+                        self.walk(x, a, comp, &Path::Key(path, k), false);
                     }
                 }
                 // No properties and no additionalProperties: free-form (RawExtension,
@@ -331,13 +343,13 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn type_err(&mut self, path: &str, expected: &str, v: &Value, comp: Option<String>) {
+    fn type_err(&mut self, path: &Path<'_>, expected: &str, v: &Value, comp: Option<&str>) {
         if self.out.type_errors.len() < MAX_REPORTED {
             self.out.type_errors.push((
-                path.to_owned(),
+                path.render(),
                 expected.to_owned(),
                 json_kind(v),
-                comp.unwrap_or_default(),
+                comp.unwrap_or_default().to_owned(),
             ));
         }
     }
