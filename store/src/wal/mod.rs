@@ -14,6 +14,13 @@
 //! waits for one `fdatasync`, the next batch accumulates in the queue: that is the group
 //! commit, with no timer and no added latency at low load.
 //!
+//! One flush is in flight at a time, so durable throughput is bounded by
+//! `appenders / flush latency` (BENCHMARKS.md, "store WAL"). The next step is overlapped
+//! flushes: write batch *n+1* and start its `fdatasync` while batch *n*'s is still running
+//! (concurrent flushes share device cache flushes), acknowledging in order and draining before
+//! a rotation; on a sync failure every unacknowledged batch fails and the segment is retired
+//! as below.
+//!
 //! # On-disk format (version 1, little-endian)
 //! The directory holds segment files named `{seq:016x}.wal`, `seq` consecutive. Each starts
 //! with a 64-byte header:
@@ -376,6 +383,8 @@ impl Wal {
     }
 
     /// Stops the writer after it has finished every queued append, and waits for it.
+    /// Append futures still waiting for queue space keep the writer alive: drop or finish
+    /// them first.
     pub async fn close(self) -> Result<(), StoreError> {
         let Self {
             tx, exited, thread, ..
