@@ -412,3 +412,67 @@ fn watch_fanout_namespaces_and_indexed_fields() {
     let node_events = names(&node_watch.join().unwrap());
     assert_eq!(node_events, vec!["ADDED on-n1".to_string()]);
 }
+
+#[test]
+fn pod_binding_and_eviction() {
+    let s = TestServer::start(&[]);
+    let http = format!("http://127.0.0.1:{}", s.insecure_port);
+    let pods = format!("{http}/api/v1/namespaces/default/pods");
+    let post = |url: &str, body: &str| {
+        curl(
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                body,
+            ],
+            url,
+        )
+    };
+    let (code, b) = post(
+        &pods,
+        r#"{"metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#,
+    );
+    assert_eq!(code, 201, "{b}");
+    let bind = r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"kind":"Node","name":"n1"}}"#;
+    let (code, b) = post(&format!("{pods}/p/binding"), bind);
+    assert_eq!(code, 201, "{b}");
+    let (_, b) = curl(&[], &format!("{pods}/p"));
+    let pod: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(pod["spec"]["nodeName"], "n1");
+    let (code, b) = post(&format!("{pods}/p/binding"), bind);
+    assert_eq!(code, 409, "{b}");
+    assert!(b.contains("is already assigned to node"), "{b}");
+
+    // Eviction of an unscheduled pod deletes it at once.
+    post(
+        &pods,
+        r#"{"metadata":{"name":"q"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#,
+    );
+    let ev = r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"q","namespace":"default"}}"#;
+    let (code, b) = post(&format!("{pods}/q/eviction"), ev);
+    assert_eq!(code, 201, "{b}");
+    assert_eq!(curl(&[], &format!("{pods}/q")).0, 404);
+    // A bound pod is deleted gracefully: it stays, Terminating, until its kubelet finishes.
+    let (code, b) = curl(&["-X", "DELETE"], &format!("{pods}/p"));
+    assert_eq!(code, 200);
+    assert!(
+        b.contains("deletionTimestamp") && b.contains("\"deletionGracePeriodSeconds\":30"),
+        "{b}"
+    );
+    let (code, _) = curl(
+        &[
+            "-X",
+            "DELETE",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"gracePeriodSeconds":0}"#,
+        ],
+        &format!("{pods}/p"),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(curl(&[], &format!("{pods}/p")).0, 404);
+}

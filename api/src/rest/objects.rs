@@ -338,6 +338,18 @@ pub(crate) async fn serve(
             let (_, obj) = read_object(app, &t).await?;
             value_response(StatusCode::OK, &registry::scale_of(&def, &obj)?, &[])
         }
+        (&Method::POST, true, Some("binding")) => binding(app, &t, &q, &headers, &body).await,
+        (&Method::POST, true, Some("eviction")) => {
+            // No PodDisruptionBudget enforcement yet: an eviction is a delete.
+            let mut t = t.clone();
+            t.subresource = None;
+            delete(app, &t, &q, b"").await?;
+            value_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                &[],
+            )
+        }
         (&Method::PUT | &Method::PATCH, true, Some("scale")) => {
             scale_write(app, &t, &q, &headers, &body).await
         }
@@ -1428,4 +1440,70 @@ fn review(
         o.entry("metadata").or_insert_with(|| json!({}));
     }
     value_response(StatusCode::CREATED, &obj, &warnings)
+}
+
+/// `POST pods/{name}/binding`: sets `spec.nodeName` once (409 if already bound).
+async fn binding(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let binding: Value = match content_type(headers).as_str() {
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode_body(body)?,
+        _ => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid Binding: {e}")))?,
+    };
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let name = t.name.clone().unwrap_or_default();
+    if node.is_empty() {
+        return Err(ApiError::invalid(
+            "",
+            "Binding",
+            &name,
+            &[crate::status::FieldError::required("target.name", "")],
+        ));
+    }
+    let manager = field_manager(q, headers);
+    let mut t = t.clone();
+    t.subresource = None;
+    guaranteed_update(app, &t, &manager, dry_run(q)?, None, true, |old| {
+        let current = old
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !current.is_empty() {
+            return Err(ApiError::conflict(
+                "",
+                "pods",
+                &name,
+                &format!("pod {name} is already assigned to node \"{current}\""),
+            ));
+        }
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::conflict(
+                "",
+                "pods",
+                &name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
+        }
+        let mut new = old.clone();
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("nodeName".into(), Value::String(node.clone()));
+        }
+        metadata_mut(&mut new).remove("resourceVersion");
+        Ok(new)
+    })
+    .await?;
+    value_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        &[],
+    )
 }

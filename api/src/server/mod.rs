@@ -165,28 +165,14 @@ impl RunningServer {
     }
 }
 
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_tcp_nodelay(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    Ok(s.into())
-}
-
-/// Binds `n` SO_REUSEPORT listeners on `addr` (port 0: the first picks, the rest follow).
+/// Binds `n` SO_REUSEPORT listeners on `addr` through `shards` (port 0: one shared port).
 fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, ServerError> {
-    let first = bind_reuseport(addr).map_err(io(format!("binding {addr}")))?;
-    let port = first.local_addr().map_err(io("local address"))?.port();
-    let mut out = vec![first];
-    for _ in 1..n {
-        let a = SocketAddr::new(addr.ip(), port);
-        out.push(bind_reuseport(a).map_err(io(format!("binding {a}")))?);
-    }
-    Ok(out)
+    let (_, listeners) = shards::listen::bind_tcp(addr, n, shards::listen::DEFAULT_BACKLOG)
+        .map_err(|e| ServerError::Io {
+            what: format!("binding {addr}"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    Ok(listeners)
 }
 
 fn tls_config(pki: &pki::Pki) -> Result<Arc<rustls::ServerConfig>, ServerError> {
