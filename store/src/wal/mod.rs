@@ -72,10 +72,10 @@
 //! A batch whose write or `fdatasync` fails is answered with [`StoreError::Io`] (`ENOSPC`
 //! included, as kind `StorageFull`) and is not acknowledged. After an `fdatasync` failure the
 //! kernel may have dropped the dirty pages and a retried fsync could "succeed" without them
-//! (PostgreSQL's fsyncgate), so the writer never retries on the same segment: it retires it
-//! (truncating it to its last durable length, best effort) and writes the next batch to a new
-//! segment whose header records that durable length, so the failed bytes are never replayed
-//! even if the truncation did not reach the disk. Earlier, successfully synced batches stay
+//! (PostgreSQL's fsyncgate), so the writer never retries on the same segment: it retires it at
+//! once (truncating it to its last durable length, best effort) and starts a new segment whose
+//! header records that durable length, so the failed bytes are never replayed, even if the
+//! truncation did not reach the disk or the process stops right after. Earlier, successfully synced batches stay
 //! durable and readable. When the fault clears, the next batch succeeds. If the disk also
 //! refuses the new segment, appends keep failing until it does.
 //!

@@ -420,10 +420,22 @@ impl Writer {
                 let _ = reply.send(self.truncate_before(revision));
             }
         }
+        self.retire_broken();
         if let Some(a) = self.active.as_mut()
             && !a.broken
         {
             let _ = a.file.sync_data();
+        }
+    }
+
+    /// If the active segment is broken, truncates it to its durable length and starts the
+    /// next segment (whose header records that length). On failure it stays broken and the
+    /// next batch tries again.
+    fn retire_broken(&mut self) {
+        if self.active.as_ref().is_some_and(|a| a.broken)
+            && let Err(e) = self.rotate()
+        {
+            tracing::warn!(shard = self.shard, error = %e, "could not retire a failed WAL segment");
         }
     }
 
@@ -474,6 +486,9 @@ impl Writer {
             Err(e) => {
                 tracing::warn!(shard = self.shard, error = %e, records = accepted.len(), "WAL batch failed");
                 self.shared.failed_batches.fetch_add(1, Ordering::Relaxed);
+                // Retire the failed segment now, not at the next append: its failed bytes may
+                // sit complete in the file, and a clean restart must not replay them.
+                self.retire_broken();
                 self.publish();
                 for (_, _, reply) in accepted {
                     let _ = reply.send(Err(StoreError::Io(copy_err(&e))));
