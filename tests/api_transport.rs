@@ -476,3 +476,62 @@ fn pod_binding_and_eviction() {
     assert_eq!(code, 200);
     assert_eq!(curl(&[], &format!("{pods}/p")).0, 404);
 }
+
+#[test]
+fn services_get_unique_cluster_ips() {
+    let s = TestServer::start(&[]);
+    let http = format!("http://127.0.0.1:{}", s.insecure_port);
+    let svcs = format!("{http}/api/v1/namespaces/default/services");
+    let (code, b) = curl(&[], &format!("{svcs}/kubernetes"));
+    assert_eq!(code, 200, "{b}");
+    assert!(b.contains("\"clusterIP\":\"10.96.0.1\""), "{b}");
+    let post = |body: String| {
+        curl(
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                &body,
+            ],
+            &svcs,
+        )
+    };
+    let svc = |name: &str, ip: &str| {
+        let ip = if ip.is_empty() {
+            String::new()
+        } else {
+            format!(r#","clusterIP":"{ip}""#)
+        };
+        format!(r#"{{"metadata":{{"name":"{name}"}},"spec":{{"ports":[{{"port":80}}]{ip}}}}}"#)
+    };
+    let mut ips = Vec::new();
+    for n in ["a", "b", "c"] {
+        let (code, b) = post(svc(n, ""));
+        assert_eq!(code, 201, "{b}");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        let ip: std::net::Ipv4Addr = v["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+        assert_eq!(ip.octets()[0], 10);
+        assert!((96..112).contains(&ip.octets()[1]), "{ip}");
+        ips.push(ip);
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 3);
+    let taken = ips[0].to_string();
+    let (code, b) = post(svc("d", &taken));
+    assert_eq!(code, 422, "{b}");
+    assert!(b.contains("provided IP is already allocated"), "{b}");
+    // Deleting the owner frees the address.
+    let (_, list) = curl(&[], &svcs);
+    let owner = serde_json::from_str::<serde_json::Value>(&list).unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["spec"]["clusterIP"] == taken.as_str())
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .unwrap();
+    assert_eq!(curl(&["-X", "DELETE"], &format!("{svcs}/{owner}")).0, 200);
+    assert_eq!(post(svc("d", &taken)).0, 201);
+}

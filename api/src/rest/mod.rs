@@ -448,6 +448,26 @@ pub(crate) async fn bootstrap(app: &Arc<App>) -> Result<(), ApiError> {
             Err(e) => return Err(e),
         }
     }
+    // The `kubernetes` Service in `default`, at the first address of the service range.
+    if let Some(svc) = reg.lookup("", "v1", "services").cloned() {
+        let port: u16 = app
+            .server_address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(6443);
+        let obj = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1",
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}});
+        match objects::create_object(app, &svc, Some("default"), obj, "kubeshard", false).await {
+            Ok(_)
+            | Err(ApiError {
+                code: 409 | 422, ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 

@@ -758,10 +758,21 @@ pub(crate) async fn create_object(
         return Ok((Bytes::from(raw), obj));
     }
     let key = super::object_key(def, namespace, &name);
+    let service_ip = if is_service(def) {
+        allocate_cluster_ip(app, &mut obj).await?
+    } else {
+        None
+    };
     let index = registry::extract_index(def, &obj);
     let (raw, slot) = encode_for_store(&mut obj)?;
     let value = index.into_object_value(raw.clone(), store::ContentType::Json, Some(slot));
-    match app.backend.create(key, value, None).await? {
+    let created = app.backend.create(key, value, None).await;
+    if !matches!(created, Ok(Some(_)))
+        && let Some(ip) = &service_ip
+    {
+        release_cluster_ip(app, ip).await;
+    }
+    match created? {
         Some(rev) => {
             metadata_mut(&mut obj).insert("resourceVersion".into(), Value::String(rev.to_string()));
             if def.group == "apiextensions.k8s.io" && def.kind == "CustomResourceDefinition" {
@@ -1375,6 +1386,11 @@ async fn delete(app: &App, t: &Target, q: &Query, body: &[u8]) -> Result<Respons
                 if def.group == "apiextensions.k8s.io" && def.kind == "CustomResourceDefinition" {
                     app.crd_changed(&old, true);
                 }
+                if is_service(&def)
+                    && let Some(ip) = old.pointer("/spec/clusterIP").and_then(Value::as_str)
+                {
+                    release_cluster_ip(app, ip).await;
+                }
                 return Ok(object_response(StatusCode::OK, kv.value.raw, &[]));
             }
             None => continue,
@@ -1506,4 +1522,106 @@ async fn binding(
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
         &[],
     )
+}
+
+/// The Service ClusterIP range (upstream's default `--service-cluster-ip-range`).
+const SERVICE_CIDR_BASE: [u8; 4] = [10, 96, 0, 0];
+/// Addresses in the range (a /12); `.0.1` is the `kubernetes` service's by convention.
+const SERVICE_CIDR_SIZE: u32 = 1 << 20;
+/// Random probes before the allocator reports the range as full.
+const IP_ALLOCATION_ATTEMPTS: usize = 64;
+
+fn is_service(def: &ResourceDef) -> bool {
+    def.group.is_empty() && def.kind == "Service"
+}
+
+fn ip_key(ip: &str) -> Bytes {
+    Bytes::from(format!("/registry/core/serviceips/{ip}"))
+}
+
+/// Allocates (or reserves the requested) ClusterIP of a new Service; each address is a
+/// store key created with compare-and-swap, so two Services never share one.
+async fn allocate_cluster_ip(app: &App, svc: &mut Value) -> Result<Option<String>, ApiError> {
+    let ty = svc
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    if ty == "ExternalName" {
+        return Ok(None);
+    }
+    let requested = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if requested == "None" {
+        return Ok(None);
+    }
+    let owner = format!(
+        "{}/{}",
+        svc.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        svc.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    );
+    let ip = if requested.is_empty() {
+        let base = u32::from_be_bytes(SERVICE_CIDR_BASE);
+        let mut found = None;
+        for _ in 0..IP_ALLOCATION_ATTEMPTS {
+            let r = u32::from_be_bytes(
+                uuid::Uuid::new_v4().as_bytes()[..4]
+                    .try_into()
+                    .unwrap_or([0; 4]),
+            );
+            // Skip the network address and .0.1 (the kubernetes service) .. .0.9.
+            let offset = 10 + r % (SERVICE_CIDR_SIZE - 11);
+            let ip = std::net::Ipv4Addr::from(base + offset).to_string();
+            if app
+                .backend
+                .create(ip_key(&ip), store::ObjectValue::opaque(owner.clone()), None)
+                .await?
+                .is_some()
+            {
+                found = Some(ip);
+                break;
+            }
+        }
+        found.ok_or_else(|| {
+            ApiError::internal("failed to allocate a ClusterIP: the range is full")
+        })?
+    } else {
+        if app
+            .backend
+            .create(ip_key(&requested), store::ObjectValue::opaque(owner), None)
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::invalid(
+                "",
+                "Service",
+                svc.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                &[crate::status::FieldError::invalid(
+                    "spec.clusterIPs",
+                    &requested,
+                    "failed to allocate IP: provided IP is already allocated",
+                )],
+            ));
+        }
+        requested
+    };
+    if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("clusterIP".into(), Value::String(ip.clone()));
+        spec.insert("clusterIPs".into(), json!([ip.clone()]));
+    }
+    Ok(Some(ip))
+}
+
+async fn release_cluster_ip(app: &App, ip: &str) {
+    if let Err(e) = app.backend.delete(ip_key(ip), None).await {
+        tracing::warn!("releasing ClusterIP {ip}: {e}");
+    }
 }
