@@ -196,19 +196,16 @@ async fn appends_fail_cleanly_while_the_disk_is_dead() {
 /// trigger a rotation) must not come back on restart, though its bytes reached the file.
 #[tokio::test]
 async fn failed_batch_then_clean_shutdown_is_not_replayed() {
-    for op in [FaultOp::Sync, FaultOp::Write] {
+    for (op, kind) in [
+        (FaultOp::Sync, FaultKind::Eio),
+        (FaultOp::Write, FaultKind::ShortWriteEio),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultStorage::new();
         let (wal, _) = open(dir.path(), &fs);
         wal.append(payload(1), Revision(1)).await.unwrap();
-        fs.inject(fault(op, FaultKind::ShortWriteEio, 1));
-        fs.inject(fault(op, FaultKind::Eio, 1));
-        let futs: Vec<_> = (2..=11)
-            .map(|i| wal.append(payload(i), Revision(i)))
-            .collect();
-        for f in futs {
-            io_kind(&f.await.unwrap_err());
-        }
+        fs.inject(fault(op, kind, 1));
+        io_kind(&wal.append(payload(2), Revision(2)).await.unwrap_err());
         fs.clear_faults();
         wal.close().await.unwrap();
         let (_wal, records) = open(dir.path(), &fs);
