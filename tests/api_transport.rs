@@ -535,3 +535,35 @@ fn services_get_unique_cluster_ips() {
     assert_eq!(curl(&["-X", "DELETE"], &format!("{svcs}/{owner}")).0, 200);
     assert_eq!(post(svc("d", &taken)).0, 201);
 }
+
+#[test]
+fn delete_collection_by_label() {
+    let s = TestServer::start(&[]);
+    let http = format!("http://127.0.0.1:{}", s.insecure_port);
+    let cms = format!("{http}/api/v1/namespaces/default/configmaps");
+    for (n, l) in [("a", "x"), ("b", "x"), ("c", "y")] {
+        let body = format!(r#"{{"metadata":{{"name":"{n}","labels":{{"g":"{l}"}}}}}}"#);
+        assert_eq!(
+            curl(
+                &[
+                    "-X",
+                    "POST",
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data",
+                    &body
+                ],
+                &cms
+            )
+            .0,
+            201
+        );
+    }
+    assert_eq!(
+        curl(&["-X", "DELETE"], &format!("{cms}?labelSelector=g%3Dx")).0,
+        200
+    );
+    assert_eq!(curl(&[], &format!("{cms}/a")).0, 404);
+    assert_eq!(curl(&[], &format!("{cms}/b")).0, 404);
+    assert_eq!(curl(&[], &format!("{cms}/c")).0, 200);
+}

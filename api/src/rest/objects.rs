@@ -317,6 +317,10 @@ pub(crate) async fn serve(
             verb_ok("create")?;
             create(app, &t, &q, &headers, &body).await
         }
+        (&Method::DELETE, false, None) => {
+            verb_ok("deletecollection")?;
+            delete_collection(app, &t, &q, &body).await
+        }
         (&Method::GET | &Method::HEAD, true, None) => {
             verb_ok("get")?;
             get(app, &t, &q, &headers).await
@@ -1624,4 +1628,63 @@ async fn release_cluster_ip(app: &App, ip: &str) {
     if let Err(e) = app.backend.delete(ip_key(ip), None).await {
         tracing::warn!("releasing ClusterIP {ip}: {e}");
     }
+}
+
+/// `DELETE` on a collection: deletes every object that matches the selectors, one by one
+/// with the same options (finalizers and graceful deletion apply to each).
+async fn delete_collection(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let sel = Selectors::parse(&t.def, q)?;
+    let prefix = t.prefix();
+    let end = prefix_end(&prefix);
+    let mut start = prefix.clone();
+    let mut names: Vec<(String, String)> = Vec::new();
+    for _ in 0..MAX_LIST_PAGES {
+        let resp = app
+            .backend
+            .range(RangeRequest {
+                key: start.clone(),
+                range_end: RangeEnd::Until(end.clone()),
+                revision: None,
+                limit: Some(500),
+                keys_only: false,
+                count_only: false,
+            })
+            .await?;
+        for kv in &resp.kvs {
+            if sel.matches(&kv.value) {
+                names.push((kv.value.namespace.clone(), kv.value.name.clone()));
+            }
+        }
+        match resp.kvs.last() {
+            Some(kv) if resp.more => {
+                let mut k = kv.key.to_vec();
+                k.push(0);
+                start = Bytes::from(k);
+            }
+            _ => break,
+        }
+    }
+    for (ns, name) in names {
+        let one = Target {
+            def: t.def.clone(),
+            namespace: t.def.namespaced.then_some(ns),
+            name: Some(name),
+            subresource: None,
+        };
+        match delete(app, &one, q, body).await {
+            Ok(_) => {}
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    value_response(
+        StatusCode::OK,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 200}),
+        &[],
+    )
 }
