@@ -22,6 +22,8 @@ enum Command {
     Server(ServerArgs),
     /// The whole single-machine cluster (for now: the store and the apiserver).
     Up(ServerArgs),
+    /// Run the store alone, serving the etcd v3 gRPC API.
+    Store(StoreArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -108,6 +110,54 @@ fn run_server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// Where the store keeps its data (default: ~/.kubeshard).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Comma-separated `http://IP:PORT` URLs to serve the etcd v3 API on.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    listen_client_urls: Vec<String>,
+    /// Serve over an existing etcd cluster (comma-separated client URLs) instead of the
+    /// embedded engine.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+}
+
+/// Runs the store alone (the etcd v3 face over the durable engine) until SIGTERM or SIGINT.
+fn run_store(args: StoreArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use store::etcd_face;
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut engine = None;
+        let backend: Arc<dyn store::Backend> = if args.etcd_endpoints.is_empty() {
+            let e = store::Engine::open(store::EngineConfig::durable(data_dir.join("store")))?;
+            engine = Some(e.clone());
+            e
+        } else {
+            Arc::new(store::etcd_backend::EtcdBackend::connect(
+                &store::etcd_backend::EtcdConfig::new(args.etcd_endpoints.clone()),
+            )?)
+        };
+        let config = etcd_face::FaceConfig::from_seed(
+            &data_dir.to_string_lossy(),
+            args.listen_client_urls.clone(),
+        );
+        tracing::info!(urls = ?args.listen_client_urls, data_dir = %data_dir.display(), "kubeshard store: serving the etcd v3 API");
+        etcd_face::serve_urls(backend, &args.listen_client_urls, config, etcd_face::shutdown_signal()).await?;
+        if let Some(e) = engine {
+            e.close();
+        }
+        tracing::info!("kubeshard store: stopped");
+        Ok(())
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -124,5 +174,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Server(args) => run_server(args, false),
         Command::Up(args) => run_server(args, true),
+        Command::Store(args) => run_store(args),
     }
 }

@@ -13,10 +13,16 @@
 //! rkyv access); each block carries a `// SAFETY:` comment.
 
 pub mod backend;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod engine;
 pub mod envelope;
 pub mod error;
+pub mod etcd_backend;
+pub mod etcd_face;
+pub mod etcd_wire;
 pub mod fileio;
+pub mod proto;
 #[allow(unsafe_code)]
 pub mod snapshot;
 pub mod wal;
