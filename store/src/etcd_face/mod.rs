@@ -999,9 +999,11 @@ pub async fn serve(
         config: Arc::new(config),
         last_rev: Arc::new(AtomicI64::new(start_rev.0 as i64)),
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // The builder's `tcp_nodelay` only applies to listeners tonic binds itself; on our own
+    // listener Nagle stays on unless the incoming stream sets it, and then every small unary
+    // reply waits out the peer's delayed ACK (~40 ms per get).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(KvServer::new(face.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
