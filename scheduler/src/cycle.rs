@@ -1,0 +1,860 @@
+//! The batch-parallel scheduling cycle.
+//!
+//! 1. A batch of pending pods is popped from the queue (priority order) and each runs
+//!    PreFilter/PreScore once (its `PodCycle`).
+//! 2. Every worker thread owns a contiguous partition of the nodes and evaluates every pod of
+//!    the batch against every node of its partition: filters, then the raw scores. All
+//!    feasible nodes are scored: no sampling.
+//! 3. The pods are then resolved one by one in priority order. Per pod, the partitions'
+//!    results are merged and normalized, and the best node is picked. Pods placed earlier in
+//!    the batch changed some nodes ("dirty" nodes): those are re-filtered and re-scored for
+//!    this pod; every other node's score is unchanged because the plugins that can see other
+//!    nodes' pods are accounted for: a pod whose verdicts depend on other pods' placement
+//!    (`Plugin::couples`), or any pod after one whose placement reaches other nodes
+//!    (`Plugin::reaches`), or a pod whose normalization could shift when a node drops out, is
+//!    re-evaluated in full against the current state. So each pod gets the node a sequential
+//!    scheduler would give it in the same order (ties go to the lowest node index).
+//! 4. The chosen node is reserved and the pod assumed in the snapshot; the shell binds it
+//!    and confirms (`confirm`) or forgets (`forget`) it. Assumptions whose binding finished
+//!    but never got confirmed expire (`cleanup_assumed`).
+//!
+//! Sans-IO: the shell feeds cluster events and `now`, and acts on the returned `Decision`s.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1 as core;
+
+use crate::Error;
+use crate::config::{Config, build_profiles};
+use crate::framework::{Framework, NodeScore, PodCycle};
+use crate::model::{NodeInfo, PodInfo, PodKey, Snapshot};
+use crate::queue::{ClusterEvent, SchedulingQueue};
+use crate::status::{Reason, Status};
+
+/// Tunables of the cycle.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Worker threads (node partitions).
+    pub parallelism: usize,
+    /// Pods per batch.
+    pub batch_size: usize,
+    /// How long a bound-but-unconfirmed assumption lives.
+    pub assume_ttl: Duration,
+    /// Most pods the queue holds.
+    pub queue_capacity: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            parallelism: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            batch_size: 256,
+            assume_ttl: Duration::from_secs(30),
+            queue_capacity: 1_000_000,
+        }
+    }
+}
+
+/// What the cycle decided for one pod.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Assumed on `node`; the shell binds it (after waiting if Permit asked to).
+    Assumed {
+        /// The pod.
+        pod: Arc<PodInfo>,
+        /// The node's name.
+        node: String,
+        /// Permit asked to wait at most this long before binding.
+        permit_wait: Option<Duration>,
+    },
+    /// No node fits. `message` is upstream's "0/N nodes are available: ..." text.
+    Unschedulable {
+        /// The pod.
+        pod: Arc<PodInfo>,
+        /// The FailedScheduling message.
+        message: String,
+        /// Preemption's outcome: the nominated node and the victims to delete.
+        nomination: Option<(String, Vec<PodKey>)>,
+    },
+    /// An internal error; the pod retries after its backoff.
+    Error {
+        /// The pod.
+        pod: Arc<PodInfo>,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    /// Attempts that assumed a node.
+    pub scheduled: u64,
+    /// Attempts that found no node.
+    pub unschedulable: u64,
+    /// Attempts that failed with an error.
+    pub errors: u64,
+    /// Pods re-evaluated in full during resolution.
+    pub reevaluated: u64,
+    /// Batches run.
+    pub batches: u64,
+}
+
+/// What one worker found for one pod in its partition.
+#[derive(Debug, Default)]
+struct Part {
+    feasible: Vec<u32>,
+    base: Vec<i64>,
+    /// Raw scores of the normalizing plugins, `feasible.len() * norm.len()`, row per node.
+    raw: Vec<i64>,
+    reasons: Vec<(Reason, u32)>,
+    rejectors: Vec<usize>,
+    unresolvable: Vec<u32>,
+}
+
+/// A pod's evaluation, its partitions' results, and the stamp it was taken at.
+type Evaluated<'a> = (Eval<'a>, Vec<Part>, u64);
+
+struct Eval<'a> {
+    fw: &'a Framework,
+    pod: Arc<PodInfo>,
+    pc: PodCycle,
+    norm: Vec<(usize, i64)>,
+}
+
+/// The scheduler core: snapshot, queue, profiles, assumed pods and nominations.
+pub struct Scheduler {
+    /// The cluster as the scheduler sees it (bound + assumed pods).
+    pub snap: Snapshot,
+    profiles: Arc<Vec<Framework>>,
+    /// The pending pods.
+    pub queue: SchedulingQueue,
+    assumed: HashMap<PodKey, Option<Instant>>,
+    nominated: HashMap<PodKey, (usize, Arc<PodInfo>)>,
+    opts: Options,
+    priority_classes: HashMap<String, i32>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("nodes", &self.snap.nodes.len())
+            .field("profiles", &self.profiles)
+            .field("queue", &self.queue.len())
+            .finish()
+    }
+}
+
+fn add_reason(v: &mut Vec<(Reason, u32)>, r: Reason, n: u32) {
+    if let Some(x) = v.iter_mut().find(|(x, _)| *x == r) {
+        x.1 += n;
+    } else {
+        v.push((r, n));
+    }
+}
+
+/// Upstream's FailedScheduling text: "0/N nodes are available: 2 Insufficient cpu, 1 ...".
+pub fn failure_message(total_nodes: usize, reasons: &[(Reason, u32)]) -> String {
+    let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    format!("0/{total_nodes} nodes are available: {}.", parts.join(", "))
+}
+
+impl Scheduler {
+    /// A scheduler with the profiles of `cfg`.
+    pub fn new(cfg: &Config, mut opts: Options) -> Result<Self, Error> {
+        let profiles = build_profiles(cfg)?;
+        if let Some(p) = cfg.parallelism {
+            opts.parallelism = p;
+        }
+        if let Some(b) = cfg.batch_size {
+            opts.batch_size = b;
+        }
+        opts.parallelism = opts.parallelism.clamp(1, 256);
+        opts.batch_size = opts.batch_size.clamp(1, 65_536);
+        let mut interests = HashMap::new();
+        for fw in &profiles {
+            for p in &fw.plugins {
+                interests.insert(p.name(), p.events());
+            }
+        }
+        Ok(Scheduler {
+            snap: Snapshot::new(),
+            queue: SchedulingQueue::new(opts.queue_capacity, interests),
+            profiles: Arc::new(profiles),
+            assumed: HashMap::new(),
+            nominated: HashMap::new(),
+            opts,
+            priority_classes: HashMap::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The profiles.
+    pub fn profiles(&self) -> &[Framework] {
+        &self.profiles
+    }
+
+    /// Whether a profile serves this scheduler name.
+    pub fn serves(&self, scheduler_name: &str) -> bool {
+        self.profiles
+            .iter()
+            .any(|p| p.scheduler_name == scheduler_name)
+    }
+
+    /// Sets a PriorityClass value (`globalDefault` classes are stored under "").
+    pub fn set_priority_class(&mut self, name: &str, value: i32, global_default: bool) {
+        self.priority_classes.insert(name.to_owned(), value);
+        if global_default {
+            self.priority_classes.insert(String::new(), value);
+        }
+    }
+
+    /// Compiles a pod with the known PriorityClasses.
+    pub fn pod_info(&self, pod: &core::Pod) -> Result<PodInfo, Error> {
+        PodInfo::new(pod, &self.priority_classes)
+    }
+
+    /// A node was added or changed.
+    pub fn upsert_node(&mut self, node: &core::Node, now: Instant) -> Result<(), Error> {
+        let n = NodeInfo::new(node)?;
+        let existed = self.snap.node_index(&n.name).is_some();
+        self.snap.upsert_node(n);
+        self.queue.on_event(
+            if existed {
+                ClusterEvent::NodeUpdate
+            } else {
+                ClusterEvent::NodeAdd
+            },
+            now,
+        );
+        Ok(())
+    }
+
+    /// A node was deleted.
+    pub fn remove_node(&mut self, name: &str) {
+        for p in self.snap.remove_node(name) {
+            self.assumed.remove(&p.key);
+        }
+        self.nominated
+            .retain(|_, (_, p)| p.nominated_node.as_deref() != Some(name));
+        self.rebuild_nominated_index();
+    }
+
+    fn rebuild_nominated_index(&mut self) {
+        let snap = &self.snap;
+        self.nominated.retain(|_, (i, _)| *i < snap.nodes.len());
+    }
+
+    /// A pod was added or changed in the cluster: bound pods enter the snapshot (confirming
+    /// an assumption), pending pods of our profiles enter the queue.
+    pub fn upsert_pod(&mut self, pod: &core::Pod, now: Instant) -> Result<(), Error> {
+        let terminal = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let info = Arc::new(self.pod_info(pod)?);
+        if terminal {
+            self.delete_pod(&info.key, now);
+            return Ok(());
+        }
+        match info.node_name.clone() {
+            Some(node) => {
+                self.queue.delete(&info.key);
+                self.nominated.remove(&info.key);
+                self.assumed.remove(&info.key);
+                let Some(i) = self.snap.node_index(&node) else {
+                    // Bound to a node we do not know (yet): nothing to account.
+                    return Ok(());
+                };
+                let was = self.snap.pod_node(&info.key);
+                self.snap.add_pod(i, info);
+                if was.is_none() {
+                    self.queue.on_event(ClusterEvent::PodAdd, now);
+                }
+            }
+            None if self.serves(&info.scheduler_name) => {
+                if self.assumed.contains_key(&info.key) {
+                    return Ok(()); // our own assumption, not yet visible as bound
+                }
+                self.queue.update(info, now)?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// A pod was deleted: it frees its node and leaves the queue.
+    pub fn delete_pod(&mut self, key: &PodKey, now: Instant) {
+        self.queue.delete(key);
+        self.nominated.remove(key);
+        self.assumed.remove(key);
+        if self.snap.remove_pod(key).is_some() {
+            self.queue.on_event(ClusterEvent::PodDelete, now);
+        }
+    }
+
+    /// The shell finished binding an assumed pod: the assumption now expires after the TTL
+    /// unless the informer confirms it.
+    pub fn finish_binding(&mut self, key: &PodKey, now: Instant) {
+        if let Some(d) = self.assumed.get_mut(key) {
+            *d = Some(now + self.opts.assume_ttl);
+        }
+    }
+
+    /// The binding is known to have happened (the in-process harness, or the informer).
+    pub fn confirm(&mut self, key: &PodKey) {
+        self.assumed.remove(key);
+    }
+
+    /// The binding failed: undo the assumption and retry the pod after a backoff.
+    pub fn forget(&mut self, key: &PodKey, now: Instant) {
+        if self.assumed.remove(key).is_none() {
+            return;
+        }
+        let node = self.snap.pod_node(key).map(|i| self.snap.nodes[i].name.clone());
+        if let Some(p) = self.snap.remove_pod(key) {
+            if let Some(fw) = self.profiles.iter().find(|f| f.scheduler_name == p.scheduler_name) {
+                fw.run_unreserve(&p, node.as_deref().unwrap_or(""));
+            }
+            let mut fresh = (*p).clone();
+            fresh.node_name = None;
+            self.queue.requeue_after_failed_bind(Arc::new(fresh), now);
+            self.queue.on_event(ClusterEvent::PodDelete, now);
+        }
+    }
+
+    /// Drops assumptions whose binding finished more than the TTL ago without confirmation.
+    pub fn cleanup_assumed(&mut self, now: Instant) -> usize {
+        let expired: Vec<PodKey> = self
+            .assumed
+            .iter()
+            .filter(|(_, d)| d.is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            self.assumed.remove(k);
+            self.snap.remove_pod(k);
+        }
+        if !expired.is_empty() {
+            self.queue.on_event(ClusterEvent::PodDelete, now);
+        }
+        expired.len()
+    }
+
+    /// Number of assumed, unconfirmed pods.
+    pub fn assumed_len(&self) -> usize {
+        self.assumed.len()
+    }
+
+    fn partitions(&self) -> Vec<std::ops::Range<usize>> {
+        let n = self.snap.nodes.len();
+        let p = self.opts.parallelism.min(n.max(1));
+        let chunk = n.div_ceil(p.max(1)).max(1);
+        (0..p)
+            .map(|i| (i * chunk).min(n)..((i + 1) * chunk).min(n))
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+
+    /// Runs one batch: pops up to `batch_size` pods, places what fits, returns one decision
+    /// per popped pod (unschedulable and failed pods are requeued here).
+    pub fn schedule_batch(&mut self, now: Instant) -> Vec<Decision> {
+        let batch = self.queue.pop_batch(self.opts.batch_size, now);
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        self.stats.batches += 1;
+        let profiles = self.profiles.clone();
+
+        // PreFilter/PreScore per pod. Coupled pods after the first are evaluated only when
+        // their turn comes (earlier placements would invalidate the work).
+        enum Slot<'a> {
+            Ready(Eval<'a>),
+            Lazy(&'a Framework),
+            Done(Decision),
+        }
+        let mut slots: Vec<(Arc<PodInfo>, Slot<'_>)> = Vec::with_capacity(batch.len());
+        for (pos, qp) in batch.iter().enumerate() {
+            let pod = qp.pod.clone();
+            let Some(fw) = profiles
+                .iter()
+                .find(|f| f.scheduler_name == pod.scheduler_name)
+            else {
+                let message = format!("no profile for scheduler {:?}", pod.scheduler_name);
+                slots.push((pod.clone(), Slot::Done(Decision::Error { pod, message })));
+                continue;
+            };
+            let slot = match fw.prepare(&pod, &self.snap) {
+                Ok(pc) if pc.coupled && pos > 0 => Slot::Lazy(fw),
+                Ok(pc) => Slot::Ready(Eval {
+                    norm: fw.normalizing(&pc),
+                    fw,
+                    pod: pod.clone(),
+                    pc,
+                }),
+                Err(st) => Slot::Done(self.prefilter_failure(pod.clone(), st, now)),
+            };
+            slots.push((pod, slot));
+        }
+        let evals: Vec<&Eval<'_>> = slots
+            .iter()
+            .filter_map(|(_, s)| {
+                if let Slot::Ready(e) = s {
+                    Some(e)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let mut results = self.evaluate(&evals).into_iter();
+
+        let mut decisions = Vec::with_capacity(slots.len());
+        let mut dirty_at: HashMap<u32, u64> = HashMap::new();
+        let mut stamp: u64 = 0;
+        let mut last_assume: u64 = 0;
+        let mut last_reach: u64 = 0;
+        for (pod, slot) in slots {
+            let (fw, mut cur): (&Framework, Option<Evaluated<'_>>) = match slot {
+                Slot::Done(d) => {
+                    decisions.push(d);
+                    continue;
+                }
+                Slot::Ready(e) => {
+                    let parts = results.next().unwrap_or_default();
+                    (e.fw, Some((e, parts, 0)))
+                }
+                Slot::Lazy(fw) => (fw, None),
+            };
+            let mut forced = false;
+            let mut rounds = 0;
+            let decision = loop {
+                rounds += 1;
+                let stale = match &cur {
+                    None => true,
+                    Some((e, _, at)) => {
+                        forced || last_reach > *at || (e.pc.coupled && last_assume > *at)
+                    }
+                };
+                if stale {
+                    if cur.is_some() {
+                        self.stats.reevaluated += 1;
+                    }
+                    match fw.prepare(&pod, &self.snap) {
+                        Ok(pc) => {
+                            let e = Eval {
+                                norm: fw.normalizing(&pc),
+                                fw,
+                                pod: pod.clone(),
+                                pc,
+                            };
+                            let parts = self.evaluate(&[&e]).pop().unwrap_or_default();
+                            cur = Some((e, parts, stamp));
+                        }
+                        Err(st) => break self.prefilter_failure(pod.clone(), st, now),
+                    }
+                }
+                let Some((e, parts, at)) = &cur else {
+                    unreachable!("evaluated above")
+                };
+                let scored = finalize(e, parts, &self.snap);
+                // Pick the best node, re-checking the nodes changed since the evaluation.
+                let mut best: Option<(i64, u32)> = None;
+                let mut dropped = false;
+                for &(node, total, normpart) in &scored.entries {
+                    let score = if dirty_at.get(&node).is_some_and(|d| d > at) {
+                        let n = &self.snap.nodes[node as usize];
+                        if !self.feasible_with_nominated(e, n, node as usize) {
+                            dropped = true;
+                            continue;
+                        }
+                        fw.base_score(&e.pc, &pod, n, &self.snap) + normpart
+                    } else {
+                        total
+                    };
+                    if best.is_none_or(|(b, bn)| score > b || (score == b && node < bn)) {
+                        best = Some((score, node));
+                    }
+                }
+                if dropped && (scored.sensitive || best.is_none()) && rounds < 3 {
+                    forced = true;
+                    continue;
+                }
+                let Some((_, node)) = best else {
+                    break self.no_fit(e, parts, now);
+                };
+                let name = self.snap.nodes[node as usize].name.clone();
+                let reserve = fw.run_reserve(&pod, &name);
+                if !reserve.is_success() {
+                    break self.rejected(pod.clone(), &reserve, now);
+                }
+                let wait = match fw.run_permit(&pod, &name) {
+                    Status::Success | Status::Skip => None,
+                    Status::Wait(d) => Some(d),
+                    other => {
+                        fw.run_unreserve(&pod, &name);
+                        break self.rejected(pod.clone(), &other, now);
+                    }
+                };
+                stamp += 1;
+                last_assume = stamp;
+                if e.pc.reaches {
+                    last_reach = stamp;
+                }
+                dirty_at.insert(node, stamp);
+                let mut placed = (*pod).clone();
+                placed.node_name = Some(name.clone());
+                self.snap.add_pod(node as usize, Arc::new(placed));
+                self.assumed.insert(pod.key.clone(), None);
+                self.nominated.remove(&pod.key);
+                self.queue.done(&pod.key);
+                self.stats.scheduled += 1;
+                break Decision::Assumed {
+                    pod: pod.clone(),
+                    node: name,
+                    permit_wait: wait,
+                };
+            };
+            decisions.push(decision);
+        }
+        decisions
+    }
+
+    fn feasible_with_nominated(&self, e: &Eval<'_>, node: &NodeInfo, idx: usize) -> bool {
+        if e.fw.filter_node(&e.pc, &e.pod, node, &self.snap).is_err() {
+            return false;
+        }
+        let noms: Vec<Arc<PodInfo>> = self
+            .nominated
+            .iter()
+            .filter(|(k, (i, p))| *i == idx && **k != e.pod.key && p.priority >= e.pod.priority)
+            .map(|(_, (_, p))| p.clone())
+            .collect();
+        if noms.is_empty() {
+            return true;
+        }
+        let mut with = node.clone();
+        for p in noms {
+            with.add_pod(p);
+        }
+        e.fw.filter_node(&e.pc, &e.pod, &with, &self.snap).is_ok()
+    }
+
+    fn prefilter_failure(&mut self, pod: Arc<PodInfo>, st: Status, now: Instant) -> Decision {
+        if let Status::Error(message) = st {
+            self.stats.errors += 1;
+            self.queue.error(&pod.key, now);
+            return Decision::Error { pod, message };
+        }
+        let n = self.snap.nodes.len() as u32;
+        let reasons: Vec<(Reason, u32)> = st.reasons().into_iter().map(|r| (r, n)).collect();
+        self.stats.unschedulable += 1;
+        self.queue.unschedulable(&pod.key, Vec::new(), now);
+        Decision::Unschedulable {
+            message: failure_message(n as usize, &reasons),
+            pod,
+            nomination: None,
+        }
+    }
+
+    fn rejected(&mut self, pod: Arc<PodInfo>, st: &Status, now: Instant) -> Decision {
+        if let Status::Error(message) = st {
+            self.stats.errors += 1;
+            self.queue.error(&pod.key, now);
+            return Decision::Error {
+                pod,
+                message: message.clone(),
+            };
+        }
+        self.stats.unschedulable += 1;
+        self.queue.unschedulable(&pod.key, Vec::new(), now);
+        let reasons: Vec<(Reason, u32)> = st.reasons().into_iter().map(|r| (r, 1)).collect();
+        Decision::Unschedulable {
+            message: failure_message(self.snap.nodes.len(), &reasons),
+            pod,
+            nomination: None,
+        }
+    }
+
+    /// No node passed: build the message, run PostFilter (preemption), requeue.
+    fn no_fit(&mut self, e: &Eval<'_>, parts: &[Part], now: Instant) -> Decision {
+        let pod = e.pod.clone();
+        let mut reasons = Vec::new();
+        let mut rejectors: Vec<&'static str> = Vec::new();
+        let mut unresolvable = Vec::new();
+        for p in parts {
+            for (r, n) in &p.reasons {
+                add_reason(&mut reasons, r.clone(), *n);
+            }
+            for &slot in &p.rejectors {
+                let name = e.fw.plugin(slot).name();
+                if !rejectors.contains(&name) {
+                    rejectors.push(name);
+                }
+            }
+            unresolvable.extend_from_slice(&p.unresolvable);
+        }
+        if let Some(err) = reasons
+            .iter()
+            .find(|(r, _)| r.starts_with("internal error: "))
+        {
+            let message = err.0.to_string();
+            self.stats.errors += 1;
+            self.queue.error(&pod.key, now);
+            return Decision::Error { pod, message };
+        }
+        let mut message = failure_message(self.snap.nodes.len(), &reasons);
+        let mut nomination = None;
+        unresolvable.sort_unstable();
+        let rejected: Vec<(u32, bool)> = (0..self.snap.nodes.len() as u32)
+            .map(|n| (n, unresolvable.binary_search(&n).is_ok()))
+            .collect();
+        for &slot in &e.fw.post_filter {
+            let Some(pf) = e.fw.plugin(slot).as_post_filter() else {
+                continue;
+            };
+            match pf.post_filter(e.fw, &pod, &self.snap, &rejected) {
+                Ok(nom) => {
+                    let node = self.snap.nodes[nom.node as usize].name.clone();
+                    let mut p = (*pod).clone();
+                    p.nominated_node = Some(node.clone());
+                    self.nominated
+                        .insert(pod.key.clone(), (nom.node as usize, Arc::new(p)));
+                    nomination = Some((node, nom.victims));
+                    break;
+                }
+                Err(st) => {
+                    for r in st.reasons() {
+                        message.push(' ');
+                        message.push_str(&r);
+                    }
+                }
+            }
+        }
+        self.stats.unschedulable += 1;
+        self.queue.unschedulable(&pod.key, rejectors, now);
+        Decision::Unschedulable {
+            pod,
+            message,
+            nomination,
+        }
+    }
+
+    fn evaluate(&self, evals: &[&Eval<'_>]) -> Vec<Vec<Part>> {
+        let parts = self.partitions();
+        let nominated = self.nominated_by_node();
+        let snap = &self.snap;
+        let work = |range: std::ops::Range<usize>| -> Vec<Part> {
+            evals
+                .iter()
+                .map(|e| eval_partition(e, snap, range.clone(), &nominated))
+                .collect()
+        };
+        let per_worker: Vec<Vec<Part>> = if parts.len() <= 1 || evals.is_empty() {
+            parts.into_iter().map(work).collect()
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = parts
+                    .into_iter()
+                    .map(|r| s.spawn(move || work(r)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        let mut out: Vec<Vec<Part>> = (0..evals.len()).map(|_| Vec::new()).collect();
+        for worker in per_worker {
+            for (i, p) in worker.into_iter().enumerate() {
+                out[i].push(p);
+            }
+        }
+        out
+    }
+
+    fn nominated_by_node(&self) -> HashMap<usize, Vec<Arc<PodInfo>>> {
+        let mut m: HashMap<usize, Vec<Arc<PodInfo>>> = HashMap::new();
+        for (i, p) in self.nominated.values() {
+            m.entry(*i).or_default().push(p.clone());
+        }
+        m
+    }
+}
+
+/// One pod against one partition of nodes.
+fn eval_partition(
+    e: &Eval<'_>,
+    snap: &Snapshot,
+    range: std::ops::Range<usize>,
+    nominated: &HashMap<usize, Vec<Arc<PodInfo>>>,
+) -> Part {
+    let mut part = Part::default();
+    let nn = e.norm.len();
+    for i in range {
+        let node = &snap.nodes[i];
+        let mut res = e.fw.filter_node(&e.pc, &e.pod, node, snap);
+        if res.is_ok()
+            && let Some(noms) = nominated.get(&i)
+        {
+            // Room promised to nominated pods of at least this priority is not free.
+            let noms: Vec<&Arc<PodInfo>> = noms
+                .iter()
+                .filter(|p| p.key != e.pod.key && p.priority >= e.pod.priority)
+                .collect();
+            if !noms.is_empty() {
+                let mut with = node.clone();
+                for p in noms {
+                    with.add_pod(p.clone());
+                }
+                res = e.fw.filter_node(&e.pc, &e.pod, &with, snap);
+            }
+        }
+        match res {
+            Ok(()) => {
+                part.feasible.push(i as u32);
+                part.base.push(e.fw.base_score(&e.pc, &e.pod, node, snap));
+                for &(slot, _) in &e.norm {
+                    if let Some(sp) = e.fw.plugin(slot).as_score() {
+                        part.raw
+                            .push(sp.score(slot, &e.pc.state, &e.pod, node, snap));
+                    }
+                }
+                debug_assert_eq!(part.raw.len(), part.feasible.len() * nn);
+            }
+            Err((slot, st)) => {
+                if !part.rejectors.contains(&slot) {
+                    part.rejectors.push(slot);
+                }
+                match st {
+                    Status::UnschedulableAndUnresolvable(rs) => {
+                        part.unresolvable.push(i as u32);
+                        for r in rs {
+                            add_reason(&mut part.reasons, r, 1);
+                        }
+                    }
+                    Status::Unschedulable(rs) => {
+                        for r in rs {
+                            add_reason(&mut part.reasons, r, 1);
+                        }
+                    }
+                    Status::Error(m) => add_reason(
+                        &mut part.reasons,
+                        Reason::Owned(format!("internal error: {m}")),
+                        1,
+                    ),
+                    Status::Success | Status::Skip | Status::Wait(_) => {}
+                }
+            }
+        }
+    }
+    part
+}
+
+struct Scored {
+    /// (node, total weighted score, its normalized part).
+    entries: Vec<(u32, i64, i64)>,
+    /// Whether a normalizing plugin saw different raw scores on different nodes (then a node
+    /// dropping out can shift everyone's normalized score).
+    sensitive: bool,
+}
+
+/// Phase 2 for one pod: merge the partitions, normalize, weigh.
+fn finalize(e: &Eval<'_>, parts: &[Part], snap: &Snapshot) -> Scored {
+    let total: usize = parts.iter().map(|p| p.feasible.len()).sum();
+    let mut entries: Vec<(u32, i64, i64)> = Vec::with_capacity(total);
+    for p in parts {
+        for (k, &n) in p.feasible.iter().enumerate() {
+            entries.push((n, p.base[k], 0));
+        }
+    }
+    let nn = e.norm.len();
+    let mut sensitive = false;
+    if nn > 0 && total > 0 {
+        let mut scores: Vec<NodeScore> = Vec::with_capacity(total);
+        for (j, &(slot, w)) in e.norm.iter().enumerate() {
+            scores.clear();
+            for p in parts {
+                for (k, &n) in p.feasible.iter().enumerate() {
+                    scores.push(NodeScore {
+                        node: n,
+                        score: p.raw[k * nn + j],
+                    });
+                }
+            }
+            let first = scores[0].score;
+            if scores.iter().any(|s| s.score != first) {
+                sensitive = true;
+            }
+            if let Some(sp) = e.fw.plugin(slot).as_score() {
+                sp.normalize(slot, &e.pc.state, &e.pod, snap, &mut scores);
+            }
+            for (entry, s) in entries.iter_mut().zip(&scores) {
+                entry.2 += w * s.score;
+            }
+        }
+        for entry in &mut entries {
+            entry.1 += entry.2;
+        }
+    }
+    Scored { entries, sensitive }
+}
+
+/// The simple sequential scorer: final (normalized, weighted) scores of `nodes` for a pod.
+/// Used by tests and as the reference the batch cycle is checked against.
+pub fn score_nodes(
+    fw: &Framework,
+    pc: &PodCycle,
+    pod: &PodInfo,
+    snap: &Snapshot,
+    nodes: &[u32],
+) -> Vec<i64> {
+    let mut totals: Vec<i64> = nodes
+        .iter()
+        .map(|&n| fw.base_score(pc, pod, &snap.nodes[n as usize], snap))
+        .collect();
+    for (slot, w) in fw.normalizing(pc) {
+        let Some(sp) = fw.plugin(slot).as_score() else {
+            continue;
+        };
+        let mut scores: Vec<NodeScore> = nodes
+            .iter()
+            .map(|&n| NodeScore {
+                node: n,
+                score: sp.score(slot, &pc.state, pod, &snap.nodes[n as usize], snap),
+            })
+            .collect();
+        sp.normalize(slot, &pc.state, pod, snap, &mut scores);
+        for (t, s) in totals.iter_mut().zip(&scores) {
+            *t += w * s.score;
+        }
+    }
+    totals
+}
+
+/// A plain sequential scheduler for one pod: filter every node, score the feasible ones,
+/// return (best score, node index) with ties to the lowest index. None when nothing fits.
+pub fn reference_pick(fw: &Framework, pod: &PodInfo, snap: &Snapshot) -> Option<(i64, u32)> {
+    let pc = fw.prepare(pod, snap).ok()?;
+    let feasible: Vec<u32> = (0..snap.nodes.len() as u32)
+        .filter(|&n| {
+            fw.filter_node(&pc, pod, &snap.nodes[n as usize], snap)
+                .is_ok()
+        })
+        .collect();
+    let scores = score_nodes(fw, &pc, pod, snap, &feasible);
+    let mut best: Option<(i64, u32)> = None;
+    for (&n, &s) in feasible.iter().zip(&scores) {
+        if best.is_none_or(|(b, bn)| s > b || (s == b && n < bn)) {
+            best = Some((s, n));
+        }
+    }
+    best
+}
