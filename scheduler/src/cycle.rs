@@ -102,7 +102,17 @@ pub struct Stats {
     pub reevaluated: u64,
     /// Batches run.
     pub batches: u64,
+    /// End-to-end latency (queue entry to assumption) histogram: counts per bucket of
+    /// `E2E_BUCKETS` (the last counts everything above).
+    pub e2e_buckets: [u64; E2E_BUCKETS.len() + 1],
+    /// Sum of the end-to-end latencies in seconds.
+    pub e2e_sum: f64,
 }
+
+/// Upper bounds (seconds) of the end-to-end latency histogram's buckets.
+pub const E2E_BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0, 30.0,
+];
 
 /// What one worker found for one pod in its partition.
 #[derive(Debug, Default)]
@@ -134,7 +144,7 @@ pub struct Scheduler {
     /// The pending pods.
     pub queue: SchedulingQueue,
     assumed: HashMap<PodKey, Option<Instant>>,
-    nominated: HashMap<PodKey, (usize, Arc<PodInfo>)>,
+    nominated: HashMap<PodKey, (String, Arc<PodInfo>)>,
     opts: Options,
     priority_classes: HashMap<String, i32>,
     /// Counters.
@@ -242,14 +252,19 @@ impl Scheduler {
         for p in self.snap.remove_node(name) {
             self.assumed.remove(&p.key);
         }
-        self.nominated
-            .retain(|_, (_, p)| p.nominated_node.as_deref() != Some(name));
-        self.rebuild_nominated_index();
+        self.nominated.retain(|_, (n, _)| n != name);
+        self.sync_nominated();
     }
 
-    fn rebuild_nominated_index(&mut self) {
-        let snap = &self.snap;
-        self.nominated.retain(|_, (i, _)| *i < snap.nodes.len());
+    /// Rebuilds the snapshot's by-node index of nominated pods.
+    fn sync_nominated(&mut self) {
+        let mut m: HashMap<usize, Vec<Arc<PodInfo>>> = HashMap::new();
+        for (node, p) in self.nominated.values() {
+            if let Some(i) = self.snap.node_index(node) {
+                m.entry(i).or_default().push(p.clone());
+            }
+        }
+        self.snap.nominated = m;
     }
 
     /// A pod was added or changed in the cluster: bound pods enter the snapshot (confirming
@@ -268,7 +283,9 @@ impl Scheduler {
         match info.node_name.clone() {
             Some(node) => {
                 self.queue.delete(&info.key);
-                self.nominated.remove(&info.key);
+                if self.nominated.remove(&info.key).is_some() {
+                    self.sync_nominated();
+                }
                 self.assumed.remove(&info.key);
                 let Some(i) = self.snap.node_index(&node) else {
                     // Bound to a node we do not know (yet): nothing to account.
@@ -294,7 +311,9 @@ impl Scheduler {
     /// A pod was deleted: it frees its node and leaves the queue.
     pub fn delete_pod(&mut self, key: &PodKey, now: Instant) {
         self.queue.delete(key);
-        self.nominated.remove(key);
+        if self.nominated.remove(key).is_some() {
+            self.sync_nominated();
+        }
         self.assumed.remove(key);
         if self.snap.remove_pod(key).is_some() {
             self.queue.on_event(ClusterEvent::PodDelete, now);
@@ -319,9 +338,16 @@ impl Scheduler {
         if self.assumed.remove(key).is_none() {
             return;
         }
-        let node = self.snap.pod_node(key).map(|i| self.snap.nodes[i].name.clone());
+        let node = self
+            .snap
+            .pod_node(key)
+            .map(|i| self.snap.nodes[i].name.clone());
         if let Some(p) = self.snap.remove_pod(key) {
-            if let Some(fw) = self.profiles.iter().find(|f| f.scheduler_name == p.scheduler_name) {
+            if let Some(fw) = self
+                .profiles
+                .iter()
+                .find(|f| f.scheduler_name == p.scheduler_name)
+            {
                 fw.run_unreserve(&p, node.as_deref().unwrap_or(""));
             }
             let mut fresh = (*p).clone();
@@ -347,6 +373,61 @@ impl Scheduler {
             self.queue.on_event(ClusterEvent::PodDelete, now);
         }
         expired.len()
+    }
+
+    /// The Prometheus text exposition of the scheduler's metrics (upstream names).
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let st = &self.stats;
+        let q = self.queue.len();
+        let mut out = String::new();
+        let _ = writeln!(out, "# TYPE scheduler_schedule_attempts_total counter");
+        for (result, v) in [
+            ("scheduled", st.scheduled),
+            ("unschedulable", st.unschedulable),
+            ("error", st.errors),
+        ] {
+            let _ = writeln!(
+                out,
+                "scheduler_schedule_attempts_total{{result=\"{result}\"}} {v}"
+            );
+        }
+        let _ = writeln!(out, "# TYPE scheduler_pending_pods gauge");
+        for (queue, v) in [
+            ("active", q.active),
+            ("backoff", q.backoff),
+            ("unschedulable", q.unschedulable),
+            ("gated", q.gated),
+        ] {
+            let _ = writeln!(out, "scheduler_pending_pods{{queue=\"{queue}\"}} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE scheduler_pod_scheduling_sli_duration_seconds histogram"
+        );
+        let mut cum = 0;
+        for (i, le) in E2E_BUCKETS.iter().enumerate() {
+            cum += st.e2e_buckets[i];
+            let _ = writeln!(
+                out,
+                "scheduler_pod_scheduling_sli_duration_seconds_bucket{{le=\"{le}\"}} {cum}"
+            );
+        }
+        cum += st.e2e_buckets[E2E_BUCKETS.len()];
+        let _ = writeln!(
+            out,
+            "scheduler_pod_scheduling_sli_duration_seconds_bucket{{le=\"+Inf\"}} {cum}"
+        );
+        let _ = writeln!(
+            out,
+            "scheduler_pod_scheduling_sli_duration_seconds_sum {}",
+            st.e2e_sum
+        );
+        let _ = writeln!(
+            out,
+            "scheduler_pod_scheduling_sli_duration_seconds_count {cum}"
+        );
+        out
     }
 
     /// Number of assumed, unconfirmed pods.
@@ -381,6 +462,10 @@ impl Scheduler {
             Lazy(&'a Framework),
             Done(Decision),
         }
+        let initial: HashMap<PodKey, Instant> = batch
+            .iter()
+            .map(|q| (q.pod.key.clone(), q.initial))
+            .collect();
         let mut slots: Vec<(Arc<PodInfo>, Slot<'_>)> = Vec::with_capacity(batch.len());
         for (pos, qp) in batch.iter().enumerate() {
             let pod = qp.pod.clone();
@@ -392,15 +477,19 @@ impl Scheduler {
                 slots.push((pod.clone(), Slot::Done(Decision::Error { pod, message })));
                 continue;
             };
-            let slot = match fw.prepare(&pod, &self.snap) {
-                Ok(pc) if pc.coupled && pos > 0 => Slot::Lazy(fw),
-                Ok(pc) => Slot::Ready(Eval {
-                    norm: fw.normalizing(&pc),
-                    fw,
-                    pod: pod.clone(),
-                    pc,
-                }),
-                Err(st) => Slot::Done(self.prefilter_failure(pod.clone(), st, now)),
+            let coupled_later = pos > 0 && fw.plugins.iter().any(|p| p.couples(&pod, &self.snap));
+            let slot = if coupled_later {
+                Slot::Lazy(fw)
+            } else {
+                match fw.prepare(&pod, &self.snap) {
+                    Ok(pc) => Slot::Ready(Eval {
+                        norm: fw.normalizing(&pc),
+                        fw,
+                        pod: pod.clone(),
+                        pc,
+                    }),
+                    Err(st) => Slot::Done(self.prefilter_failure(pod.clone(), st, now)),
+                }
             };
             slots.push((pod, slot));
         }
@@ -513,9 +602,20 @@ impl Scheduler {
                 placed.node_name = Some(name.clone());
                 self.snap.add_pod(node as usize, Arc::new(placed));
                 self.assumed.insert(pod.key.clone(), None);
-                self.nominated.remove(&pod.key);
+                if self.nominated.remove(&pod.key).is_some() {
+                    self.sync_nominated();
+                }
                 self.queue.done(&pod.key);
                 self.stats.scheduled += 1;
+                if let Some(t) = initial.get(&pod.key) {
+                    let secs = now.saturating_duration_since(*t).as_secs_f64();
+                    let b = E2E_BUCKETS
+                        .iter()
+                        .position(|&u| secs <= u)
+                        .unwrap_or(E2E_BUCKETS.len());
+                    self.stats.e2e_buckets[b] += 1;
+                    self.stats.e2e_sum += secs;
+                }
                 break Decision::Assumed {
                     pod: pod.clone(),
                     node: name,
@@ -531,20 +631,10 @@ impl Scheduler {
         if e.fw.filter_node(&e.pc, &e.pod, node, &self.snap).is_err() {
             return false;
         }
-        let noms: Vec<Arc<PodInfo>> = self
-            .nominated
-            .iter()
-            .filter(|(k, (i, p))| *i == idx && **k != e.pod.key && p.priority >= e.pod.priority)
-            .map(|(_, (_, p))| p.clone())
-            .collect();
-        if noms.is_empty() {
-            return true;
+        match self.snap.with_nominated(idx, &e.pod) {
+            Some(with) => e.fw.filter_node(&e.pc, &e.pod, &with, &self.snap).is_ok(),
+            None => true,
         }
-        let mut with = node.clone();
-        for p in noms {
-            with.add_pod(p);
-        }
-        e.fw.filter_node(&e.pc, &e.pod, &with, &self.snap).is_ok()
     }
 
     fn prefilter_failure(&mut self, pod: Arc<PodInfo>, st: Status, now: Instant) -> Decision {
@@ -626,7 +716,8 @@ impl Scheduler {
                     let mut p = (*pod).clone();
                     p.nominated_node = Some(node.clone());
                     self.nominated
-                        .insert(pod.key.clone(), (nom.node as usize, Arc::new(p)));
+                        .insert(pod.key.clone(), (node.clone(), Arc::new(p)));
+                    self.sync_nominated();
                     nomination = Some((node, nom.victims));
                     break;
                 }
@@ -649,12 +740,11 @@ impl Scheduler {
 
     fn evaluate(&self, evals: &[&Eval<'_>]) -> Vec<Vec<Part>> {
         let parts = self.partitions();
-        let nominated = self.nominated_by_node();
         let snap = &self.snap;
         let work = |range: std::ops::Range<usize>| -> Vec<Part> {
             evals
                 .iter()
-                .map(|e| eval_partition(e, snap, range.clone(), &nominated))
+                .map(|e| eval_partition(e, snap, range.clone()))
                 .collect()
         };
         let per_worker: Vec<Vec<Part>> = if parts.len() <= 1 || evals.is_empty() {
@@ -679,41 +769,21 @@ impl Scheduler {
         }
         out
     }
-
-    fn nominated_by_node(&self) -> HashMap<usize, Vec<Arc<PodInfo>>> {
-        let mut m: HashMap<usize, Vec<Arc<PodInfo>>> = HashMap::new();
-        for (i, p) in self.nominated.values() {
-            m.entry(*i).or_default().push(p.clone());
-        }
-        m
-    }
 }
 
 /// One pod against one partition of nodes.
-fn eval_partition(
-    e: &Eval<'_>,
-    snap: &Snapshot,
-    range: std::ops::Range<usize>,
-    nominated: &HashMap<usize, Vec<Arc<PodInfo>>>,
-) -> Part {
+fn eval_partition(e: &Eval<'_>, snap: &Snapshot, range: std::ops::Range<usize>) -> Part {
     let mut part = Part::default();
     let nn = e.norm.len();
+    part.feasible.reserve(range.len());
+    part.base.reserve(range.len());
+    part.raw.reserve(range.len() * nn);
     for i in range {
         let node = &snap.nodes[i];
         let mut res = e.fw.filter_node(&e.pc, &e.pod, node, snap);
-        if res.is_ok()
-            && let Some(noms) = nominated.get(&i)
-        {
+        if res.is_ok() && !snap.nominated.is_empty() {
             // Room promised to nominated pods of at least this priority is not free.
-            let noms: Vec<&Arc<PodInfo>> = noms
-                .iter()
-                .filter(|p| p.key != e.pod.key && p.priority >= e.pod.priority)
-                .collect();
-            if !noms.is_empty() {
-                let mut with = node.clone();
-                for p in noms {
-                    with.add_pod(p.clone());
-                }
+            if let Some(with) = snap.with_nominated(i, &e.pod) {
                 res = e.fw.filter_node(&e.pc, &e.pod, &with, snap);
             }
         }

@@ -1172,6 +1172,8 @@ pub struct Snapshot {
     pub rwop_claims: std::collections::HashSet<(String, String)>,
     /// PodDisruptionBudgets.
     pub pdbs: Vec<Pdb>,
+    /// Pods nominated to a node by preemption, by node index (maintained by the scheduler).
+    pub nominated: HashMap<usize, Vec<Arc<PodInfo>>>,
     /// Pods with required anti-affinity anywhere (count), to skip work.
     pub pods_with_required_anti_affinity: usize,
     /// Pods with any affinity terms anywhere (count).
@@ -1286,6 +1288,22 @@ impl Snapshot {
     /// A namespace's labels (empty when unknown).
     pub fn namespace_labels(&self, ns: &str) -> &Labels {
         self.namespaces.get(ns).unwrap_or(&self.empty_labels)
+    }
+
+    /// Node `idx` with the pods nominated to it of at least `pod`'s priority added (room
+    /// promised to them is not free for `pod`), or None when there are none.
+    pub fn with_nominated(&self, idx: usize, pod: &PodInfo) -> Option<NodeInfo> {
+        let noms = self.nominated.get(&idx)?;
+        let mut it = noms
+            .iter()
+            .filter(|p| p.key != pod.key && p.priority >= pod.priority)
+            .peekable();
+        it.peek()?;
+        let mut n = self.nodes[idx].clone();
+        for p in it {
+            n.add_pod(p.clone());
+        }
+        Some(n)
     }
 
     /// Number of pods placed.

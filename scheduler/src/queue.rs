@@ -52,6 +52,8 @@ pub struct QueuedPod {
     pub timestamp: Instant,
     /// Plugins that rejected it last time (empty: any event moves it).
     pub rejected_by: Vec<&'static str>,
+    /// When it first entered the queue (for the end-to-end latency).
+    pub initial: Instant,
     seq: u64,
 }
 
@@ -147,6 +149,7 @@ impl SchedulingQueue {
             attempts: 0,
             timestamp: now,
             rejected_by: Vec::new(),
+            initial: now,
             seq: 0,
         };
         if qp.pod.gated {
@@ -276,6 +279,7 @@ impl SchedulingQueue {
             attempts: 1,
             timestamp: now,
             rejected_by: Vec::new(),
+            initial: now,
             seq: 0,
         };
         self.push_backoff(qp, now + INITIAL_BACKOFF);

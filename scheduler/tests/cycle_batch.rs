@@ -68,6 +68,33 @@ fn conflicts_in_a_batch_are_resolved_and_events_requeue() {
     assert!(s.schedule_batch(t1).is_empty(), "still backing off");
     let ds = s.schedule_batch(t0 + Duration::from_secs(1));
     assert_eq!(assumed(&ds), [("c".to_string(), "n3".to_string())]);
+
+    let m = s.metrics_text();
+    assert!(
+        m.contains("scheduler_schedule_attempts_total{result=\"scheduled\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("scheduler_schedule_attempts_total{result=\"unschedulable\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("scheduler_pending_pods{queue=\"active\"} 0"),
+        "{m}"
+    );
+    // Two pods took 0 s, the third 1 s (its backoff) from first queueing to assumption.
+    assert!(
+        m.contains("scheduler_pod_scheduling_sli_duration_seconds_bucket{le=\"0.001\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("scheduler_pod_scheduling_sli_duration_seconds_bucket{le=\"1\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("scheduler_pod_scheduling_sli_duration_seconds_count 3"),
+        "{m}"
+    );
 }
 
 #[test]

@@ -70,7 +70,10 @@ impl DefaultPreemption {
         {
             return None;
         }
-        let mut trial = node.clone();
+        // Pods nominated here with at least this priority keep their promised room.
+        let mut trial = snap
+            .with_nominated(node_idx as usize, pod)
+            .unwrap_or_else(|| node.clone());
         for p in &lower {
             trial.remove_pod(&p.key);
         }
