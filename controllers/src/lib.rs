@@ -1,11 +1,33 @@
 //! # controllers — the controller-manager
 //!
-//! Level-triggered reconcilers (Deployment, ReplicaSet, StatefulSet, DaemonSet, Job,
-//! CronJob, garbage collector, namespace and node lifecycle, endpoints...) on shared informer
-//! caches from `api`'s client, with rate-limited, deduplicated work queues.
+//! Level-triggered reconcilers (Deployment, ReplicaSet, Job, garbage collector, namespace
+//! lifecycle, service accounts, endpoints...) on shared informer caches from `api`'s client,
+//! with rate-limited, deduplicated work queues.
 //!
 //! **Must not depend on:** `store`, `scheduler`, `node` or `proxy-dp`: it talks to the
 //! cluster only through the API.
 //!
-//! Status: the controllers arrive with their own issue; this crate is the place they will
-//! live.
+//! ## Layout: sans-IO cores, a thin shell
+//! - [`queue`], [`expectations`]: the controller runtime's state machines; every call takes
+//!   `now`, nothing reads a clock.
+//! - [`replicaset`], [`deployment`], [`job`], [`gc`], [`namespace`], [`serviceaccount`],
+//!   [`endpointslice`]: pure functions from cached objects (and `now`) to the writes a
+//!   reconcile wants. Each module doc lists what its shell owes it.
+//! - [`runtime`]: the [`runtime::Controller`] trait and its worker pool.
+//!
+//! Unsafe code is forbidden (workspace lint).
+
+pub mod deployment;
+pub mod endpointslice;
+pub mod expectations;
+pub mod gc;
+pub mod job;
+pub mod namespace;
+pub mod queue;
+pub mod replicaset;
+pub mod runtime;
+pub mod serviceaccount;
+pub mod util;
+
+#[cfg(test)]
+mod testutil;
