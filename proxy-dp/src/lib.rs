@@ -7,4 +7,19 @@
 //! **Must not depend on:** `store`, `scheduler`, `controllers` or `node`. The routing core
 //! must not do I/O, read clocks or spawn tasks: its shell hands it events and the time.
 //!
-//! Status: the dataplane arrives with its own issue; this crate is the place it will live.
+//! ## Modules
+//!
+//! - [`core`]: the routing table ([`core::RoutingTable`]), the per-shard balancer
+//!   ([`core::Balancer`]: round-robin, least-connections, Maglev, ClientIP affinity) and the
+//!   Maglev table. Pure; its module doc lists what the shell owes it.
+//!
+//! **Unsafe:** none (the workspace forbids it here); splice goes through `shards::uring` or
+//! `nix`'s safe wrapper.
+
+pub mod core;
+pub mod error;
+
+pub use error::{CoreError, ShellError};
+pub mod shell;
+
+pub use shell::{Change, Dataplane, DataplaneConfig, ForwardMode};
