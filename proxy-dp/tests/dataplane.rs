@@ -1,0 +1,486 @@
+//! The forwarding shell with real sockets on loopback: Service VIPs (10.96.77.x) on `lo`,
+//! plain loopback backend servers, connections through the VIPs and a NodePort.
+//! Needs root (to add the VIPs); without it each test says so and passes vacuously.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{
+    ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use proxy_dp::{Change, Dataplane, DataplaneConfig, ForwardMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+const T: Duration = Duration::from_secs(10);
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("SKIPPED: needs root to add Service VIPs to lo");
+        false
+    }
+}
+
+fn svc(name: &str, vip: &str, port: i32, proto: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ips: Some(vec![vip.into()]),
+            ports: Some(vec![ServicePort {
+                name: Some("p".into()),
+                port,
+                protocol: Some(proto.into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Loopback backends differ by port, and a slice has one port list; so each backend gets its
+/// own slice `svc-<port>` with one endpoint 127.0.0.1.
+fn slices(svc: &str, proto: &str, eps: &[(u16, bool)]) -> Vec<Change> {
+    eps.iter()
+        .map(|(port, ready)| {
+            let s = EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some(format!("{svc}-{port}")),
+                    namespace: Some("default".into()),
+                    labels: Some(BTreeMap::from([(
+                        "kubernetes.io/service-name".to_string(),
+                        svc.to_string(),
+                    )])),
+                    ..Default::default()
+                },
+                address_type: "IPv4".into(),
+                ports: Some(vec![EndpointPort {
+                    name: Some("p".into()),
+                    port: Some(i32::from(*port)),
+                    protocol: Some(proto.into()),
+                    ..Default::default()
+                }]),
+                endpoints: vec![Endpoint {
+                    addresses: vec!["127.0.0.1".into()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        serving: Some(*ready),
+                        terminating: Some(false),
+                    }),
+                    node_name: Some("n1".into()),
+                    ..Default::default()
+                }],
+            };
+            Change::Slice(Arc::new(s))
+        })
+        .collect()
+}
+
+/// A TCP backend on 127.0.0.1: sends its id line, then echoes until EOF, then sends "bye"
+/// and closes (so a half-close from the client is visible).
+async fn tcp_backend(id: usize) -> (u16, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let port = l.local_addr().expect("addr").port();
+    let h = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = s.write_all(format!("b{id}\n").as_bytes()).await;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.write_all(b"bye").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, h)
+}
+
+async fn dataplane(mode: ForwardMode) -> Dataplane {
+    Dataplane::start(
+        DataplaneConfig::default()
+            .node_name("n1")
+            .shards(2)
+            .forward_mode(mode)
+            .connect_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .expect("start dataplane")
+}
+
+/// Connects and reads the backend's id line.
+async fn which(addr: SocketAddr) -> String {
+    let mut s = tokio::time::timeout(T, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while tokio::time::timeout(T, s.read(&mut b))
+        .await
+        .expect("read in time")
+        .expect("read")
+        == 1
+    {
+        if b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+    }
+    String::from_utf8(line).expect("utf8")
+}
+
+fn vip(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::from([10, 96, 77, last]), port)
+}
+
+#[tokio::test]
+async fn round_robin_reaches_every_ready_endpoint_and_unready_stops_at_once() {
+    if !is_root() {
+        return;
+    }
+    let dp = dataplane(ForwardMode::Splice).await;
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        ports.push(tcp_backend(i).await.0);
+    }
+    let mut changes = vec![Change::Service(Arc::new(svc(
+        "rr",
+        "10.96.77.1",
+        80,
+        "TCP",
+    )))];
+    changes.extend(slices(
+        "rr",
+        "TCP",
+        &[(ports[0], true), (ports[1], true), (ports[2], true)],
+    ));
+    dp.apply(changes).await.expect("apply");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..12 {
+        *seen.entry(which(vip(1, 80)).await).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "every backend reached: {seen:?}");
+    assert!(seen.values().all(|n| *n >= 2), "{seen:?}");
+
+    // b1 turns unready: the table change is in force when `apply` returns, within ms.
+    let t0 = Instant::now();
+    dp.apply(slices("rr", "TCP", &[(ports[1], false)]))
+        .await
+        .expect("apply");
+    let took = t0.elapsed();
+    assert!(took < Duration::from_millis(100), "update took {took:?}");
+    for _ in 0..12 {
+        assert_ne!(which(vip(1, 80)).await, "b1");
+    }
+}
+
+#[tokio::test]
+async fn session_affinity_sticks_across_connections() {
+    if !is_root() {
+        return;
+    }
+    let dp = dataplane(ForwardMode::Splice).await;
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        ports.push(tcp_backend(i).await.0);
+    }
+    let mut s = svc("aff", "10.96.77.2", 80, "TCP");
+    let spec = s.spec.as_mut().expect("spec");
+    spec.session_affinity = Some("ClientIP".into());
+    spec.session_affinity_config = Some(SessionAffinityConfig {
+        client_ip: Some(ClientIPConfig {
+            timeout_seconds: Some(60),
+        }),
+    });
+    let mut changes = vec![Change::Service(Arc::new(s))];
+    changes.extend(slices(
+        "aff",
+        "TCP",
+        &[(ports[0], true), (ports[1], true), (ports[2], true)],
+    ));
+    dp.apply(changes).await.expect("apply");
+    let first = which(vip(2, 80)).await;
+    for _ in 0..10 {
+        assert_eq!(which(vip(2, 80)).await, first);
+    }
+}
+
+/// Writes `len` bytes of a pattern while reading the echo; returns (echo bytes equal?, trailer).
+async fn transfer(addr: SocketAddr, len: usize) -> (bool, Vec<u8>) {
+    let s = TcpStream::connect(addr).await.expect("connect");
+    let (mut r, mut w) = s.into_split();
+    let pattern = |i: usize| (i.wrapping_mul(2_654_435_761) >> 7) as u8;
+    let writer = tokio::spawn(async move {
+        let mut off = 0;
+        let mut chunk = vec![0u8; 1 << 20];
+        while off < len {
+            let n = chunk.len().min(len - off);
+            for (k, b) in chunk[..n].iter_mut().enumerate() {
+                *b = pattern(off + k);
+            }
+            w.write_all(&chunk[..n]).await.expect("write");
+            off += n;
+        }
+        w.shutdown().await.expect("half-close");
+        w
+    });
+    let mut all = Vec::with_capacity(len + 16);
+    tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut all))
+        .await
+        .expect("transfer in time")
+        .expect("read");
+    let _w = writer.await.expect("writer");
+    let nl = all.iter().position(|b| *b == b'\n').expect("id line");
+    let body = &all[nl + 1..];
+    if body.len() < len {
+        return (false, Vec::new());
+    }
+    let ok = body[..len]
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == pattern(i));
+    (ok, body[len..].to_vec())
+}
+
+#[tokio::test]
+async fn big_transfer_is_byte_identical_both_ways_with_half_close_in_every_mode() {
+    if !is_root() {
+        return;
+    }
+    for (i, (mode, len)) in [
+        (ForwardMode::Splice, 64 << 20),
+        (ForwardMode::UringSplice, 8 << 20),
+        (ForwardMode::Copy, 8 << 20),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dp = dataplane(mode).await;
+        let (port, _h) = tcp_backend(7).await;
+        let last = 10 + i as u8;
+        let mut changes = vec![Change::Service(Arc::new(svc(
+            "big",
+            &format!("10.96.77.{last}"),
+            80,
+            "TCP",
+        )))];
+        changes.extend(slices("big", "TCP", &[(port, true)]));
+        dp.apply(changes).await.expect("apply");
+        let (ok, trailer) = transfer(vip(last, 80), len).await;
+        assert!(ok, "{mode:?}: echo differs");
+        // "bye" came after our half-close reached the backend: the other direction lived on.
+        assert_eq!(trailer, b"bye", "{mode:?}");
+        dp.shutdown().expect("shutdown");
+    }
+}
+
+#[tokio::test]
+async fn no_endpoints_refuse_promptly_and_dead_backends_are_retried() {
+    if !is_root() {
+        return;
+    }
+    let dp = dataplane(ForwardMode::Splice).await;
+    dp.apply([Change::Service(Arc::new(svc(
+        "empty",
+        "10.96.77.3",
+        80,
+        "TCP",
+    )))])
+    .await
+    .expect("apply");
+    let t0 = Instant::now();
+    // Accept-then-RST: on loopback the reset may already fail the connect, or the first read.
+    let r = match tokio::time::timeout(T, TcpStream::connect(vip(3, 80)))
+        .await
+        .expect("in time")
+    {
+        Err(e) => Err(e),
+        Ok(mut s) => {
+            let mut b = [0u8; 1];
+            tokio::time::timeout(T, s.read(&mut b))
+                .await
+                .expect("in time")
+        }
+    };
+    let took = t0.elapsed();
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "want RST, got {r:?}"
+    );
+    assert!(took < Duration::from_millis(100), "refused after {took:?}");
+
+    // One dead backend (closed port) and one live one: every connection reaches the live one.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let (live, _h) = tcp_backend(1).await;
+    dp.apply(slices("empty", "TCP", &[(dead, true), (live, true)]))
+        .await
+        .expect("apply");
+    for _ in 0..6 {
+        assert_eq!(which(vip(3, 80)).await, "b1");
+    }
+    let m = dp
+        .metrics()
+        .service_metrics(&proxy_dp::core::ServiceKey::new("default", "empty"))
+        .expect("metrics");
+    assert!(m.connect_errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(m.refused.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
+async fn udp_request_response_through_a_vip() {
+    if !is_root() {
+        return;
+    }
+    let dp = dataplane(ForwardMode::Splice).await;
+    let backend = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let port = backend.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = backend.recv_from(&mut buf).await {
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = backend.send_to(&reply, from).await;
+        }
+    });
+    let mut changes = vec![Change::Service(Arc::new(svc(
+        "dns",
+        "10.96.77.4",
+        53,
+        "UDP",
+    )))];
+    changes.extend(slices("dns", "UDP", &[(port, true)]));
+    dp.apply(changes).await.expect("apply");
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+    for i in 0..5 {
+        let msg = format!("q{i}");
+        client
+            .send_to(msg.as_bytes(), vip(4, 53))
+            .await
+            .expect("send");
+        let mut buf = [0u8; 64];
+        let (n, from) = tokio::time::timeout(T, client.recv_from(&mut buf))
+            .await
+            .expect("reply in time")
+            .expect("recv");
+        assert_eq!(from, vip(4, 53), "reply comes from the VIP");
+        assert_eq!(&buf[..n], format!("echo:{msg}").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn node_port_and_admin_endpoints() {
+    if !is_root() {
+        return;
+    }
+    let dp = dataplane(ForwardMode::Splice).await;
+    let (port, _h) = tcp_backend(5).await;
+    let node_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut s = svc("np", "10.96.77.5", 80, "TCP");
+    let spec = s.spec.as_mut().expect("spec");
+    spec.type_ = Some("NodePort".into());
+    spec.ports.as_mut().expect("ports")[0].node_port = Some(i32::from(node_port));
+    let mut changes = vec![Change::Service(Arc::new(s))];
+    changes.extend(slices("np", "TCP", &[(port, true)]));
+    dp.apply(changes).await.expect("apply");
+    assert_eq!(
+        which(SocketAddr::from(([127, 0, 0, 1], node_port))).await,
+        "b5"
+    );
+    assert_eq!(which(vip(5, 80)).await, "b5");
+
+    let admin = dp
+        .serve_admin(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("admin");
+    let get = |path: &'static str| async move {
+        let mut s = TcpStream::connect(admin).await.expect("admin connect");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        tokio::time::timeout(T, s.read_to_string(&mut out))
+            .await
+            .expect("in time")
+            .expect("read");
+        out
+    };
+    assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+    let m = get("/metrics").await;
+    assert!(
+        m.contains("kubeshard_proxy_connections_total{namespace=\"default\",service=\"np\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kubeshard_proxy_table_update_seconds_count 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_reset_reaches_the_client_as_a_reset() {
+    if !is_root() {
+        return;
+    }
+    let dp = dataplane(ForwardMode::Splice).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.write_all(b"b9\n").await;
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b).await; // wait for the client's byte, then reset
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    let mut changes = vec![Change::Service(Arc::new(svc(
+        "rst",
+        "10.96.77.6",
+        80,
+        "TCP",
+    )))];
+    changes.extend(slices("rst", "TCP", &[(port, true)]));
+    dp.apply(changes).await.expect("apply");
+    let mut s = TcpStream::connect(vip(6, 80)).await.expect("connect");
+    let mut line = [0u8; 3];
+    s.read_exact(&mut line).await.expect("id");
+    s.write_all(b"x").await.expect("write");
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(T, s.read_to_end(&mut rest))
+        .await
+        .expect("in time");
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "want RST, got {r:?}"
+    );
+}
