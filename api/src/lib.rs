@@ -20,6 +20,7 @@ pub mod validation;
 
 pub use status::{ApiError, FieldError, Reason, Status};
 pub mod auth;
+pub mod client;
 pub mod kubeconfig;
 pub mod pki;
 pub mod rest;
