@@ -12,6 +12,8 @@
 //! - [`core`]: the routing table ([`core::RoutingTable`]), the per-shard balancer
 //!   ([`core::Balancer`]: round-robin, least-connections, Maglev, ClientIP affinity) and the
 //!   Maglev table. Pure; its module doc lists what the shell owes it.
+//! - [`dns`]: cluster DNS (CoreDNS's `kubernetes` schema): a sans-IO record core over
+//!   Services and EndpointSlices and a per-shard UDP/TCP server shell.
 //!
 //! **Unsafe:** none (the workspace forbids it here); splice goes through `shards::uring` or
 //! `nix`'s safe wrapper.
@@ -23,3 +25,4 @@ pub use error::{CoreError, ShellError};
 pub mod shell;
 
 pub use shell::{Change, Dataplane, DataplaneConfig, ForwardMode};
+pub mod dns;
