@@ -49,6 +49,10 @@ struct ServerArgs {
     /// Let requests without credentials through as system:anonymous.
     #[arg(long)]
     anonymous_auth: bool,
+    /// Store objects in this etcd cluster (comma-separated client URLs) instead of the
+    /// embedded store.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
 }
 
 fn default_data_dir() -> std::path::PathBuf {
@@ -62,7 +66,6 @@ fn default_data_dir() -> std::path::PathBuf {
 fn run_server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)?;
-    let engine = store::Engine::open(store::EngineConfig::durable(data_dir.join("store")))?;
     let mut opts = api::server::ServerOptions::new(&data_dir);
     opts.port = args.port;
     opts.bind_address = args.bind_address;
@@ -70,8 +73,14 @@ fn run_server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
     opts.extra_sans = args.tls_san;
     opts.token_auth_file = args.token_auth_file;
     opts.anonymous_auth = args.anonymous_auth;
-    let backend: std::sync::Arc<dyn store::Backend> = engine.clone();
-    let server = api::server::start(opts, backend)?;
+    let mut engine = None;
+    let server = if args.etcd_servers.is_empty() {
+        let e = store::Engine::open(store::EngineConfig::durable(data_dir.join("store")))?;
+        engine = Some(e.clone());
+        api::server::start(opts, e)?
+    } else {
+        api::server::start_with_etcd(opts, &args.etcd_servers)?
+    };
     let kubeconfig = server.kubeconfig.display().to_string();
     tracing::info!(port = server.port, insecure_port = ?server.insecure_port, "apiserver listening");
     if up {
@@ -106,7 +115,9 @@ fn run_server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
     })?;
     tracing::info!("stopping");
     server.shutdown();
-    engine.close();
+    if let Some(e) = engine {
+        e.close();
+    }
     Ok(())
 }
 

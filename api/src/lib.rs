@@ -22,6 +22,7 @@ pub use status::{ApiError, FieldError, Reason, Status};
 pub mod auth;
 pub mod client;
 pub mod kubeconfig;
+pub mod metrics;
 pub mod pki;
 pub mod rest;
 pub mod server;

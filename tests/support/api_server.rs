@@ -200,3 +200,57 @@ pub fn curl(args: &[&str], url: &str) -> (u16, String) {
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
+
+/// A running `kubectl get -w` (or any long-running kubectl) whose stdout lines are collected;
+/// killed on drop.
+pub struct KubectlStream {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl KubectlStream {
+    /// Starts kubectl 1.`minor` with `args` against `s` (its own cache dir).
+    pub fn start(s: &TestServer, minor: u32, args: &[&str]) -> Self {
+        let mut child = Command::new(kubectl_path(minor))
+            .arg("--kubeconfig")
+            .arg(s.kubeconfig())
+            .arg("--cache-dir")
+            .arg(s.dir.join(format!("stream-cache-{minor}")))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn kubectl");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next `n` lines containing `needle`, waiting at most `timeout` in all.
+    pub fn lines_with(&self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while seen.len() < n && std::time::Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200))
+                && l.contains(needle)
+            {
+                seen.push(l);
+            }
+        }
+        seen
+    }
+}
+
+impl Drop for KubectlStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -69,6 +69,20 @@ impl SchemaSet {
     pub fn is_empty(&self) -> bool {
         self.components.is_empty()
     }
+
+    /// Every component, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.components.iter()
+    }
+}
+
+/// The component schemas of the built-in kinds (k8s-openapi's schemas plus the GVK and
+/// [`PATCH_META`] extensions), generated once per process. The OpenAPI documents of a
+/// registry without CRDs and the patch engines' [`crate::patch::schema::builtin_schema`]
+/// share them, so patch metadata has one source.
+pub fn builtin_schema_set() -> &'static Arc<SchemaSet> {
+    static SET: std::sync::OnceLock<Arc<SchemaSet>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| Arc::new(builtin_components(&Registry::builtin())))
 }
 
 /// One cached OpenAPI document.
@@ -106,7 +120,14 @@ pub struct OpenApi {
 impl OpenApi {
     /// Generates the component schemas and one document per served group-version.
     pub fn build(registry: &Registry) -> Self {
-        let schemas = Arc::new(builtin_components(registry));
+        let only_builtin = registry
+            .resources()
+            .all(|d| matches!(d.source, Source::BuiltIn));
+        let schemas = if only_builtin {
+            builtin_schema_set().clone()
+        } else {
+            Arc::new(builtin_components(registry))
+        };
         let mut this = Self {
             schemas,
             docs: BTreeMap::new(),

@@ -296,8 +296,8 @@ pub const PATCH_META: &[PatchMeta] = &[
     m(
         core!("ServiceStatus"),
         "conditions",
-        None,
-        None,
+        MERGE,
+        Some("type"),
         MAP,
         &["type"],
     ),

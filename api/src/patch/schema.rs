@@ -54,269 +54,71 @@ impl PatchSchema for NoSchema {
     }
 }
 
-/// One member of a table type.
-struct F {
-    name: &'static str,
-    ty: Option<&'static str>,
-    strategy: &'static str,
-    key: Option<&'static str>,
-    map_keys: &'static [&'static str],
-}
-
-const fn obj(name: &'static str, ty: &'static str) -> F {
-    F {
-        name,
-        ty: Some(ty),
-        strategy: "",
-        key: None,
-        map_keys: &[],
-    }
-}
-
-const fn keyed(name: &'static str, ty: Option<&'static str>, key: &'static str) -> F {
-    F {
-        name,
-        ty,
-        strategy: "merge",
-        key: Some(key),
-        map_keys: &[],
-    }
-}
-
-const fn set(name: &'static str) -> F {
-    F {
-        name,
-        ty: None,
-        strategy: "merge",
-        key: None,
-        map_keys: &[],
-    }
-}
-
-/// A type of the built-in table.
-struct TableType {
-    fields: &'static [F],
-}
-
-const META: F = obj("metadata", "ObjectMeta");
-
-/// The built-in types: (name, members with metadata). Members not listed have none.
-static TYPES: &[(&str, &[F])] = &[
-    (
-        "ObjectMeta",
-        &[set("finalizers"), keyed("ownerReferences", None, "uid")],
-    ),
-    ("Plain", &[META]),
-    ("PodTemplateSpec", &[META, obj("spec", "PodSpec")]),
-    (
-        "PodSpec",
-        &[
-            F {
-                name: "volumes",
-                ty: None,
-                strategy: "merge,retainKeys",
-                key: Some("name"),
-                map_keys: &[],
-            },
-            keyed("initContainers", Some("Container"), "name"),
-            keyed("containers", Some("Container"), "name"),
-            keyed("ephemeralContainers", Some("Container"), "name"),
-            keyed("imagePullSecrets", None, "name"),
-            keyed("hostAliases", None, "ip"),
-            F {
-                name: "topologySpreadConstraints",
-                ty: None,
-                strategy: "merge",
-                key: Some("topologyKey"),
-                map_keys: &["topologyKey", "whenUnsatisfiable"],
-            },
-            F {
-                name: "resourceClaims",
-                ty: None,
-                strategy: "merge,retainKeys",
-                key: Some("name"),
-                map_keys: &[],
-            },
-            keyed("schedulingGates", None, "name"),
-        ],
-    ),
-    (
-        "Container",
-        &[
-            F {
-                name: "ports",
-                ty: None,
-                strategy: "merge",
-                key: Some("containerPort"),
-                map_keys: &["containerPort", "protocol"],
-            },
-            keyed("env", None, "name"),
-            keyed("volumeMounts", None, "mountPath"),
-            keyed("volumeDevices", None, "devicePath"),
-        ],
-    ),
-    (
-        "PodStatus",
-        &[
-            keyed("conditions", None, "type"),
-            keyed("podIPs", None, "ip"),
-            keyed("hostIPs", None, "ip"),
-            F {
-                name: "resourceClaimStatuses",
-                ty: None,
-                strategy: "merge,retainKeys",
-                key: Some("name"),
-                map_keys: &[],
-            },
-        ],
-    ),
-    ("Conditions", &[keyed("conditions", None, "type")]),
-    (
-        "Pod",
-        &[META, obj("spec", "PodSpec"), obj("status", "PodStatus")],
-    ),
-    ("PodTemplate", &[META, obj("template", "PodTemplateSpec")]),
-    ("TemplateSpec", &[obj("template", "PodTemplateSpec")]),
-    (
-        "DeploymentSpec",
-        &[
-            obj("template", "PodTemplateSpec"),
-            F {
-                name: "strategy",
-                ty: None,
-                strategy: "retainKeys",
-                key: None,
-                map_keys: &[],
-            },
-        ],
-    ),
-    (
-        "Deployment",
-        &[
-            META,
-            obj("spec", "DeploymentSpec"),
-            obj("status", "Conditions"),
-        ],
-    ),
-    (
-        "Workload",
-        &[
-            META,
-            obj("spec", "TemplateSpec"),
-            obj("status", "Conditions"),
-        ],
-    ),
-    ("JobTemplateSpec", &[META, obj("spec", "TemplateSpec")]),
-    ("CronJobSpec", &[obj("jobTemplate", "JobTemplateSpec")]),
-    ("CronJob", &[META, obj("spec", "CronJobSpec")]),
-    (
-        "ServiceSpec",
-        &[F {
-            name: "ports",
-            ty: None,
-            strategy: "merge",
-            key: Some("port"),
-            map_keys: &["port", "protocol"],
-        }],
-    ),
-    (
-        "Service",
-        &[
-            META,
-            obj("spec", "ServiceSpec"),
-            obj("status", "Conditions"),
-        ],
-    ),
-    ("NodeSpec", &[set("podCIDRs")]),
-    (
-        "NodeStatus",
-        &[
-            keyed("addresses", None, "type"),
-            keyed("conditions", None, "type"),
-        ],
-    ),
-    (
-        "Node",
-        &[META, obj("spec", "NodeSpec"), obj("status", "NodeStatus")],
-    ),
-    ("WithStatusConditions", &[META, obj("status", "Conditions")]),
-    ("ServiceAccount", &[META, keyed("secrets", None, "name")]),
-];
-
-/// Built-in kinds by (API group, kind) and the table type describing them.
-static KINDS: &[(&str, &str, &str)] = &[
-    ("", "Pod", "Pod"),
-    ("", "PodTemplate", "PodTemplate"),
-    ("", "ReplicationController", "Workload"),
-    ("", "Service", "Service"),
-    ("", "Node", "Node"),
-    ("", "Namespace", "WithStatusConditions"),
-    ("", "PersistentVolumeClaim", "WithStatusConditions"),
-    ("", "PersistentVolume", "Plain"),
-    ("", "ConfigMap", "Plain"),
-    ("", "Secret", "Plain"),
-    ("", "ServiceAccount", "ServiceAccount"),
-    ("", "Endpoints", "Plain"),
-    ("", "Event", "Plain"),
-    ("", "LimitRange", "Plain"),
-    ("", "ResourceQuota", "Plain"),
-    ("apps", "Deployment", "Deployment"),
-    ("apps", "ReplicaSet", "Workload"),
-    ("apps", "StatefulSet", "Workload"),
-    ("apps", "DaemonSet", "Workload"),
-    ("apps", "ControllerRevision", "Plain"),
-    ("batch", "Job", "Workload"),
-    ("batch", "CronJob", "CronJob"),
-    ("coordination.k8s.io", "Lease", "Plain"),
-    ("discovery.k8s.io", "EndpointSlice", "Plain"),
-    ("events.k8s.io", "Event", "Plain"),
-    ("policy", "PodDisruptionBudget", "WithStatusConditions"),
-    ("rbac.authorization.k8s.io", "Role", "Plain"),
-    ("rbac.authorization.k8s.io", "ClusterRole", "Plain"),
-    ("rbac.authorization.k8s.io", "RoleBinding", "Plain"),
-    ("rbac.authorization.k8s.io", "ClusterRoleBinding", "Plain"),
-    ("scheduling.k8s.io", "PriorityClass", "Plain"),
-    (
-        "apiextensions.k8s.io",
-        "CustomResourceDefinition",
-        "WithStatusConditions",
-    ),
-    ("autoscaling", "Scale", "Plain"),
-];
-
-fn table() -> &'static HashMap<&'static str, TableType> {
-    static TABLE: OnceLock<HashMap<&'static str, TableType>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        TYPES
-            .iter()
-            .map(|(name, fields)| (*name, TableType { fields }))
-            .collect()
-    })
-}
-
-impl PatchSchema for TableType {
-    fn field(&self, name: &str) -> Option<FieldMeta<'_>> {
-        let f = self.fields.iter().find(|f| f.name == name)?;
-        let schema =
-            f.ty.and_then(|t| table().get(t))
-                .map(|t| t as &dyn PatchSchema);
-        Some(FieldMeta {
-            merge: f.strategy.split(',').any(|s| s == "merge"),
-            retain_keys: f.strategy.split(',').any(|s| s == "retainKeys"),
-            merge_key: f.key,
-            list_map_keys: f.map_keys,
-            schema,
-        })
-    }
-}
-
 /// The patch metadata of a built-in kind, by `apiVersion` (`v1`, `apps/v1`, …) and `kind`.
-/// `None` for kinds this table does not know (custom resources): upstream answers a strategic
-/// merge patch on those with 415 UnsupportedMediaType.
+/// `None` for kinds the built-in schemas do not know (custom resources): upstream answers a
+/// strategic merge patch on those with 415 UnsupportedMediaType.
+///
+/// **Single source of truth:** this is read from the same component schemas the OpenAPI
+/// documents serve ([`crate::openapi::builtin_schema_set`]: k8s-openapi's schemas with the
+/// `x-kubernetes-patch-*`/`x-kubernetes-list-*` extensions of [`crate::openapi::PATCH_META`]),
+/// so kubectl's client-side apply and the server's patch engines see the same metadata.
+/// Each kind's schema is built on first use and kept for the life of the process.
 pub fn builtin_schema(api_version: &str, kind: &str) -> Option<&'static dyn PatchSchema> {
+    type Cache = std::sync::Mutex<HashMap<(String, String), Option<&'static OpenApiSchema>>>;
+    static KINDS: OnceLock<HashMap<(String, String), String>> = OnceLock::new();
+    static BUILT: OnceLock<Cache> = OnceLock::new();
+    let set = crate::openapi::builtin_schema_set();
+    let kinds = KINDS.get_or_init(|| {
+        let mut m = HashMap::new();
+        for (name, schema) in set.iter() {
+            let gvks = schema
+                .get("x-kubernetes-group-version-kind")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten();
+            for gvk in gvks {
+                let g = gvk.get("group").and_then(Value::as_str).unwrap_or("");
+                let k = gvk.get("kind").and_then(Value::as_str).unwrap_or("");
+                // Kinds served in every group (DeleteOptions, WatchEvent) are not objects.
+                if !k.is_empty() && k != "DeleteOptions" && k != "WatchEvent" {
+                    m.insert((g.to_string(), k.to_string()), name.clone());
+                }
+            }
+        }
+        m
+    });
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-    let (_, _, ty) = KINDS.iter().find(|(g, k, _)| *g == group && *k == kind)?;
-    table().get(ty).map(|t| t as &dyn PatchSchema)
+    let key = (group.to_string(), kind.to_string());
+    let component = kinds.get(&key)?;
+    let cache = BUILT.get_or_init(Default::default);
+    let mut guard = cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let built = *guard.entry(key).or_insert_with(|| {
+        OpenApiSchema::from_lookup(&**set, component).map(|s| {
+            let leaked: &'static Arc<OpenApiSchema> = Box::leak(Box::new(s));
+            &**leaked
+        })
+    });
+    built.map(|s| s as &dyn PatchSchema)
+}
+
+/// Where [`OpenApiSchema`] finds `$ref`erenced component schemas by name.
+pub trait ComponentLookup {
+    /// The component schema called `name` (`io.k8s.api.core.v1.Pod`).
+    fn component(&self, name: &str) -> Option<&Value>;
+}
+
+impl ComponentLookup for serde_json::Map<String, Value> {
+    fn component(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
+impl ComponentLookup for crate::openapi::SchemaSet {
+    fn component(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
 }
 
 /// Patch metadata read from OpenAPI v3 schemas: the `x-kubernetes-patch-strategy`,
@@ -373,25 +175,40 @@ fn intern_list(keys: &[&str]) -> &'static [&'static str] {
     leaked
 }
 
+/// Component schemas already built during one [`OpenApiSchema`] construction, by name;
+/// `None` while a component is being built (a reference back to it is a cycle, such as
+/// JSONSchemaProps, and gets no metadata, which no recursive built-in type has).
+type Memo = HashMap<String, Option<Arc<OpenApiSchema>>>;
+
 impl OpenApiSchema {
     /// The schema of component `root` in `components` (the `components.schemas` object).
     pub fn from_component(
         components: &serde_json::Map<String, Value>,
         root: &str,
     ) -> Option<Arc<OpenApiSchema>> {
-        let node = components.get(root)?;
-        Some(Self::build(components, node, 0))
+        Self::from_lookup(components, root)
+    }
+
+    /// The schema of component `root`, resolving references through `components`.
+    pub fn from_lookup(components: &dyn ComponentLookup, root: &str) -> Option<Arc<OpenApiSchema>> {
+        let node = components.component(root)?;
+        let mut memo = Memo::new();
+        memo.insert(root.to_string(), None);
+        let built = Self::build(components, node, 0, &mut memo);
+        Some(built)
     }
 
     /// The schema of an inline OpenAPI schema object (a CRD's `openAPIV3Schema`).
     pub fn from_inline(schema: &Value) -> Arc<OpenApiSchema> {
-        Self::build(&serde_json::Map::new(), schema, 0)
+        Self::build(&serde_json::Map::new(), schema, 0, &mut Memo::new())
     }
 
+    /// Follows `$ref`/`allOf[0].$ref` to the component; returns it and its name, if any.
     fn resolve<'a>(
-        components: &'a serde_json::Map<String, Value>,
+        components: &'a dyn ComponentLookup,
         mut node: &'a Value,
-    ) -> &'a Value {
+    ) -> (&'a Value, Option<&'a str>) {
+        let mut name = None;
         for _ in 0..8 {
             let reference = node.get("$ref").and_then(Value::as_str).or_else(|| {
                 node.get("allOf")
@@ -399,23 +216,46 @@ impl OpenApiSchema {
                     .and_then(|x| x.get("$ref"))
                     .and_then(Value::as_str)
             });
-            let Some(target) = reference
+            let Some((n, target)) = reference
                 .and_then(|r| r.rsplit('/').next())
-                .and_then(|name| components.get(name))
+                .and_then(|n| components.component(n).map(|t| (n, t)))
             else {
                 break;
             };
             node = target;
+            name = Some(n);
         }
-        node
+        (node, name)
+    }
+
+    /// The schema of a property's value (or list element), memoized by component name.
+    fn child(
+        components: &dyn ComponentLookup,
+        element: &Value,
+        depth: usize,
+        memo: &mut Memo,
+    ) -> Option<Arc<OpenApiSchema>> {
+        let (resolved, name) = Self::resolve(components, element);
+        resolved.get("properties")?;
+        let Some(name) = name else {
+            return Some(Self::build(components, element, depth + 1, memo));
+        };
+        if let Some(done) = memo.get(name) {
+            return done.clone();
+        }
+        memo.insert(name.to_string(), None);
+        let built = Self::build(components, element, depth + 1, memo);
+        memo.insert(name.to_string(), Some(built.clone()));
+        Some(built)
     }
 
     fn build(
-        components: &serde_json::Map<String, Value>,
+        components: &dyn ComponentLookup,
         node: &Value,
         depth: usize,
+        memo: &mut Memo,
     ) -> Arc<OpenApiSchema> {
-        let node = Self::resolve(components, node);
+        let (node, _) = Self::resolve(components, node);
         let mut fields = HashMap::new();
         if depth < OPENAPI_MAX_DEPTH
             && let Some(props) = node.get("properties").and_then(Value::as_object)
@@ -431,12 +271,9 @@ impl OpenApiSchema {
                     .and_then(Value::as_array)
                     .map(|a| a.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default();
-                let resolved = Self::resolve(components, prop);
-                let element = resolved.get("items").unwrap_or(resolved);
-                let child = (Self::resolve(components, element)
-                    .get("properties")
-                    .is_some())
-                .then(|| Self::build(components, element, depth + 1));
+                let (resolved, _) = Self::resolve(components, prop);
+                let element = resolved.get("items").unwrap_or(prop);
+                let child = Self::child(components, element, depth, memo);
                 fields.insert(
                     name.clone(),
                     OpenApiField {
@@ -479,17 +316,70 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_referenced_type_exists() {
-        for (name, fields) in TYPES {
-            for f in fields.iter() {
-                if let Some(t) = f.ty {
-                    assert!(table().contains_key(t), "{name}.{} -> {t}", f.name);
-                }
-            }
+    fn every_builtin_kind_has_patch_metadata() {
+        // The kinds the table used to list, now read from the OpenAPI components.
+        for (av, kind) in [
+            ("v1", "Pod"),
+            ("v1", "ReplicationController"),
+            ("v1", "Service"),
+            ("v1", "Node"),
+            ("v1", "Namespace"),
+            ("v1", "PersistentVolumeClaim"),
+            ("v1", "PersistentVolume"),
+            ("v1", "ConfigMap"),
+            ("v1", "Secret"),
+            ("v1", "ServiceAccount"),
+            ("v1", "Endpoints"),
+            ("v1", "Event"),
+            ("v1", "LimitRange"),
+            ("v1", "ResourceQuota"),
+            ("apps/v1", "Deployment"),
+            ("apps/v1", "ReplicaSet"),
+            ("apps/v1", "StatefulSet"),
+            ("apps/v1", "DaemonSet"),
+            ("apps/v1", "ControllerRevision"),
+            ("batch/v1", "Job"),
+            ("batch/v1", "CronJob"),
+            ("coordination.k8s.io/v1", "Lease"),
+            ("discovery.k8s.io/v1", "EndpointSlice"),
+            ("events.k8s.io/v1", "Event"),
+            ("policy/v1", "PodDisruptionBudget"),
+            ("rbac.authorization.k8s.io/v1", "Role"),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+            ("scheduling.k8s.io/v1", "PriorityClass"),
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+            ("autoscaling/v1", "Scale"),
+        ] {
+            let s = builtin_schema(av, kind).unwrap_or_else(|| panic!("{av} {kind}"));
+            let meta = s
+                .field("metadata")
+                .and_then(|f| f.schema)
+                .expect("metadata");
+            let fin = meta.field("finalizers").expect("finalizers");
+            assert!(fin.merge && fin.merge_key.is_none(), "{av} {kind}");
+            let owners = meta.field("ownerReferences").expect("ownerReferences");
+            assert_eq!(owners.merge_key, Some("uid"), "{av} {kind}");
         }
-        for (g, k, t) in KINDS {
-            assert!(table().contains_key(t), "{g}/{k} -> {t}");
+        // Status conditions merge by type where the Go types say so.
+        for (av, kind) in [
+            ("apps/v1", "Deployment"),
+            ("v1", "Service"),
+            ("batch/v1", "Job"),
+        ] {
+            let st = builtin_schema(av, kind)
+                .and_then(|s| s.field("status"))
+                .and_then(|f| f.schema)
+                .expect("status");
+            let c = st.field("conditions").expect("conditions");
+            assert!(c.merge && c.merge_key == Some("type"), "{av} {kind}");
         }
+        let cj = builtin_schema("batch/v1", "CronJob").expect("cronjob");
+        let containers = ["spec", "jobTemplate", "spec", "template", "spec"]
+            .iter()
+            .try_fold(cj, |s, f| s.field(f).and_then(|m| m.schema))
+            .and_then(|s| s.field("containers"))
+            .expect("cronjob containers");
+        assert_eq!(containers.merge_key, Some("name"));
     }
 
     #[test]
@@ -503,7 +393,9 @@ mod tests {
         assert_eq!(c.merge_key, Some("name"));
         let v = pod.field("volumes").expect("volumes");
         assert!(v.merge && v.retain_keys);
-        assert!(pod.field("tolerations").is_none());
+        assert!(pod.field("tolerations").is_none_or(|f| !f.merge));
+        let strategy = spec.field("strategy").expect("strategy");
+        assert!(strategy.retain_keys && !strategy.merge);
         assert!(builtin_schema("example.com/v1", "Widget").is_none());
         assert!(builtin_schema("v1", "ConfigMap").is_some());
         assert!(builtin_schema("apps/v1", "ConfigMap").is_none());

@@ -172,13 +172,18 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let gzip_ok = accepts_gzip(req.headers());
-    let mut resp = match route(&app, &conn, req).await {
+    let mut labels = None;
+    let mut resp = match route(&app, &conn, req, &mut labels).await {
         Ok(r) => r,
         Err(e) => body::error(&e),
     };
     if gzip_ok {
         resp = maybe_gzip(resp);
     }
+    let labels = labels
+        .unwrap_or_else(|| crate::metrics::RequestLabels::non_resource(method.as_str(), &path));
+    app.metrics
+        .observe_request(&labels, resp.status().as_u16(), started.elapsed());
     tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     resp
 }
@@ -257,6 +262,7 @@ async fn route(
     app: &Arc<App>,
     conn: &ConnInfo,
     req: Request<Incoming>,
+    labels: &mut Option<crate::metrics::RequestLabels>,
 ) -> Result<Response<Body>, ApiError> {
     let user = if conn.secure {
         app.auth.authenticate(
@@ -296,6 +302,13 @@ async fn route(
                 .ok_or_else(|| ApiError::not_acceptable(accept.as_deref().unwrap_or("")))?;
             let (ct, bytes) = app.discovery().root(scope, format);
             return Ok(body::response(StatusCode::OK, ct, bytes));
+        }
+        "/metrics" if get => {
+            return Ok(body::response(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                app.metrics.render(),
+            ));
         }
         "/openapi/v3" | "/openapi/v3/" if get => {
             return Ok(body::json(StatusCode::OK, app.openapi().index().clone()));
@@ -364,7 +377,49 @@ async fn route(
         return Ok(body::json(StatusCode::OK, b));
     }
     let target = parse_target(app, group, version, rest)?;
+    *labels = Some(request_labels(&target, &query, &req));
     objects::serve(app, &user, target, query, req).await
+}
+
+/// Upstream's verb and labels of a resource request, for `/metrics`.
+fn request_labels(t: &Target, q: &Query, req: &Request<Incoming>) -> crate::metrics::RequestLabels {
+    let named = t.name.is_some();
+    let verb = match *req.method() {
+        Method::GET | Method::HEAD if !named && q.flag("watch") => "WATCH",
+        Method::GET | Method::HEAD if !named => "LIST",
+        Method::GET | Method::HEAD => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH
+            if req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.starts_with("application/apply-patch")) =>
+        {
+            "APPLY"
+        }
+        Method::PATCH => "PATCH",
+        Method::DELETE if named => "DELETE",
+        Method::DELETE => "DELETECOLLECTION",
+        _ => "CONNECT",
+    };
+    let scope = if named {
+        "resource"
+    } else if t.namespace.is_some() {
+        "namespace"
+    } else {
+        "cluster"
+    };
+    crate::metrics::RequestLabels::resource(
+        verb,
+        &t.def.group,
+        &t.def.version,
+        &t.def.plural,
+        t.subresource.as_deref().unwrap_or(""),
+        &t.def.kind,
+        scope,
+    )
 }
 
 fn parse_target(app: &App, group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {

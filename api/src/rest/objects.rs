@@ -1246,6 +1246,92 @@ struct DeleteOptions {
     preconditions: Option<Preconditions>,
     #[serde(default)]
     dry_run: Vec<String>,
+    propagation_policy: Option<String>,
+    orphan_dependents: Option<bool>,
+}
+
+/// The garbage collector's finalizers (`metav1.FinalizerOrphanDependents`,
+/// `metav1.FinalizerDeleteDependents`).
+const ORPHAN_FINALIZER: &str = "orphan";
+const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+/// Upstream's `deletionFinalizersForGarbageCollection`: the finalizers a delete with these
+/// options leaves on the object (the GC's two replaced, others kept), or `None` when they
+/// stay as they are. Foreground adds `foregroundDeletion`, Orphan adds `orphan`, Background
+/// removes both; without a policy the object's own GC finalizers are kept and the
+/// resource's default applies (Orphan for core/v1 ReplicationControllers, as upstream;
+/// events take no GC finalizers).
+fn gc_finalizers(def: &ResourceDef, old: &Value, opts: &DeleteOptions) -> Option<Vec<Value>> {
+    let is_event = def.kind == "Event" && matches!(def.group.as_str(), "" | "events.k8s.io");
+    if is_event {
+        return None;
+    }
+    let current: Vec<&str> = old
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let has = |f: &str| current.contains(&f);
+    let policy = opts.propagation_policy.as_deref();
+    let orphan = match (policy, opts.orphan_dependents) {
+        (Some(p), _) => p == "Orphan",
+        (None, Some(o)) => o,
+        (None, None) if has(ORPHAN_FINALIZER) => true,
+        (None, None) => {
+            def.group.is_empty() && def.version == "v1" && def.kind == "ReplicationController"
+        }
+    };
+    let foreground = match (policy, opts.orphan_dependents) {
+        (_, Some(true)) => false,
+        (Some(p), _) => p == "Foreground",
+        (None, _) => has(FOREGROUND_FINALIZER),
+    };
+    let mut new: Vec<&str> = current
+        .iter()
+        .copied()
+        .filter(|f| *f != ORPHAN_FINALIZER && *f != FOREGROUND_FINALIZER)
+        .collect();
+    if orphan {
+        new.push(ORPHAN_FINALIZER);
+    }
+    if foreground {
+        new.push(FOREGROUND_FINALIZER);
+    }
+    let same = new.len() == current.len() && new.iter().all(|f| current.contains(f));
+    (!same).then(|| {
+        new.into_iter()
+            .map(|f| Value::String(f.to_string()))
+            .collect()
+    })
+}
+
+/// Upstream's `ValidateDeleteOptions` (422 on the `DeleteOptions` kind).
+fn validate_delete_options(opts: &DeleteOptions) -> Result<(), ApiError> {
+    use crate::status::{FieldError, FieldErrorKind};
+    let mut errs = Vec::new();
+    let policy = opts.propagation_policy.as_deref();
+    if opts.orphan_dependents.is_some() && policy.is_some() {
+        errs.push(FieldError::invalid(
+            "propagationPolicy",
+            policy.unwrap_or(""),
+            "orphanDependents and deletionPropagation cannot be both set",
+        ));
+    }
+    if let Some(p) = policy
+        && !matches!(p, "Orphan" | "Background" | "Foreground")
+    {
+        errs.push(FieldError {
+            kind: FieldErrorKind::NotSupported,
+            field: "propagationPolicy".into(),
+            value: Some(Value::from(p).to_string()),
+            detail: r#"supported values: "Foreground", "Background", "Orphan", "nil""#.into(),
+        });
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("meta.k8s.io", "DeleteOptions", "", &errs))
+    }
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -1257,12 +1343,23 @@ struct Preconditions {
 
 async fn delete(app: &App, t: &Target, q: &Query, body: &[u8]) -> Result<Response<Body>, ApiError> {
     let def = t.def.clone();
-    let opts: DeleteOptions = if body.iter().all(u8::is_ascii_whitespace) {
+    let mut opts: DeleteOptions = if body.iter().all(u8::is_ascii_whitespace) {
         DeleteOptions::default()
     } else {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
+    if opts.propagation_policy.is_none()
+        && let Some(p) = q.get("propagationPolicy")
+    {
+        opts.propagation_policy = Some(p.to_string());
+    }
+    if opts.orphan_dependents.is_none()
+        && let Some(o) = q.get("orphanDependents")
+    {
+        opts.orphan_dependents = Some(matches!(o, "true" | "1"));
+    }
+    validate_delete_options(&opts)?;
     let dry = dry_run(q)? || opts.dry_run.iter().any(|d| d == "All");
     let grace_q = match q.get("gracePeriodSeconds") {
         Some(g) => Some(
@@ -1303,10 +1400,14 @@ async fn delete(app: &App, t: &Target, q: &Query, body: &[u8]) -> Result<Respons
                 ));
             }
         }
-        let finalizers = old
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+        let gc = gc_finalizers(&def, &old, &opts);
+        let finalizers = match &gc {
+            Some(f) => !f.is_empty(),
+            None => old
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty()),
+        };
         let ns_finalizers = def.group.is_empty()
             && def.kind == "Namespace"
             && old
@@ -1343,18 +1444,29 @@ async fn delete(app: &App, t: &Target, q: &Query, body: &[u8]) -> Result<Respons
             let current_grace = old
                 .pointer("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_i64);
-            if already && current_grace.is_none_or(|c| c <= grace) {
+            if already && gc.is_none() && current_grace.is_none_or(|c| c <= grace) {
                 return value_response(StatusCode::OK, &old, &[]);
             }
             let mut new = old.clone();
             let when = Utc::now() + chrono::Duration::seconds(grace);
             {
                 let meta = metadata_mut(&mut new);
-                meta.insert(
-                    "deletionTimestamp".into(),
-                    json!(when.to_rfc3339_opts(SecondsFormat::Secs, true)),
-                );
-                meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                if !already || current_grace.is_some_and(|c| c > grace) {
+                    meta.insert(
+                        "deletionTimestamp".into(),
+                        json!(when.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                    );
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                }
+                match &gc {
+                    Some(f) if f.is_empty() => {
+                        meta.remove("finalizers");
+                    }
+                    Some(f) => {
+                        meta.insert("finalizers".into(), Value::Array(f.clone()));
+                    }
+                    None => {}
+                }
             }
             if ns_finalizers && let Some(o) = new.as_object_mut() {
                 o.insert("status".into(), json!({"phase": "Terminating"}));
@@ -1558,6 +1670,13 @@ async fn allocate_cluster_ip(app: &App, svc: &mut Value) -> Result<Option<String
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
+    // Single-stack IPv4 cluster: every service with cluster IPs (or headless) is IPv4 only,
+    // as upstream's allocator defaults them.
+    if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.entry("ipFamilies").or_insert_with(|| json!(["IPv4"]));
+        spec.entry("ipFamilyPolicy")
+            .or_insert_with(|| json!("SingleStack"));
+    }
     if requested == "None" {
         return Ok(None);
     }

@@ -12,6 +12,7 @@
 //! concurrent HTTP/2 streams, request bodies (3 MiB, 413) and body read time.
 
 pub mod body;
+mod on_runtime;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -94,6 +95,9 @@ pub enum ServerError {
     Tls(String),
     #[error("bootstrapping the store: {0}")]
     Bootstrap(#[from] crate::status::ApiError),
+    /// The store backend could not be reached or set up (e.g. etcd is down).
+    #[error("store: {0}")]
+    Store(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -120,6 +124,8 @@ pub(crate) struct App {
     pub(crate) server_address: String,
     /// Shared watch fan-out per resource.
     pub(crate) hubs: crate::watch::Hubs,
+    /// `/metrics` (request counts and latencies, watches, store latencies).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl App {
@@ -152,6 +158,8 @@ pub struct RunningServer {
     pub kubeconfig: PathBuf,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// The runtime the etcd backend's client runs on (servers over etcd only).
+    store_runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl RunningServer {
@@ -162,7 +170,23 @@ impl RunningServer {
         for t in self.threads {
             let _ = t.join();
         }
+        if let Some(rt) = self.store_runtime {
+            rt.shutdown_timeout(GRACEFUL_SHUTDOWN);
+        }
     }
+}
+
+/// Starts the apiserver over the etcd cluster at `endpoints` (client URLs such as
+/// `http://127.0.0.1:2379`) through `store::etcd_backend`, whose gRPC client runs on a
+/// small runtime the returned server owns. Fails at once if etcd does not answer.
+pub fn start_with_etcd(
+    opts: ServerOptions,
+    endpoints: &[String],
+) -> Result<RunningServer, ServerError> {
+    let (backend, rt) = on_runtime::connect_etcd(endpoints)?;
+    let mut server = start(opts, backend)?;
+    server.store_runtime = Some(rt);
+    Ok(server)
 }
 
 /// Binds `n` SO_REUSEPORT listeners on `addr` through `shards` (port 0: one shared port).
@@ -260,8 +284,14 @@ pub fn start(
     .map_err(io(format!("writing {}", kubeconfig.display())))?;
 
     let registry = Registry::builtin();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let backend: Arc<dyn store::Backend> = Arc::new(crate::metrics::MeteredBackend::new(
+        backend,
+        metrics.clone(),
+    ));
     let app = Arc::new(App {
         backend,
+        metrics,
         discovery: RwLock::new(Arc::new(DiscoveryCache::build(&registry, &server_address))),
         openapi: RwLock::new(Arc::new(OpenApi::build(&registry))),
         registry: RwLock::new(Arc::new(registry)),
@@ -298,6 +328,7 @@ pub fn start(
         kubeconfig,
         stop,
         threads,
+        store_runtime: None,
     })
 }
 

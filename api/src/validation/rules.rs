@@ -535,6 +535,15 @@ fn service(obj: &Value, errs: &mut Errs) {
     );
 }
 
+/// Bytes a standard base64 text decodes to (padding and whitespace not counted).
+fn base64_decoded_len(text: &str) -> usize {
+    let chars = text
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
+        .count();
+    chars * 3 / 4
+}
+
 fn data_keys(obj: &Value, keys: &[&str], errs: &mut Errs) {
     let mut total = 0usize;
     let mut seen: Vec<&String> = Vec::new();
@@ -556,7 +565,13 @@ fn data_keys(obj: &Value, keys: &[&str], errs: &mut Errs) {
                 ));
             }
             seen.push(k);
-            total += v.as_str().map_or(0, str::len);
+            // Upstream counts bytes: decoded for base64 fields (Secret data, binaryData).
+            let text = v.as_str().unwrap_or("");
+            total += if *key == "binaryData" || (*key == "data" && keys == ["data"]) {
+                base64_decoded_len(text)
+            } else {
+                text.len()
+            };
         }
     }
     if total > 1024 * 1024 {

@@ -261,7 +261,24 @@ pub(crate) async fn serve(
     let matches = move |v: &store::ObjectValue| {
         namespace.as_deref().is_none_or(|ns| v.namespace == ns) && sel.matches(v)
     };
+    let gauge = app
+        .metrics
+        .watch_started(&crate::metrics::RequestLabels::resource(
+            "WATCH",
+            &def.group,
+            &def.version,
+            &def.plural,
+            "",
+            &def.kind,
+            if t.namespace.is_some() {
+                "namespace"
+            } else {
+                "cluster"
+            },
+        ));
     tokio::spawn(async move {
+        // Counted in apiserver_registered_watchers while this task runs.
+        let _gauge = gauge;
         let mut enc = Encoder {
             def,
             output,
