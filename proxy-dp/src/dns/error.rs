@@ -56,6 +56,9 @@ pub enum ServeError {
     /// Handing a socket to a shard failed (the set is shutting down).
     #[error("starting the DNS server on the shards: {0}")]
     Shards(#[from] shards::InvokeError),
+    /// The resolv.conf naming the upstreams could not be read.
+    #[error(transparent)]
+    ResolvConf(#[from] ResolvConfError),
     /// A socket operation during start-up failed.
     #[error("DNS socket setup: {0}")]
     Io(#[from] std::io::Error),

@@ -16,6 +16,8 @@
 //!   forward, or drop): decoding and encoding with hickory-proto, FORMERR/NOTIMP/REFUSED/
 //!   BADVERS, EDNS, and truncation (TC) of UDP replies above 512 bytes or the client's EDNS
 //!   size.
+//! - [`run`]: [`run_cluster_dns`], the entry point: Service and EndpointSlice informers
+//!   (api::client) feeding the zone, and the server.
 //! - [`server`]: the shell on `shards`: one `SO_REUSEPORT` UDP socket and TCP listener per
 //!   shard on one port, bounded forwards and TCP connections, [`DnsMetrics`] counters.
 //!
@@ -43,11 +45,13 @@ pub mod error;
 pub mod message;
 pub mod metrics;
 pub mod resolv;
+pub mod run;
 pub mod server;
 pub mod zone;
 
 pub use error::{ConfigError, ResolvConfError, ServeError};
 pub use message::{HandlerConfig, Outcome, Transport, handle_query};
 pub use metrics::DnsMetrics;
+pub use run::{ClusterDnsConfig, RunningClusterDns, run_cluster_dns};
 pub use server::{DnsServer, ServerConfig, SharedZone};
 pub use zone::{Answer, ClusterZone, Lookup, ZoneConfig};
