@@ -15,6 +15,7 @@ use api::client::{
 use client_common::Server;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, ConfigMap, Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::json;
 
 fn cm(name: &str, labels: &[(&str, &str)], data: &str) -> ConfigMap {
@@ -237,6 +238,29 @@ async fn selectors_paging_and_subresources() {
     assert_eq!(all.items.len(), 25);
     assert!(!all.resource_version.is_empty());
 
+    // Delete the selected ones only.
+    cms.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("app=a"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        cms.list(&ListParams::default().labels("app=a"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        cms.list(&ListParams::default().labels("app=b"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        20
+    );
+
     // Pods: field selector on spec.nodeName, and the binding subresource.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     pods.create(&PostParams::default(), &pod("on-n1", Some("n1")))
@@ -302,13 +326,61 @@ async fn dynamic_objects() {
     // Typed and untyped views agree.
     let typed: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     assert_eq!(data(&typed.get("dyn").await.unwrap()), "w");
-    let all = Api::all_with(client, &ar);
+    let all = Api::all_with(client.clone(), &ar);
     let l = all
         .list(&ListParams::default().fields("metadata.name=dyn"))
         .await
         .unwrap();
     assert_eq!(l.items.len(), 1);
     assert_eq!(l.items[0].metadata.namespace.as_deref(), Some("default"));
+
+    // A custom resource, served once its CRD is stored.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "listKind": "WidgetList"},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}}}]
+        }
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let wr = ApiResource::new("example.com", "v1", "Widget", "widgets", true);
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &wr);
+    let w = DynamicObject::new("w1", &wr).data(json!({"spec": {"size": 3}}));
+    let mut created = None;
+    for _ in 0..100 {
+        match widgets.create(&PostParams::default(), &w).await {
+            Ok(o) => {
+                created = Some(o);
+                break;
+            }
+            Err(e) if e.is_not_found() => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let created = created.expect("the custom resource is served");
+    assert_eq!(created.data["spec"]["size"], 3);
+    // Its schema is enforced: a string size is 422.
+    let bad = DynamicObject::new("w2", &wr).data(json!({"spec": {"size": "big"}}));
+    let e = widgets
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(422), "{e}");
+    assert_eq!(
+        widgets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
 }
 
 async fn next<K: std::fmt::Debug>(s: &mut api::client::WatchStream<K>) -> WatchEvent<K> {

@@ -13,9 +13,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 
 fn fast() -> LeaderElectionConfig {
     LeaderElectionConfig {
-        lease_duration: Duration::from_secs(2),
-        renew_deadline: Duration::from_millis(1500),
-        retry_period: Duration::from_millis(200),
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_millis(2500),
+        retry_period: Duration::from_millis(250),
     }
 }
 
@@ -40,7 +40,7 @@ async fn takeover_release_and_loss() {
         .expect("a leads");
     let l = leases.get("sched").await.unwrap();
     assert_eq!(holder(&l), "a");
-    assert_eq!(l.spec.as_ref().unwrap().lease_duration_seconds, Some(2));
+    assert_eq!(l.spec.as_ref().unwrap().lease_duration_seconds, Some(3));
 
     let mut b = LeaderElector::new(client.clone(), "kube-system", "sched", "b")
         .with_config(fast())
@@ -69,7 +69,7 @@ async fn takeover_release_and_loss() {
     let mut c = LeaderElector::new(client.clone(), "kube-system", "sched", "c")
         .with_config(LeaderElectionConfig {
             lease_duration: Duration::from_secs(30),
-            renew_deadline: Duration::from_millis(1500),
+            renew_deadline: Duration::from_millis(2500),
             retry_period: Duration::from_millis(200),
         })
         .spawn();

@@ -503,6 +503,43 @@ impl<K: ApiObject> Api<K> {
         Ok(DeleteResponse::Object(decode(&b)?))
     }
 
+    /// Deletes every object `lp` selects (its label and field selectors); the answer is the
+    /// list of deleted objects or, as this server answers, a success Status.
+    pub async fn delete_collection(
+        &self,
+        dp: &DeleteParams,
+        lp: &ListParams,
+    ) -> Result<DeleteResponse<ObjectList<K>>> {
+        let sel = ListParams {
+            label_selector: lp.label_selector.clone(),
+            field_selector: lp.field_selector.clone(),
+            ..ListParams::default()
+        };
+        let path = format!("{}{}", self.collection()?, sel.query());
+        let b = self
+            .client
+            .request_bytes(
+                Method::DELETE,
+                &path,
+                Some((Bytes::from(dp.body()), "application/json")),
+            )
+            .await?;
+        let k: KindOnly = decode(&b)?;
+        if k.kind.as_deref() == Some("Status") {
+            let v: serde_json::Value = decode(&b)?;
+            let st = super::error::status_from_value(&v)
+                .ok_or_else(|| ClientError::Decode("malformed Status".into()))?;
+            return Ok(DeleteResponse::Status(Box::new(st)));
+        }
+        let w: WireList<K> = decode(&b)?;
+        Ok(DeleteResponse::Object(ObjectList {
+            items: w.items.unwrap_or_default(),
+            resource_version: w.metadata.resource_version.unwrap_or_default(),
+            continue_token: None,
+            remaining_item_count: None,
+        }))
+    }
+
     /// POSTs `body` to subresource `sub` of `name` (`binding`, `eviction`) and decodes
     /// the answer as `R` (often a `Status`).
     pub async fn create_subresource<B: Serialize, R: DeserializeOwned>(

@@ -190,8 +190,10 @@ impl<K: ApiObject> Store<K> {
             new.insert(ObjectKey::of(&o), Arc::new(o));
         }
         let mut events = Vec::new();
-        let mut old = std::mem::take(&mut *self.write());
-        for (key, obj) in &new {
+        // One write lock for the swap and the diff: readers never see a half-replaced store.
+        let mut guard = self.write();
+        let mut old = std::mem::replace(&mut *guard, new);
+        for (key, obj) in guard.iter() {
             match old.remove(key) {
                 None => events.push(Event::Added(obj.clone())),
                 Some(prev) if prev.meta().uid != obj.meta().uid => {
@@ -205,8 +207,8 @@ impl<K: ApiObject> Store<K> {
                 Some(_) => {}
             }
         }
+        drop(guard);
         events.extend(old.into_values().map(Event::Deleted));
-        *self.write() = new;
         events
     }
 
