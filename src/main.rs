@@ -24,6 +24,34 @@ enum Command {
     Up(ServerArgs),
     /// Run the store alone, serving the etcd v3 gRPC API.
     Store(StoreArgs),
+    /// Manage the node's image store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Load an OCI image layout, OCI archive or `docker save` archive into the image store.
+    Import {
+        /// The archive file or layout directory.
+        file: std::path::PathBuf,
+        /// The node's data dir (default: ~/.kubeshard).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// `kubeshard image import`: prints each imported image's id and names.
+fn run_image(cmd: ImageCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Import { file, data_dir } => {
+            let store = node::image::ImageStore::open(&data_dir.unwrap_or_else(default_data_dir))?;
+            for img in store.import(&file)? {
+                println!("{} {}", img.config, img.names.join(","));
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,6 +198,8 @@ fn run_store(args: StoreArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The node runtime re-executes this binary as its per-container shim: before anything else.
+    node::shim::run_if_requested();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -186,5 +216,6 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => run_server(args, false),
         Command::Up(args) => run_server(args, true),
         Command::Store(args) => run_store(args),
+        Command::Image(cmd) => run_image(cmd),
     }
 }

@@ -5,10 +5,28 @@
 //! OCI images; serves logs and exec through the apiserver. Hollow mode runs many simulated
 //! kubelets in one process for scale tests.
 //!
+//! Today the crate holds the built-in runtime, which needs no API:
+//! - [`image`]: the content-addressed image store, archive/layout import, safe layer unpack;
+//! - [`runtime`]: pod sandboxes and containers ([`runtime::Runtime`]), the API the kubelet
+//!   calls; state lives on disk under the run dir so a restarted kubelet adopts its containers;
+//! - [`cgroup`]: per-pod and per-container cgroups on v1 and v2 (limits, OOM, cleanup);
+//! - [`logs`]: the CRI log format writer with size-based rotation (io_uring when available);
+//! - [`shim`]: the per-container monitor process (and the sandbox holder) the runtime starts by
+//!   re-executing a binary that calls [`shim::run_if_requested`] first thing in `main`.
+//!
 //! **Must not depend on:** `store`, `scheduler`, `controllers` or `proxy-dp`: it talks to the
 //! cluster only through the API.
 //!
 //! **Unsafe:** DESIGN.md allows it here for the runtime's kernel interfaces (clone, mounts,
-//! io_uring log I/O), each block with a `// SAFETY:` comment.
-//!
-//! Status: the kubelet arrives with its own issue; this crate is the place it will live.
+//! io_uring log I/O), each block with a `// SAFETY:` comment. Only the `sys` module carries
+//! `#[allow(unsafe_code)]` (pidfds, capabilities, xattrs, the loopback ioctl, fork in the
+//! single-threaded shim); io_uring itself is `shards::uring`.
+
+pub mod cgroup;
+pub mod image;
+pub mod logs;
+mod rootfs;
+pub mod runtime;
+pub mod shim;
+pub mod spec;
+mod sys;
