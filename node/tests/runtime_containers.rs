@@ -248,8 +248,6 @@ async fn pod_containers_share_localhost_and_hostname() {
     }
     assert_eq!(log_lines(&server_log)[0].1, "pod-net");
     assert_eq!(log_lines(&st.log_path)[0].1, "pod-net");
-    // The host's network namespace never saw the listener.
-    assert!(std::net::TcpStream::connect("127.0.0.1:8080").is_err());
     env.rt.remove_sandbox(&sb).await.unwrap();
     assert_clean(&env, &[holder]);
 }
