@@ -127,7 +127,7 @@ struct Part {
 }
 
 /// A pod's evaluation, its partitions' results, and the stamp it was taken at.
-type Evaluated<'a> = (Eval<'a>, Vec<Part>, u64);
+type Evaluated<'a> = (Eval<'a>, Vec<Part>, Scored, u64);
 
 struct Eval<'a> {
     fw: &'a Framework,
@@ -506,7 +506,8 @@ impl Scheduler {
         let mut results = self.evaluate(&evals).into_iter();
 
         let mut decisions = Vec::with_capacity(slots.len());
-        let mut dirty_at: HashMap<u32, u64> = HashMap::new();
+        // Stamp of the last placement on each node in this batch (0: untouched).
+        let mut dirty_at: Vec<u64> = vec![0; self.snap.nodes.len()];
         let mut stamp: u64 = 0;
         let mut last_assume: u64 = 0;
         let mut last_reach: u64 = 0;
@@ -517,8 +518,8 @@ impl Scheduler {
                     continue;
                 }
                 Slot::Ready(e) => {
-                    let parts = results.next().unwrap_or_default();
-                    (e.fw, Some((e, parts, 0)))
+                    let (parts, scored) = results.next().unwrap_or_default();
+                    (e.fw, Some((e, parts, scored, 0)))
                 }
                 Slot::Lazy(fw) => (fw, None),
             };
@@ -528,7 +529,7 @@ impl Scheduler {
                 rounds += 1;
                 let stale = match &cur {
                     None => true,
-                    Some((e, _, at)) => {
+                    Some((e, _, _, at)) => {
                         forced || last_reach > *at || (e.pc.coupled && last_assume > *at)
                     }
                 };
@@ -544,21 +545,20 @@ impl Scheduler {
                                 pod: pod.clone(),
                                 pc,
                             };
-                            let parts = self.evaluate(&[&e]).pop().unwrap_or_default();
-                            cur = Some((e, parts, stamp));
+                            let (parts, scored) = self.evaluate(&[&e]).pop().unwrap_or_default();
+                            cur = Some((e, parts, scored, stamp));
                         }
                         Err(st) => break self.prefilter_failure(pod.clone(), st, now),
                     }
                 }
-                let Some((e, parts, at)) = &cur else {
+                let Some((e, parts, scored, at)) = &cur else {
                     unreachable!("evaluated above")
                 };
-                let scored = finalize(e, parts, &self.snap);
                 // Pick the best node, re-checking the nodes changed since the evaluation.
                 let mut best: Option<(i64, u32)> = None;
                 let mut dropped = false;
                 for &(node, total, normpart) in &scored.entries {
-                    let score = if dirty_at.get(&node).is_some_and(|d| d > at) {
+                    let score = if dirty_at[node as usize] > *at {
                         let n = &self.snap.nodes[node as usize];
                         if !self.feasible_with_nominated(e, n, node as usize) {
                             dropped = true;
@@ -597,7 +597,7 @@ impl Scheduler {
                 if e.pc.reaches {
                     last_reach = stamp;
                 }
-                dirty_at.insert(node, stamp);
+                dirty_at[node as usize] = stamp;
                 let mut placed = (*pod).clone();
                 placed.node_name = Some(name.clone());
                 self.snap.add_pod(node as usize, Arc::new(placed));
@@ -738,7 +738,7 @@ impl Scheduler {
         }
     }
 
-    fn evaluate(&self, evals: &[&Eval<'_>]) -> Vec<Vec<Part>> {
+    fn evaluate(&self, evals: &[&Eval<'_>]) -> Vec<(Vec<Part>, Scored)> {
         let parts = self.partitions();
         let snap = &self.snap;
         let work = |range: std::ops::Range<usize>| -> Vec<Part> {
@@ -757,17 +757,42 @@ impl Scheduler {
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().unwrap_or_default())
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                     .collect()
             })
         };
-        let mut out: Vec<Vec<Part>> = (0..evals.len()).map(|_| Vec::new()).collect();
+        let mut merged: Vec<Vec<Part>> = (0..evals.len()).map(|_| Vec::new()).collect();
         for worker in per_worker {
             for (i, p) in worker.into_iter().enumerate() {
-                out[i].push(p);
+                merged[i].push(p);
             }
         }
-        out
+        // Phase 2: merge, normalize and weigh per pod, pods spread over the workers.
+        let workers = self.opts.parallelism.min(evals.len()).max(1);
+        let fin = |(e, parts): (&&Eval<'_>, Vec<Part>)| {
+            let scored = finalize(e, &parts, snap);
+            (parts, scored)
+        };
+        if workers <= 1 {
+            return evals.iter().zip(merged).map(fin).collect();
+        }
+        let mut items: Vec<(&&Eval<'_>, Vec<Part>)> = evals.iter().zip(merged).collect();
+        let chunk = items.len().div_ceil(workers);
+        let mut chunks = Vec::new();
+        while !items.is_empty() {
+            let rest = items.split_off(chunk.min(items.len()));
+            chunks.push(std::mem::replace(&mut items, rest));
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|c| s.spawn(move || c.into_iter().map(fin).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
     }
 }
 
@@ -828,6 +853,7 @@ fn eval_partition(e: &Eval<'_>, snap: &Snapshot, range: std::ops::Range<usize>) 
     part
 }
 
+#[derive(Debug, Default)]
 struct Scored {
     /// (node, total weighted score, its normalized part).
     entries: Vec<(u32, i64, i64)>,
