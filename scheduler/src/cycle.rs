@@ -149,7 +149,15 @@ pub struct Scheduler {
     priority_classes: HashMap<String, i32>,
     /// Counters.
     pub stats: Stats,
+    /// Recycled partition buffers (bounded by `POOL_MAX`): reusing them keeps the allocator
+    /// from returning and re-faulting pages every batch.
+    pool: std::sync::Mutex<Vec<Part>>,
+    /// Recycled score buffers, as `pool`.
+    entries_pool: std::sync::Mutex<Vec<Vec<(u32, i64, i64)>>>,
 }
+
+/// Most partition buffers kept for reuse.
+const POOL_MAX: usize = 8192;
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -203,6 +211,8 @@ impl Scheduler {
             opts,
             priority_classes: HashMap::new(),
             stats: Stats::default(),
+            pool: std::sync::Mutex::new(Vec::new()),
+            entries_pool: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -622,9 +632,47 @@ impl Scheduler {
                     permit_wait: wait,
                 };
             };
+            if let Some((_, parts, scored, _)) = cur {
+                self.recycle(parts);
+                if let Ok(mut p) = self.entries_pool.lock()
+                    && p.len() < POOL_MAX
+                {
+                    let mut e = scored.entries;
+                    e.clear();
+                    p.push(e);
+                }
+            }
             decisions.push(decision);
         }
         decisions
+    }
+
+    fn recycle(&self, parts: Vec<Part>) {
+        let Ok(mut pool) = self.pool.lock() else {
+            return;
+        };
+        for mut p in parts {
+            if pool.len() >= POOL_MAX {
+                break;
+            }
+            p.feasible.clear();
+            p.base.clear();
+            p.raw.clear();
+            p.reasons.clear();
+            p.rejectors.clear();
+            p.unresolvable.clear();
+            pool.push(p);
+        }
+    }
+
+    fn spare(&self, n: usize) -> Vec<Part> {
+        match self.pool.lock() {
+            Ok(mut pool) => {
+                let k = pool.len().saturating_sub(n);
+                pool.split_off(k)
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     fn feasible_with_nominated(&self, e: &Eval<'_>, node: &NodeInfo, idx: usize) -> bool {
@@ -742,9 +790,10 @@ impl Scheduler {
         let parts = self.partitions();
         let snap = &self.snap;
         let work = |range: std::ops::Range<usize>| -> Vec<Part> {
+            let mut spare = self.spare(evals.len());
             evals
                 .iter()
-                .map(|e| eval_partition(e, snap, range.clone()))
+                .map(|e| eval_partition(e, snap, range.clone(), spare.pop().unwrap_or_default()))
                 .collect()
         };
         let per_worker: Vec<Vec<Part>> = if parts.len() <= 1 || evals.is_empty() {
@@ -770,7 +819,13 @@ impl Scheduler {
         // Phase 2: merge, normalize and weigh per pod, pods spread over the workers.
         let workers = self.opts.parallelism.min(evals.len()).max(1);
         let fin = |(e, parts): (&&Eval<'_>, Vec<Part>)| {
-            let scored = finalize(e, &parts, snap);
+            let buf = self
+                .entries_pool
+                .lock()
+                .ok()
+                .and_then(|mut p| p.pop())
+                .unwrap_or_default();
+            let scored = finalize(e, &parts, snap, buf);
             (parts, scored)
         };
         if workers <= 1 {
@@ -797,8 +852,12 @@ impl Scheduler {
 }
 
 /// One pod against one partition of nodes.
-fn eval_partition(e: &Eval<'_>, snap: &Snapshot, range: std::ops::Range<usize>) -> Part {
-    let mut part = Part::default();
+fn eval_partition(
+    e: &Eval<'_>,
+    snap: &Snapshot,
+    range: std::ops::Range<usize>,
+    mut part: Part,
+) -> Part {
     let nn = e.norm.len();
     part.feasible.reserve(range.len());
     part.base.reserve(range.len());
@@ -863,9 +922,15 @@ struct Scored {
 }
 
 /// Phase 2 for one pod: merge the partitions, normalize, weigh.
-fn finalize(e: &Eval<'_>, parts: &[Part], snap: &Snapshot) -> Scored {
+fn finalize(
+    e: &Eval<'_>,
+    parts: &[Part],
+    snap: &Snapshot,
+    mut entries: Vec<(u32, i64, i64)>,
+) -> Scored {
     let total: usize = parts.iter().map(|p| p.feasible.len()).sum();
-    let mut entries: Vec<(u32, i64, i64)> = Vec::with_capacity(total);
+    entries.clear();
+    entries.reserve(total);
     for p in parts {
         for (k, &n) in p.feasible.iter().enumerate() {
             entries.push((n, p.base[k], 0));
@@ -874,7 +939,11 @@ fn finalize(e: &Eval<'_>, parts: &[Part], snap: &Snapshot) -> Scored {
     let nn = e.norm.len();
     let mut sensitive = false;
     if nn > 0 && total > 0 {
-        let mut scores: Vec<NodeScore> = Vec::with_capacity(total);
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<NodeScore>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut scores: Vec<NodeScore> = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        scores.reserve(total);
         for (j, &(slot, w)) in e.norm.iter().enumerate() {
             scores.clear();
             for p in parts {
@@ -899,6 +968,8 @@ fn finalize(e: &Eval<'_>, parts: &[Part], snap: &Snapshot) -> Scored {
         for entry in &mut entries {
             entry.1 += entry.2;
         }
+        scores.clear();
+        SCRATCH.with(|c| *c.borrow_mut() = scores);
     }
     Scored { entries, sensitive }
 }

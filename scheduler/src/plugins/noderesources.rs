@@ -82,13 +82,39 @@ struct RtcrArgs {
     shape: Vec<ShapePoint>,
 }
 
+/// A resource name compiled once, so scoring does not compare strings per node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Cpu,
+    Memory,
+    Ephemeral,
+    Pods,
+    Scalar(String),
+}
+
+fn compile(resources: &[ResourceSpec]) -> Vec<(Kind, i64)> {
+    resources
+        .iter()
+        .map(|r| {
+            let k = match r.name.as_str() {
+                "cpu" => Kind::Cpu,
+                "memory" => Kind::Memory,
+                "ephemeral-storage" => Kind::Ephemeral,
+                "pods" => Kind::Pods,
+                other => Kind::Scalar(other.to_owned()),
+            };
+            (k, r.weight)
+        })
+        .collect()
+}
+
 /// NodeResourcesFit.
 #[derive(Debug, Clone)]
 pub struct Fit {
     ignored: Vec<String>,
     ignored_groups: Vec<String>,
     strategy: ScoringStrategy,
-    resources: Vec<ResourceSpec>,
+    resources: Vec<(Kind, i64)>,
 }
 
 impl Default for Fit {
@@ -97,7 +123,7 @@ impl Default for Fit {
             ignored: Vec::new(),
             ignored_groups: Vec::new(),
             strategy: ScoringStrategy::LeastAllocated,
-            resources: default_resources(),
+            resources: compile(&default_resources()),
         }
     }
 }
@@ -120,7 +146,7 @@ impl Fit {
                 if r.iter().any(|r| r.weight <= 0 || r.weight > 100) {
                     return Err(Error::Config("resource weights must be in 1..=100".into()));
                 }
-                fit.resources = r;
+                fit.resources = compile(&r);
             }
             fit.strategy = match s.kind.as_deref().unwrap_or("LeastAllocated") {
                 "LeastAllocated" => ScoringStrategy::LeastAllocated,
@@ -253,42 +279,43 @@ impl FilterPlugin for Fit {
 }
 
 /// (allocatable, requested-with-the-pod) of a resource for scoring; None to leave it out.
+#[inline]
 fn alloc_and_request(
-    name: &str,
+    kind: &Kind,
     pod: &PodInfo,
     node: &NodeInfo,
     use_requested: bool,
 ) -> Option<(i64, i64)> {
-    let (alloc, req) = match name {
-        "cpu" if use_requested => (
+    let (alloc, req) = match kind {
+        Kind::Cpu if use_requested => (
             node.allocatable.milli_cpu,
             node.requested.milli_cpu + pod.requests.milli_cpu,
         ),
-        "cpu" => (
+        Kind::Cpu => (
             node.allocatable.milli_cpu,
             node.non_zero_cpu + pod.non_zero_cpu,
         ),
-        "memory" if use_requested => (
+        Kind::Memory if use_requested => (
             node.allocatable.memory,
             node.requested.memory + pod.requests.memory,
         ),
-        "memory" => (
+        Kind::Memory => (
             node.allocatable.memory,
             node.non_zero_mem + pod.non_zero_mem,
         ),
-        "ephemeral-storage" => (
+        Kind::Ephemeral => (
             node.allocatable.ephemeral_storage,
             node.requested.ephemeral_storage + pod.requests.ephemeral_storage,
         ),
-        "pods" => return None,
-        other => {
-            let p = pod.requests.scalar(other);
+        Kind::Pods => return None,
+        Kind::Scalar(name) => {
+            let p = pod.requests.scalar(name);
             if p == 0 {
                 return None;
             }
             (
-                node.allocatable.scalar(other),
-                node.requested.scalar(other) + p,
+                node.allocatable.scalar(name),
+                node.requested.scalar(name) + p,
             )
         }
     };
@@ -315,8 +342,8 @@ impl ScorePlugin for Fit {
     fn score(&self, _: usize, _: &CycleState, pod: &PodInfo, node: &NodeInfo, _: &Snapshot) -> i64 {
         let mut score = 0i64;
         let mut weights = 0i64;
-        for r in &self.resources {
-            let Some((alloc, req)) = alloc_and_request(&r.name, pod, node, false) else {
+        for (kind, weight) in &self.resources {
+            let Some((alloc, req)) = alloc_and_request(kind, pod, node, false) else {
                 continue;
             };
             let s = match &self.strategy {
@@ -337,8 +364,8 @@ impl ScorePlugin for Fit {
                     s
                 }
             };
-            score += s * r.weight;
-            weights += r.weight;
+            score += s * weight;
+            weights += weight;
         }
         if weights == 0 {
             return 0;
@@ -355,13 +382,16 @@ impl ScorePlugin for Fit {
 /// NodeResourcesBalancedAllocation: prefers nodes whose resource fractions stay close.
 #[derive(Debug, Clone)]
 pub struct BalancedAllocation {
-    resources: Vec<ResourceSpec>,
+    resources: Vec<(Kind, i64)>,
+    names: Vec<String>,
 }
 
 impl Default for BalancedAllocation {
     fn default() -> Self {
+        let r = default_resources();
         BalancedAllocation {
-            resources: default_resources(),
+            resources: compile(&r),
+            names: r.into_iter().map(|r| r.name).collect(),
         }
     }
 }
@@ -378,8 +408,10 @@ impl BalancedAllocation {
         }
         let a: A = serde_json::from_value(args.clone())
             .map_err(|e| Error::Config(format!("BalancedAllocation args: {e}")))?;
+        let r = a.resources.unwrap_or_else(default_resources);
         Ok(BalancedAllocation {
-            resources: a.resources.unwrap_or_else(default_resources),
+            resources: compile(&r),
+            names: r.into_iter().map(|r| r.name).collect(),
         })
     }
 }
@@ -399,11 +431,7 @@ impl Plugin for BalancedAllocation {
 impl PreScorePlugin for BalancedAllocation {
     fn pre_score(&self, _: usize, _: &mut CycleState, pod: &PodInfo, _: &Snapshot) -> Status {
         // A best-effort pod changes no fraction.
-        if self
-            .resources
-            .iter()
-            .all(|r| pod.requests.get(&r.name) == 0)
-        {
+        if self.names.iter().all(|n| pod.requests.get(n) == 0) {
             Status::Skip
         } else {
             Status::Success
@@ -417,8 +445,8 @@ impl ScorePlugin for BalancedAllocation {
         let mut fr = [0f64; 8];
         let mut n = 0;
         let mut extra = Vec::new();
-        for r in &self.resources {
-            let Some((alloc, req)) = alloc_and_request(&r.name, pod, node, true) else {
+        for (kind, _) in &self.resources {
+            let Some((alloc, req)) = alloc_and_request(kind, pod, node, true) else {
                 continue;
             };
             let f = (req as f64 / alloc as f64).min(1.0);
