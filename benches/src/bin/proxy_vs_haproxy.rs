@@ -1,0 +1,700 @@
+//! The same L4 job through kubeshard's dataplane (each forwarding engine), HAProxy (mode
+//! tcp), nginx's stream module, an nftables DNAT map (kube-proxy's nftables mode) and a
+//! direct connection, on loopback; plus the routing-table update latency at 1,000, 10,000 and
+//! 100,000 Services.
+//!
+//! Run (root: VIPs on lo, nftables): `cargo run --release -p kubeshard-benches --bin
+//! proxy_vs_haproxy`. `RUNS` (default 5) and `SECS` (default 2) bound each measurement.
+//! Prints a markdown table of medians.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use proxy_dp::core::RoutingTable;
+use proxy_dp::{Change, Dataplane, DataplaneConfig, ForwardMode};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn env_usize(k: &str, d: usize) -> usize {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+fn free_port() -> Res<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+// ---------- backends (blocking threads; the same for every target) ----------
+
+/// Three backend ports: sink (counts bytes, replies the count at EOF), echo (persistent
+/// ping-pong), one-shot (echoes one read, then closes first).
+struct Backends {
+    sink: u16,
+    echo: u16,
+    oneshot: u16,
+}
+
+fn serve(kind: u8) -> Res<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_nodelay(true);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; if kind == 0 { 1 << 20 } else { 64 }];
+                match kind {
+                    0 => {
+                        let mut total = 0u64;
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            total += n as u64;
+                        }
+                        let _ = s.write_all(&total.to_le_bytes());
+                    }
+                    1 => {
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    _ => {
+                        if let Ok(n) = s.read(&mut buf)
+                            && n > 0
+                        {
+                            let _ = s.write_all(&buf[..n]);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// A target: where the three jobs connect.
+#[derive(Clone, Copy)]
+struct Target {
+    sink: SocketAddr,
+    echo: SocketAddr,
+    oneshot: SocketAddr,
+}
+
+fn wait_port(a: SocketAddr) -> Res<()> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("{a} did not come up").into())
+}
+
+// ---------- jobs ----------
+
+/// One stream, `secs` of writing 1 MiB buffers; Gbit/s as the backend counted them.
+fn bulk(a: SocketAddr, secs: f64) -> Res<f64> {
+    let mut s = TcpStream::connect(a)?;
+    let buf = vec![7u8; 1 << 20];
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < secs {
+        s.write_all(&buf)?;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut c = [0u8; 8];
+    s.read_exact(&mut c)?;
+    let el = t0.elapsed().as_secs_f64();
+    Ok(u64::from_le_bytes(c) as f64 * 8.0 / el / 1e9)
+}
+
+/// `threads` clients doing connect / 1 byte there and back / close for `secs`; conn/s.
+fn conns(a: SocketAddr, secs: f64, threads: usize) -> Res<(f64, u64)> {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let (done, errors, stop) = (done.clone(), errors.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut b = [0u8; 8];
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = (|| -> std::io::Result<()> {
+                        let mut s = TcpStream::connect_timeout(&a, Duration::from_secs(2))?;
+                        s.set_nodelay(true)?;
+                        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        s.write_all(b"x")?;
+                        let n = s.read(&mut b)?;
+                        if n != 1 {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                        while s.read(&mut b)? > 0 {}
+                        Ok(())
+                    })();
+                    match ok {
+                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        let _ = h.join();
+    }
+    let el = t0.elapsed().as_secs_f64();
+    Ok((
+        done.load(Ordering::Relaxed) as f64 / el,
+        errors.load(Ordering::Relaxed),
+    ))
+}
+
+/// Round trips of 1 byte on one connection; (p50, p99) in microseconds.
+fn latency(a: SocketAddr, n: usize) -> Res<(f64, f64)> {
+    let mut s = TcpStream::connect(a)?;
+    s.set_nodelay(true)?;
+    let mut b = [0u8; 1];
+    let mut v = Vec::with_capacity(n);
+    for i in 0..(n + n / 10) {
+        let t = Instant::now();
+        s.write_all(b"p")?;
+        s.read_exact(&mut b)?;
+        if i >= n / 10 {
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    Ok((pct(&mut v, 0.5), pct(&mut v, 0.99)))
+}
+
+#[derive(Default, Clone)]
+struct Row {
+    gbps: f64,
+    cps: f64,
+    conn_errors: u64,
+    p50: f64,
+    p99: f64,
+}
+
+fn measure(name: &str, t: Target, runs: usize, secs: f64) -> Res<Row> {
+    let (mut g, mut c, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut errs = 0;
+    for _ in 0..runs {
+        g.push(bulk(t.sink, secs)?);
+    }
+    for _ in 0..runs {
+        let (r, e) = conns(t.oneshot, secs, 4)?;
+        c.push(r);
+        errs += e;
+        // Let TIME_WAIT and the backlog settle between runs.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for _ in 0..runs.min(3) {
+        let (a, b) = latency(t.echo, 5_000)?;
+        p50.push(a);
+        p99.push(b);
+    }
+    let row = Row {
+        gbps: median(&mut g),
+        cps: median(&mut c),
+        conn_errors: errs,
+        p50: median(&mut p50),
+        p99: median(&mut p99),
+    };
+    eprintln!(
+        "{name}: bulk {:.2} Gbit/s {g:.2?}; conns {:.0}/s {c:.0?} ({} errors); rtt p50 {:.1} us p99 {:.1} us",
+        row.gbps, row.cps, row.conn_errors, row.p50, row.p99
+    );
+    Ok(row)
+}
+
+// ---------- peers ----------
+
+struct Proc(Child, &'static str);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        eprintln!("stopped {}", self.1);
+    }
+}
+
+fn haproxy(b: &Backends, dir: &std::path::Path) -> Res<(Proc, Target)> {
+    let ports = [free_port()?, free_port()?, free_port()?];
+    let mut cfg = String::from(
+        "global\n  nbthread 2\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
+    );
+    for (i, (p, bp)) in ports.iter().zip([b.sink, b.echo, b.oneshot]).enumerate() {
+        cfg += &format!("listen l{i}\n  bind 127.0.0.1:{p}\n  server s 127.0.0.1:{bp}\n");
+    }
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg)?;
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let proc = Proc(child, "haproxy");
+    let t = target_on(ports);
+    wait_port(t.sink)?;
+    Ok((proc, t))
+}
+
+fn nginx(b: &Backends, dir: &std::path::Path) -> Res<(Proc, Target)> {
+    let ports = [free_port()?, free_port()?, free_port()?];
+    let mut cfg = format!(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 2;\npid {}/nginx.pid;\nerror_log {}/error.log;\nevents {{ worker_connections 20000; }}\nstream {{\n",
+        dir.display(),
+        dir.display()
+    );
+    for (p, bp) in ports.iter().zip([b.sink, b.echo, b.oneshot]) {
+        cfg += &format!("  server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{bp}; }}\n");
+    }
+    cfg += "}\n";
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, cfg)?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .arg("-g")
+        .arg("daemon off;")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let proc = Proc(child, "nginx");
+    let t = target_on(ports);
+    wait_port(t.sink)?;
+    Ok((proc, t))
+}
+
+fn target_on(p: [u16; 3]) -> Target {
+    let a = |p| SocketAddr::from(([127, 0, 0, 1], p));
+    Target {
+        sink: a(p[0]),
+        echo: a(p[1]),
+        oneshot: a(p[2]),
+    }
+}
+
+const NFT_VIP: &str = "10.96.201.1";
+
+/// An nftables DNAT map on the output hook (what kube-proxy's nftables mode does for
+/// locally generated traffic), VIP on lo.
+struct Nft;
+
+impl Nft {
+    fn start(b: &Backends) -> Res<(Nft, Target)> {
+        run_ip(&["addr", "add", &format!("{NFT_VIP}/32"), "dev", "lo"])?;
+        let rules = format!(
+            "table ip kubeshard_bench {{\n map svc {{\n  type ipv4_addr . inet_service : ipv4_addr . inet_service\n  elements = {{ {v} . 81 : 127.0.0.1 . {}, {v} . 82 : 127.0.0.1 . {}, {v} . 83 : 127.0.0.1 . {} }}\n }}\n chain out {{\n  type nat hook output priority -100; policy accept;\n  dnat ip to ip daddr . tcp dport map @svc\n }}\n}}\n",
+            b.sink,
+            b.echo,
+            b.oneshot,
+            v = NFT_VIP
+        );
+        let mut c = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        if let Some(mut i) = c.stdin.take() {
+            i.write_all(rules.as_bytes())?;
+        }
+        let nft = Nft;
+        if !c.wait()?.success() {
+            return Err("nft -f failed".into());
+        }
+        let ip: IpAddr = NFT_VIP.parse()?;
+        Ok((
+            nft,
+            Target {
+                sink: SocketAddr::new(ip, 81),
+                echo: SocketAddr::new(ip, 82),
+                oneshot: SocketAddr::new(ip, 83),
+            },
+        ))
+    }
+}
+
+impl Drop for Nft {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", "kubeshard_bench"])
+            .status();
+        let _ = run_ip(&["addr", "del", &format!("{NFT_VIP}/32"), "dev", "lo"]);
+    }
+}
+
+fn run_ip(args: &[&str]) -> Res<()> {
+    let st = Command::new("ip")
+        .args(args)
+        .stderr(Stdio::null())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {args:?} failed").into())
+    }
+}
+
+// ---------- kubeshard ----------
+
+fn meta(name: &str, svc: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("bench".into()),
+        labels: svc
+            .map(|s| BTreeMap::from([("kubernetes.io/service-name".to_string(), s.to_string())])),
+        ..Default::default()
+    }
+}
+
+fn service(name: &str, vip: &str, ports: &[(&str, i32)]) -> Service {
+    Service {
+        metadata: meta(name, None),
+        spec: Some(ServiceSpec {
+            cluster_ips: Some(vec![vip.into()]),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p)| ServicePort {
+                        name: Some(n.to_string()),
+                        port: *p,
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn slice(
+    name: &str,
+    svc: &str,
+    port_name: &str,
+    port: i32,
+    ips: &[String],
+    ready: bool,
+) -> EndpointSlice {
+    EndpointSlice {
+        metadata: meta(name, Some(svc)),
+        address_type: "IPv4".into(),
+        endpoints: ips
+            .iter()
+            .map(|ip| Endpoint {
+                addresses: vec![ip.clone()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(ready),
+                    serving: Some(ready),
+                    terminating: Some(false),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some(port_name.into()),
+            port: Some(port),
+            ..Default::default()
+        }]),
+    }
+}
+
+fn kubeshard(
+    rt: &tokio::runtime::Runtime,
+    b: &Backends,
+    mode: ForwardMode,
+    vip: &str,
+) -> Res<(Dataplane, Target)> {
+    let dp = rt.block_on(Dataplane::start(
+        DataplaneConfig::default()
+            .node_name("bench")
+            .shards(2)
+            .forward_mode(mode),
+    ))?;
+    let lo = vec!["127.0.0.1".to_string()];
+    let changes = vec![
+        Change::Service(Arc::new(service(
+            "svc",
+            vip,
+            &[("sink", 81), ("echo", 82), ("one", 83)],
+        ))),
+        Change::Slice(Arc::new(slice(
+            "svc-sink",
+            "svc",
+            "sink",
+            i32::from(b.sink),
+            &lo,
+            true,
+        ))),
+        Change::Slice(Arc::new(slice(
+            "svc-echo",
+            "svc",
+            "echo",
+            i32::from(b.echo),
+            &lo,
+            true,
+        ))),
+        Change::Slice(Arc::new(slice(
+            "svc-one",
+            "svc",
+            "one",
+            i32::from(b.oneshot),
+            &lo,
+            true,
+        ))),
+    ];
+    rt.block_on(dp.apply(changes))?;
+    let ip: IpAddr = vip.parse()?;
+    Ok((
+        dp,
+        Target {
+            sink: SocketAddr::new(ip, 81),
+            echo: SocketAddr::new(ip, 82),
+            oneshot: SocketAddr::new(ip, 83),
+        },
+    ))
+}
+
+fn vip_of(i: usize) -> String {
+    format!("10.{}.{}.{}", 100 + i / 65_536, (i / 256) % 256, i % 256)
+}
+
+/// Time to apply one change (alternately an EndpointSlice readiness flip and a Service port
+/// change) to a core holding `n` Services with 3 endpoints each; (p50, p99) in microseconds.
+fn table_update(n: usize, changes: usize) -> Res<(f64, f64, f64)> {
+    let mut t = RoutingTable::new("bench");
+    let t0 = Instant::now();
+    let eps = |i: usize| -> Vec<String> {
+        (0..3)
+            .map(|k| format!("10.244.{}.{}", (i / 250) % 250, k + 1 + (i % 80) * 3))
+            .collect()
+    };
+    for i in 0..n {
+        t.apply_service(&service(&format!("s{i}"), &vip_of(i), &[("p", 80)]))?;
+        t.apply_endpoint_slice(&slice(
+            &format!("s{i}-a"),
+            &format!("s{i}"),
+            "p",
+            8080,
+            &eps(i),
+            true,
+        ))?;
+        while t.poll_effect().is_some() {}
+    }
+    let build = t0.elapsed().as_secs_f64();
+    let mut v = Vec::with_capacity(changes);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for k in 0..changes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = (x % n as u64) as usize;
+        let s = format!("s{i}");
+        let (svc, sl) = if k % 2 == 0 {
+            (
+                None,
+                Some(slice(&format!("{s}-a"), &s, "p", 8080, &eps(i), k % 4 == 0)),
+            )
+        } else {
+            (
+                Some(service(
+                    &s,
+                    &vip_of(i),
+                    &[("p", if k % 4 == 1 { 81 } else { 80 })],
+                )),
+                None,
+            )
+        };
+        let t1 = Instant::now();
+        if let Some(svc) = &svc {
+            t.apply_service(svc)?;
+        }
+        if let Some(sl) = &sl {
+            t.apply_endpoint_slice(sl)?;
+        }
+        while t.poll_effect().is_some() {}
+        v.push(t1.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((pct(&mut v, 0.5), pct(&mut v, 0.99), build))
+}
+
+/// Through the shell: one EndpointSlice change applied and fanned out to both shards, with
+/// `n` Services listening (`n` VIPs on lo); (p50, p99) microseconds.
+fn shell_update(rt: &tokio::runtime::Runtime, n: usize, changes: usize) -> Res<(f64, f64)> {
+    let dp = rt.block_on(Dataplane::start(
+        DataplaneConfig::default().node_name("bench").shards(2),
+    ))?;
+    let ep = vec!["127.0.0.1".to_string()];
+    let mut all = Vec::new();
+    for i in 0..n {
+        let vip = format!("10.97.{}.{}", i / 250, i % 250 + 1);
+        all.push(Change::Service(Arc::new(service(
+            &format!("s{i}"),
+            &vip,
+            &[("p", 80)],
+        ))));
+        all.push(Change::Slice(Arc::new(slice(
+            &format!("s{i}-a"),
+            &format!("s{i}"),
+            "p",
+            9,
+            &ep,
+            true,
+        ))));
+    }
+    rt.block_on(dp.apply(all))?;
+    let mut v = Vec::new();
+    for k in 0..changes {
+        let i = (k * 7919) % n;
+        let c = Change::Slice(Arc::new(slice(
+            &format!("s{i}-a"),
+            &format!("s{i}"),
+            "p",
+            9 + (k % 2) as i32,
+            &ep,
+            true,
+        )));
+        let t = Instant::now();
+        rt.block_on(dp.apply([c]))?;
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    dp.shutdown()?;
+    Ok((pct(&mut v, 0.5), pct(&mut v, 0.99)))
+}
+
+fn main() -> Res<()> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("proxy_vs_haproxy needs root (VIPs on lo, nftables); skipped");
+        return Ok(());
+    }
+    let runs = env_usize("RUNS", 5);
+    let secs = env_usize("SECS", 2) as f64;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let b = Backends {
+        sink: serve(0)?,
+        echo: serve(1)?,
+        oneshot: serve(2)?,
+    };
+    let mut rows: Vec<(String, Row)> = Vec::new();
+    let direct = target_on([b.sink, b.echo, b.oneshot]);
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let want = |n: &str| only.is_empty() || only.split(',').any(|o| n.starts_with(o));
+    if want("direct") {
+        rows.push(("direct".into(), measure("direct", direct, runs, secs)?));
+    }
+    for (name, mode, vip) in [
+        ("kubeshard (splice)", ForwardMode::Splice, "10.96.200.1"),
+        (
+            "kubeshard (io_uring splice)",
+            ForwardMode::UringSplice,
+            "10.96.200.2",
+        ),
+        ("kubeshard (tokio copy)", ForwardMode::Copy, "10.96.200.3"),
+    ] {
+        if !want(name) {
+            continue;
+        }
+        let (dp, t) = kubeshard(&rt, &b, mode, vip)?;
+        rows.push((name.into(), measure(name, t, runs, secs)?));
+        dp.shutdown()?;
+    }
+    if want("haproxy") {
+        let (_p, t) = haproxy(&b, dir.path())?;
+        rows.push((
+            "HAProxy 2 threads (mode tcp)".into(),
+            measure("haproxy", t, runs, secs)?,
+        ));
+    }
+    if want("nginx") {
+        let (_p, t) = nginx(&b, dir.path())?;
+        rows.push((
+            "nginx stream, 2 workers".into(),
+            measure("nginx", t, runs, secs)?,
+        ));
+    }
+    if want("nft") {
+        let (_n, t) = Nft::start(&b)?;
+        rows.push(("nftables DNAT map".into(), measure("nft", t, runs, secs)?));
+    }
+    let base = rows
+        .iter()
+        .find(|(n, _)| n == "direct")
+        .map(|r| r.1.clone());
+    let hap = rows
+        .iter()
+        .find(|(n, _)| n.starts_with("HAProxy"))
+        .map(|r| r.1.clone());
+    println!(
+        "| path | bulk Gbit/s | vs direct | vs HAProxy | short conn/s | vs HAProxy | conn errors | RTT p50 us | added p50 us | RTT p99 us | added p99 us |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (n, r) in &rows {
+        let ratio = |a: f64, b: Option<f64>| b.map_or("-".into(), |b| format!("{:.2}x", a / b));
+        println!(
+            "| {n} | {:.2} | {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.gbps,
+            ratio(r.gbps, base.as_ref().map(|b| b.gbps)),
+            ratio(r.gbps, hap.as_ref().map(|b| b.gbps)),
+            r.cps,
+            ratio(r.cps, hap.as_ref().map(|b| b.cps)),
+            r.conn_errors,
+            r.p50,
+            r.p50 - base.as_ref().map_or(0.0, |b| b.p50),
+            r.p99,
+            r.p99 - base.as_ref().map_or(0.0, |b| b.p99),
+        );
+    }
+    if want("table") {
+        println!();
+        println!("| Services | build s | one change p50 us | p99 us |");
+        println!("|---|---|---|---|");
+        for n in [1_000, 10_000, 100_000] {
+            let (p50, p99, build) = table_update(n, 400)?;
+            println!("| {n} (core) | {build:.2} | {p50:.1} | {p99:.1} |");
+        }
+        let (p50, p99) = shell_update(&rt, 1_000, 200)?;
+        println!("| 1000 (shell: apply + fan-out to 2 shards) | - | {p50:.1} | {p99:.1} |");
+    }
+    Ok(())
+}
