@@ -255,7 +255,7 @@ impl Drop for Proc {
 fn haproxy(b: &Backends, dir: &std::path::Path) -> Res<(Proc, Target)> {
     let ports = [free_port()?, free_port()?, free_port()?];
     let mut cfg = String::from(
-        "global\n  nbthread 2\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
+        "global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
     );
     for (i, (p, bp)) in ports.iter().zip([b.sink, b.echo, b.oneshot]).enumerate() {
         cfg += &format!("listen l{i}\n  bind 127.0.0.1:{p}\n  server s 127.0.0.1:{bp}\n");
@@ -278,12 +278,14 @@ fn haproxy(b: &Backends, dir: &std::path::Path) -> Res<(Proc, Target)> {
 fn nginx(b: &Backends, dir: &std::path::Path) -> Res<(Proc, Target)> {
     let ports = [free_port()?, free_port()?, free_port()?];
     let mut cfg = format!(
-        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 2;\npid {}/nginx.pid;\nerror_log {}/error.log;\nevents {{ worker_connections 20000; }}\nstream {{\n",
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 2;\npid {}/nginx.pid;\nerror_log {}/error.log;\nevents {{ worker_connections 8000; }}\nstream {{\n",
         dir.display(),
         dir.display()
     );
     for (p, bp) in ports.iter().zip([b.sink, b.echo, b.oneshot]) {
-        cfg += &format!("  server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{bp}; }}\n");
+        cfg += &format!(
+            "  server {{ listen 127.0.0.1:{p}; proxy_pass 127.0.0.1:{bp}; proxy_half_close on; }}\n"
+        );
     }
     cfg += "}\n";
     let path = dir.join("nginx.conf");
@@ -313,7 +315,7 @@ fn target_on(p: [u16; 3]) -> Target {
     }
 }
 
-const NFT_VIP: &str = "10.96.201.1";
+const NFT_VIP: &str = "10.96.234.1";
 
 /// An nftables DNAT map on the output hook (what kube-proxy's nftables mode does for
 /// locally generated traffic), VIP on lo.
@@ -624,13 +626,13 @@ fn main() -> Res<()> {
         rows.push(("direct".into(), measure("direct", direct, runs, secs)?));
     }
     for (name, mode, vip) in [
-        ("kubeshard (splice)", ForwardMode::Splice, "10.96.200.1"),
+        ("kubeshard (splice)", ForwardMode::Splice, "10.96.233.1"),
         (
             "kubeshard (io_uring splice)",
             ForwardMode::UringSplice,
-            "10.96.200.2",
+            "10.96.233.2",
         ),
-        ("kubeshard (tokio copy)", ForwardMode::Copy, "10.96.200.3"),
+        ("kubeshard (tokio copy)", ForwardMode::Copy, "10.96.233.3"),
     ] {
         if !want(name) {
             continue;

@@ -44,6 +44,7 @@ pub fn change_addresses(dev: &str, ips: &[IpAddr], add: bool) -> Result<(), Shel
         .lines()
         .filter(|l| {
             !l.contains("File exists")
+                && !l.contains("already assigned")
                 && !l.contains("Cannot assign requested address")
                 && !l.contains("Command failed")
                 && !l.trim().is_empty()
