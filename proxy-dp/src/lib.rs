@@ -12,6 +12,8 @@
 //! - [`core`]: the routing table ([`core::RoutingTable`]), the per-shard balancer
 //!   ([`core::Balancer`]: round-robin, least-connections, Maglev, ClientIP affinity) and the
 //!   Maglev table. Pure; its module doc lists what the shell owes it.
+//! - [`shell`]: the per-core forwarding shell ([`Dataplane`]) on `shards`.
+//! - [`run`]: `kubeshard proxy`, the dataplane fed by Service and EndpointSlice informers.
 //! - [`dns`]: cluster DNS (CoreDNS's `kubernetes` schema): a sans-IO record core over
 //!   Services and EndpointSlices and a per-shard UDP/TCP server shell.
 //!
@@ -22,6 +24,7 @@ pub mod core;
 pub mod error;
 
 pub use error::{CoreError, ShellError};
+pub mod run;
 pub mod shell;
 
 pub use shell::{Change, Dataplane, DataplaneConfig, ForwardMode};
