@@ -102,66 +102,26 @@ fn bad_input_gets_status_and_changes_nothing() {
     };
     let rv0 = keep_rv(&h);
 
-    // Malformed bodies: 400.
-    let st = status(
-        h.send(
-            "POST",
-            CMS,
+    // Malformed bodies: 400 with a message. JSON: truncated, not an object, not UTF-8; YAML:
+    // broken, a list; protobuf: the magic then garbage, no magic, a truncated envelope.
+    let pb = "application/vnd.kubernetes.protobuf";
+    let malformed: [(&str, &[u8]); 8] = [
+        (
             json_ct,
             br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x""#,
         ),
-        400,
-        "BadRequest",
-    );
-    assert!(!message(&st).is_empty());
-    status(h.send("POST", CMS, json_ct, b"[1,2,3]"), 400, "BadRequest");
-    status(h.send("POST", CMS, json_ct, b"\xff\xfe"), 400, "BadRequest");
-    status(
-        h.send(
-            "POST",
-            CMS,
-            "application/yaml",
-            b"metadata: [unclosed\n  name: x",
-        ),
-        400,
-        "BadRequest",
-    );
-    status(
-        h.send("POST", CMS, "application/yaml", b"- just\n- a list\n"),
-        400,
-        "BadRequest",
-    );
-    // Protobuf: the magic and then garbage; no magic at all; a truncated envelope.
-    status(
-        h.send(
-            "POST",
-            CMS,
-            "application/vnd.kubernetes.protobuf",
-            b"k8s\x00\x0a\xff\xff\xff\xff\x0f",
-        ),
-        400,
-        "BadRequest",
-    );
-    status(
-        h.send(
-            "POST",
-            CMS,
-            "application/vnd.kubernetes.protobuf",
-            b"{\"kind\":\"ConfigMap\"}",
-        ),
-        400,
-        "BadRequest",
-    );
-    status(
-        h.send(
-            "POST",
-            CMS,
-            "application/vnd.kubernetes.protobuf",
-            b"k8s\x00\x0a\x0f\x0a\x02v1\x12\x09ConfigMap\x12\x40",
-        ),
-        400,
-        "BadRequest",
-    );
+        (json_ct, b"[1,2,3]"),
+        (json_ct, b"\xff\xfe"),
+        ("application/yaml", b"metadata: [unclosed\n  name: x"),
+        ("application/yaml", b"- just\n- a list\n"),
+        (pb, b"k8s\x00\x0a\xff\xff\xff\xff\x0f"),
+        (pb, b"{\"kind\":\"ConfigMap\"}"),
+        (pb, b"k8s\x00\x0a\x0f\x0a\x02v1\x12\x09ConfigMap\x12\x40"),
+    ];
+    for (ct, body) in malformed {
+        let st = status(h.send("POST", CMS, ct, body), 400, "BadRequest");
+        assert!(!message(&st).is_empty(), "{st}");
+    }
 
     // Strict field validation: unknown and duplicate fields are 400; Warn passes with a
     // warning (dry run, so nothing is stored); an unknown mode is 400.

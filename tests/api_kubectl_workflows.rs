@@ -8,7 +8,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 
-use support::{TestServer, kubectl_path};
+use support::{KubectlStream, TestServer, kubectl_path};
 
 fn deploy(image: &str, replicas: u32) -> String {
     format!(
@@ -246,6 +246,20 @@ fn workflows(k: u32) {
             "3600",
         ],
     );
+    // -A with -o wide and --show-labels: NAMESPACE and LABELS come from row.object.
+    let pods = s.ok(k, &["get", "pods", "-A", "-o", "wide", "--show-labels"]);
+    let header = pods.lines().next().unwrap_or("");
+    assert!(
+        header.starts_with("NAMESPACE")
+            && header.contains("NOMINATED NODE")
+            && header.ends_with("LABELS"),
+        "{pods}"
+    );
+    let row = line_with(&pods, ns);
+    assert!(
+        row.contains("p1") && row.contains("Pending") && row.ends_with("app=web"),
+        "{pods}"
+    );
     let pod = json(&s, k, &["get", "pod", "p1", "-n", ns]);
     let pod_uid = pod["metadata"]["uid"].as_str().expect("uid").to_string();
     s.ok_stdin(k, &["create", validate, "-f", "-"], NODE);
@@ -319,6 +333,14 @@ lastTimestamp: '2026-01-01T00:00:00Z'
         ip.len() == 4 && ip[0] == 10 && (96..=111).contains(&ip[1]),
         "{ds}"
     );
+
+    // A watch (server-side Table events) running while c1 is created and changed.
+    let watch = KubectlStream::start(
+        &s,
+        k,
+        &["get", "configmaps", "-n", ns, "-w", "--output-watch-events"],
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
 
     // annotate.
     s.ok(
@@ -410,6 +432,12 @@ lastTimestamp: '2026-01-01T00:00:00Z'
         d["spec"]["template"]["spec"]["containers"][0]["name"],
         "nginx"
     );
+
+    let events = watch.lines_with(" c1 ", 2, std::time::Duration::from_secs(20));
+    drop(watch);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[0].starts_with("ADDED"), "{events:?}");
+    assert!(events[1].starts_with("MODIFIED"), "{events:?}");
 
     // replace: with the current resourceVersion, then a stale one (409).
     let cur = s.ok(k, &["get", "cm", "c1", "-n", ns, "-o", "yaml"]);

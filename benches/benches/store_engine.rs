@@ -67,42 +67,48 @@ fn bench_durable_put(c: &mut Criterion) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(15));
     g.throughput(Throughput::Elements(1));
+    // overlap 1: one fdatasync in flight per shard (classic group commit, the "before");
+    // overlap 4: the default overlapped group commit. Side by side in one run.
     for size in [256usize, 4096] {
-        for clients in [1u64, 16, 64] {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let mut cfg = EngineConfig::durable(dir.path());
-            cfg.shards = 2;
-            let e = Engine::open(cfg).expect("open durable engine");
-            let value = Bytes::from(vec![b'd'; size]);
-            let mut round = 0u64;
-            g.bench_function(BenchmarkId::new(format!("{size}B"), clients), |b| {
-                b.iter_custom(|iters| {
-                    round += 1;
-                    let per = iters.div_ceil(clients);
-                    let start = std::time::Instant::now();
-                    let threads: Vec<_> = (0..clients)
-                        .map(|t| {
-                            let (e, value) = (e.clone(), value.clone());
-                            std::thread::spawn(move || {
-                                for i in 0..per {
-                                    let key = Bytes::from(format!(
-                                        "/registry/pods/ns/c{t}-{}",
-                                        (round * 7 + i) % 1000
-                                    ));
-                                    block_on(e.txn(put(key, value.clone()))).expect("put");
-                                }
+        for overlap in [1usize, 4] {
+            for clients in [1u64, 16, 64] {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let mut cfg = EngineConfig::durable(dir.path());
+                cfg.shards = 2;
+                cfg.wal_inflight_syncs = overlap;
+                let e = Engine::open(cfg).expect("open durable engine");
+                let value = Bytes::from(vec![b'd'; size]);
+                let mut round = 0u64;
+                let id = BenchmarkId::new(format!("{size}B/overlap{overlap}"), clients);
+                g.bench_function(id, |b| {
+                    b.iter_custom(|iters| {
+                        round += 1;
+                        let per = iters.div_ceil(clients);
+                        let start = std::time::Instant::now();
+                        let threads: Vec<_> = (0..clients)
+                            .map(|t| {
+                                let (e, value) = (e.clone(), value.clone());
+                                std::thread::spawn(move || {
+                                    for i in 0..per {
+                                        let key = Bytes::from(format!(
+                                            "/registry/pods/ns/c{t}-{}",
+                                            (round * 7 + i) % 1000
+                                        ));
+                                        block_on(e.txn(put(key, value.clone()))).expect("put");
+                                    }
+                                })
                             })
-                        })
-                        .collect();
-                    for t in threads {
-                        t.join().expect("client thread");
-                    }
-                    let elapsed = start.elapsed();
-                    // Scale to exactly `iters` operations.
-                    elapsed.mul_f64(iters as f64 / (per * clients) as f64)
+                            .collect();
+                        for t in threads {
+                            t.join().expect("client thread");
+                        }
+                        let elapsed = start.elapsed();
+                        // Scale to exactly `iters` operations.
+                        elapsed.mul_f64(iters as f64 / (per * clients) as f64)
+                    });
                 });
-            });
-            e.close();
+                e.close();
+            }
         }
     }
     g.finish();

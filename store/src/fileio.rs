@@ -46,6 +46,17 @@ pub trait StorageFile: Send + fmt::Debug {
     fn len(&self) -> io::Result<u64>;
 }
 
+/// An independent handle on a file, used only to make its written data durable from another
+/// thread while the owner of the [`StorageFile`] goes on writing (overlapped group commit).
+///
+/// Each handle is its own open file description, so a writeback error is reported to every
+/// handle that syncs after it, never "consumed" by a concurrent sync on another handle.
+pub trait SyncHandle: Send + fmt::Debug {
+    /// `fdatasync`: every write that completed before this call is durable once it returns
+    /// `Ok`.
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
 /// Directory-level operations and file opening.
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Called once on the WAL writer thread before it does any I/O (io_uring sets up the
@@ -63,6 +74,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn open(&self, path: &Path) -> io::Result<Box<dyn StorageFile>>;
     /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Reads a file up to the end of its last data extent, skipping a trailing hole or
+    /// preallocated, never-written range (which reads as zeros): returns the bytes and the
+    /// file's full length. Every byte past the returned ones reads as zero. The default reads
+    /// the whole file.
+    fn read_data(&self, path: &Path) -> io::Result<(Vec<u8>, u64)> {
+        let data = self.read(path)?;
+        let len = data.len() as u64;
+        Ok((data, len))
+    }
+    /// Opens a [`SyncHandle`] on an existing file.
+    fn open_sync_handle(&self, path: &Path) -> io::Result<Box<dyn SyncHandle>>;
     /// The names of the entries of `dir` (files only, no `.`/`..`), unsorted.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Removes a file.
@@ -135,6 +157,14 @@ impl Storage for StdStorage {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
     }
+    fn read_data(&self, path: &Path) -> io::Result<(Vec<u8>, u64)> {
+        read_data_extents(path)
+    }
+    fn open_sync_handle(&self, path: &Path) -> io::Result<Box<dyn SyncHandle>> {
+        Ok(Box::new(StdSyncHandle {
+            file: File::open(path)?,
+        }))
+    }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in fs::read_dir(dir)? {
@@ -154,6 +184,59 @@ impl Storage for StdStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+}
+
+/// A [`SyncHandle`] of [`StdStorage`] (and [`UringStorage`]): a read-only descriptor of its own.
+#[derive(Debug)]
+pub struct StdSyncHandle {
+    file: File,
+}
+
+impl SyncHandle for StdSyncHandle {
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// Reads `path` up to the end of its last data extent (`SEEK_DATA`/`SEEK_HOLE`). Holes and
+/// unwritten (preallocated) extents read as zeros by definition, so nothing non-zero is
+/// skipped; where the filesystem does not report extents, this reads the whole file.
+fn read_data_extents(path: &Path) -> io::Result<(Vec<u8>, u64)> {
+    use nix::unistd::{Whence, lseek};
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let file_len = i64::try_from(len).map_err(|_| io::Error::other("file too large"))?;
+    let mut end: i64 = 0;
+    let mut off: i64 = 0;
+    // Bounded: each round moves past one data extent; a file has far fewer than this.
+    for _ in 0..1_000_000 {
+        if off >= file_len {
+            break;
+        }
+        let data = match lseek(&file, off, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole remains
+            Err(_) => {
+                end = file_len; // no extent information: read everything
+                break;
+            }
+        };
+        let Ok(hole) = lseek(&file, data, Whence::SeekHole) else {
+            end = file_len;
+            break;
+        };
+        if hole <= data {
+            end = file_len;
+            break;
+        }
+        end = hole;
+        off = hole;
+    }
+    let end =
+        usize::try_from(end.clamp(0, file_len)).map_err(|_| io::Error::other("file too large"))?;
+    let mut buf = vec![0u8; end];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok((buf, len))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -320,6 +403,12 @@ impl Storage for UringStorage {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         StdStorage.read(path)
     }
+    fn read_data(&self, path: &Path) -> io::Result<(Vec<u8>, u64)> {
+        StdStorage.read_data(path)
+    }
+    fn open_sync_handle(&self, path: &Path) -> io::Result<Box<dyn SyncHandle>> {
+        StdStorage.open_sync_handle(path)
+    }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         StdStorage.list(dir)
     }
@@ -383,6 +472,10 @@ pub enum CrashMode {
     /// Unsynced writes are kept up to this many bytes (in write order, the last one cut
     /// short): a torn write as a power cut leaves it.
     KeepUnsyncedBytes(u64),
+    /// The first `n` unsynced writes are lost and every later unsynced change is kept: the
+    /// page cache wrote back out of order (a later batch reached the disk, an earlier did
+    /// not).
+    DropFirstUnsyncedWrites(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -397,9 +490,29 @@ struct Image {
     durable: Vec<u8>,
     /// Changes since then, in order.
     pending: Vec<PendingOp>,
+    /// How many changes were ever drained from `pending` (made durable or dropped), so a
+    /// sync can make durable exactly the changes that existed when it started.
+    drained: u64,
 }
 
 impl Image {
+    /// Makes the oldest `n` pending changes durable.
+    fn persist(&mut self, n: usize) {
+        let n = n.min(self.pending.len());
+        let mut content = std::mem::take(&mut self.durable);
+        for op in self.pending.drain(..n) {
+            Image::apply(&mut content, &op);
+        }
+        self.durable = content;
+        self.drained += n as u64;
+    }
+
+    /// Drops every pending change (a failed writeback).
+    fn persist_none(&mut self) {
+        self.drained += self.pending.len() as u64;
+        self.pending.clear();
+    }
+
     fn apply(content: &mut Vec<u8>, op: &PendingOp) {
         match op {
             PendingOp::Write(off, data) => {
@@ -455,7 +568,7 @@ impl FaultState {
             .entry(path.to_path_buf())
             .or_insert_with(|| Image {
                 durable: fs::read(path).unwrap_or_default(),
-                pending: Vec::new(),
+                ..Image::default()
             })
     }
 }
@@ -603,13 +716,21 @@ impl FaultStorage {
             }
         }
         let mut budget = match mode {
-            CrashMode::DropUnsynced => 0,
+            CrashMode::DropUnsynced | CrashMode::DropFirstUnsyncedWrites(_) => 0,
             CrashMode::KeepUnsyncedBytes(n) => n,
         };
+        let mut drop_first = match mode {
+            CrashMode::DropFirstUnsyncedWrites(n) => n,
+            _ => 0,
+        };
+        let keep_later = matches!(mode, CrashMode::DropFirstUnsyncedWrites(_));
         for (path, image) in &mut state.images {
             let mut content = std::mem::take(&mut image.durable);
+            image.drained += image.pending.len() as u64;
             for op in image.pending.drain(..) {
                 match op {
+                    PendingOp::Write(..) if keep_later && drop_first > 0 => drop_first -= 1,
+                    op if keep_later => Image::apply(&mut content, &op),
                     PendingOp::Write(off, mut data) if budget > 0 => {
                         let keep = usize::try_from(budget)
                             .unwrap_or(usize::MAX)
@@ -633,6 +754,18 @@ impl FaultStorage {
     fn alive(&self) -> io::Result<parking_lot::MutexGuard<'_, FaultState>> {
         let state = self.state.lock();
         if state.generation == self.generation {
+            Ok(state)
+        } else {
+            Err(io::Error::other(
+                "storage crashed (simulated): handle is dead",
+            ))
+        }
+    }
+
+    /// Locks the state if boot `generation` is still the current one.
+    fn alive_at(&self, generation: u64) -> io::Result<parking_lot::MutexGuard<'_, FaultState>> {
+        let state = self.state.lock();
+        if state.generation == generation {
             Ok(state)
         } else {
             Err(io::Error::other(
@@ -697,6 +830,17 @@ impl Storage for FaultStorage {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         self.check_alive(self.generation)?;
         fs::read(path)
+    }
+    fn open_sync_handle(&self, path: &Path) -> io::Result<Box<dyn SyncHandle>> {
+        self.check_alive(self.generation)?;
+        let file = File::open(path)?;
+        self.state.lock().image(path);
+        Ok(Box::new(FaultSyncHandle {
+            file,
+            path: path.to_path_buf(),
+            storage: self.clone(),
+            generation: self.generation,
+        }))
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         self.check_alive(self.generation)?;
@@ -770,7 +914,7 @@ impl FaultFile {
             if let Some(kind) = fired {
                 // Like Linux after a failed writeback: the dirty data is dropped from the
                 // "page cache" model, so a later successful sync does not make it durable.
-                image.pending.clear();
+                image.persist_none();
                 return Err(fault_error(kind, "fsync"));
             }
             if all {
@@ -778,13 +922,44 @@ impl FaultFile {
             } else {
                 file.sync_data()
             }?;
-            let mut content = std::mem::take(&mut image.durable);
-            for op in image.pending.drain(..) {
-                Image::apply(&mut content, &op);
-            }
-            image.durable = content;
+            image.persist(usize::MAX);
             Ok(())
         })?;
+        self.storage.syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A [`SyncHandle`] of [`FaultStorage`]: a sync makes durable exactly the writes made before
+/// it started (never one that raced with it), like a real `fdatasync`'s guarantee.
+#[derive(Debug)]
+pub struct FaultSyncHandle {
+    file: File,
+    path: PathBuf,
+    storage: FaultStorage,
+    generation: u64,
+}
+
+impl SyncHandle for FaultSyncHandle {
+    fn sync_data(&mut self) -> io::Result<()> {
+        let target = {
+            let mut state = self.storage.alive_at(self.generation)?;
+            let image = state.image(&self.path);
+            image.drained + image.pending.len() as u64
+        };
+        self.storage.gate.pass();
+        {
+            let mut state = self.storage.alive_at(self.generation)?;
+            let fired = state.fire(FaultOp::Sync);
+            let image = state.image(&self.path);
+            if let Some(kind) = fired {
+                image.persist_none();
+                return Err(fault_error(kind, "fdatasync"));
+            }
+            self.file.sync_data()?;
+            let n = usize::try_from(target.saturating_sub(image.drained)).unwrap_or(usize::MAX);
+            image.persist(n);
+        }
         self.storage.syncs.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

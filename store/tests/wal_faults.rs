@@ -212,3 +212,97 @@ async fn failed_batch_then_clean_shutdown_is_not_replayed() {
         assert_eq!(revisions(&records), vec![1], "{op:?}");
     }
 }
+
+/// Waits (bounded) until `n` syncs sit at the held gate.
+async fn wait_for_held_syncs(fs: &FaultStorage, n: u64) {
+    for _ in 0..1000 {
+        if fs.syncs_waiting() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("{} syncs held, expected {n}", fs.syncs_waiting());
+}
+
+/// Overlapped group commit: the second batch is written and its fdatasync started while the
+/// first batch's is still running; neither is acknowledged before a sync covering it
+/// returns. A crash then loses the first batch and keeps the second (out-of-order
+/// writeback): recovery sees a torn tail inside the overlap window, not corruption, and
+/// returns exactly the acknowledged records.
+#[tokio::test]
+async fn overlapped_batches_are_acknowledged_only_once_covered() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultStorage::new();
+    let (wal, _) = open(dir.path(), &fs);
+    for i in 1..=3 {
+        wal.append(payload(i), Revision(i)).await.unwrap();
+    }
+    fs.hold_syncs();
+    let mut first = Box::pin(wal.append(payload(4), Revision(4)));
+    wait_for_held_syncs(&fs, 1).await;
+    let mut second = Box::pin(wal.append(payload(5), Revision(5)));
+    // Two fdatasyncs in flight at once: the writer did not wait for the first.
+    wait_for_held_syncs(&fs, 2).await;
+    let short = std::time::Duration::from_millis(50);
+    assert!(tokio::time::timeout(short, &mut first).await.is_err());
+    assert!(tokio::time::timeout(short, &mut second).await.is_err());
+    assert_eq!(wal.durable_revision(), Revision(3));
+
+    // Power cut: batch 4's bytes never reached the disk, batch 5's did.
+    fs.crash(CrashMode::DropFirstUnsyncedWrites(1)).unwrap();
+    fs.release_syncs();
+    assert!(
+        first.await.is_err(),
+        "a sync on a dead disk never acknowledges"
+    );
+    assert!(second.await.is_err());
+    drop(wal);
+    let fs = fs.restarted();
+    let (wal, records) = open(dir.path(), &fs);
+    assert_eq!(revisions(&records), vec![1, 2, 3]);
+    // The log goes on from there.
+    wal.append(payload(4), Revision(4)).await.unwrap();
+    wal.close().await.unwrap();
+    let (_wal, records) = open(dir.path(), &fs);
+    assert_eq!(revisions(&records), vec![1, 2, 3, 4]);
+}
+
+/// With syncs overlapping, a failed fdatasync fails its batch and every later one still in
+/// flight (their syncs may succeed, but after a failed writeback nothing on that segment is
+/// trusted); the batches acknowledged before survive a crash, the failed ones are never
+/// replayed.
+#[tokio::test]
+async fn a_failed_overlapped_sync_fails_every_later_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultStorage::new();
+    let (wal, _) = open(dir.path(), &fs);
+    wal.append(payload(1), Revision(1)).await.unwrap();
+    fs.hold_syncs();
+    let first = wal.append(payload(2), Revision(2));
+    wait_for_held_syncs(&fs, 1).await;
+    let second = wal.append(payload(3), Revision(3));
+    wait_for_held_syncs(&fs, 2).await;
+    // Whichever held sync takes the fault first fails; the other may succeed, but neither
+    // batch may be acknowledged if batch 2's covering sync failed.
+    fs.inject(fault(FaultOp::Sync, FaultKind::Eio, 1));
+    fs.release_syncs();
+    let (a, b) = (first.await, second.await);
+    // Acknowledgements are a prefix: batch 3 never acked without batch 2.
+    assert!(!(a.is_err() && b.is_ok()), "{a:?} {b:?}");
+    let mut acked = vec![1];
+    if a.is_ok() {
+        acked.push(2);
+    }
+    if b.is_ok() {
+        acked.push(3);
+    }
+    assert!(
+        acked.len() < 3,
+        "one of two overlapped syncs failed: {a:?} {b:?}"
+    );
+    fs.crash(CrashMode::KeepUnsyncedBytes(1 << 20)).unwrap();
+    drop(wal);
+    let fs = fs.restarted();
+    let (_wal, records) = open(dir.path(), &fs);
+    assert_eq!(revisions(&records), acked);
+}

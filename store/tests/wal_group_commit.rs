@@ -60,12 +60,10 @@ async fn concurrent_appends_are_batched() {
 async fn a_burst_is_one_batch() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultStorage::new();
-    let (wal, _) = Wal::open(
-        dir.path(),
-        0,
-        WalOptions::with_storage(Arc::new(fs.clone())),
-    )
-    .unwrap();
+    // One sync at a time (no overlap), so the whole burst queues behind the first one.
+    let mut o = WalOptions::with_storage(Arc::new(fs.clone()));
+    o.max_inflight_syncs = 1;
+    let (wal, _) = Wal::open(dir.path(), 0, o).unwrap();
     // A slow disk: the writer sits in the first record's fdatasync while the burst queues.
     let syncs_before = fs.sync_count();
     fs.hold_syncs();

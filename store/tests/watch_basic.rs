@@ -337,6 +337,9 @@ fn compacted_start_is_refused() {
         ));
         let mut w = e.watch(req("/c/", Some(4))).await.unwrap();
         assert_eq!(collect(&mut w, 2).await.len(), 2);
+        // Exactly at the compaction point is allowed, as etcd allows compactRevision.
+        let mut w = e.watch(req("/c/", Some(3))).await.unwrap();
+        assert_eq!(collect(&mut w, 3).await.len(), 3);
     });
 }
 

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         first_batch: 1,
         prev_durable_len: 0,
         base_revision: 0,
+        overlap: 0,
     };
     let mut seg = header.encode().to_vec();
     let payloads: Vec<&[u8]> = rest.split(|&b| b == 0xff).take(64).collect();

@@ -84,6 +84,8 @@ pub struct EngineConfig {
     /// Take a snapshot (and truncate the WAL) once the WAL has grown by this many bytes
     /// since the last one; `None`: only on [`Engine::snapshot`] and at close.
     pub snapshot_log_bytes: Option<u64>,
+    /// Most overlapped `fdatasync`s per shard WAL ([`crate::wal::WalOptions`]), 1..=64.
+    pub wal_inflight_syncs: usize,
 }
 
 impl EngineConfig {
@@ -102,6 +104,7 @@ impl EngineConfig {
             clock: SystemClock::new(),
             storage: Arc::new(crate::fileio::StdStorage),
             snapshot_log_bytes: Some(256 << 20),
+            wal_inflight_syncs: 4,
         }
     }
 
@@ -212,6 +215,7 @@ impl Engine {
                     cfg.shards.clamp(1, 4096),
                     cfg.storage.clone(),
                     cfg.disk_quota_bytes,
+                    cfg.wal_inflight_syncs,
                 )?;
                 Self::open_with_log(cfg, Arc::new(log))
             }
@@ -1312,7 +1316,7 @@ impl Inner {
         let mut all: Vec<Arc<EventRec>> = Vec::new();
         for s in self.shards_of(range) {
             let shard = self.shards[s].read();
-            if from <= shard.compacted {
+            if from < shard.compacted {
                 return Err(StoreError::Compacted {
                     requested: Revision(from),
                     compact_revision: Revision(shard.compacted),
@@ -1361,7 +1365,9 @@ impl Inner {
             Some(r) => r.0,
         };
         let compacted = self.compacted.load(Ordering::Acquire);
-        if compacted > 0 && start <= compacted {
+        // As etcd: watching from the compaction point itself is allowed (the versions at
+        // it are kept); only below it is compacted.
+        if compacted > 0 && start < compacted {
             return Err(StoreError::Compacted {
                 requested: Revision(start),
                 compact_revision: Revision(compacted),

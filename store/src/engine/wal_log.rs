@@ -60,12 +60,14 @@ impl WalLog {
         shards: usize,
         storage: Arc<dyn Storage>,
         quota_bytes: Option<u64>,
+        inflight_syncs: usize,
     ) -> Result<Self, StoreError> {
         let n = shard_count(storage.as_ref(), data_dir, shards)?;
         // The disk quota is enforced by the engine on puts only (deletes must stay possible
         // when the quota is full, as etcd allows), so the WALs get none of their own.
         let _ = quota_bytes;
-        let options = WalOptions::with_storage(storage.clone());
+        let mut options = WalOptions::with_storage(storage.clone());
+        options.max_inflight_syncs = inflight_syncs;
         let mut wals = Vec::with_capacity(n);
         let mut recovered = Vec::with_capacity(n);
         for i in 0..n {

@@ -10,8 +10,9 @@
 //! - **Reliable / resumable:** every matching event from the start revision on is delivered,
 //!   until the stream ends with an error; after `WatchTooSlow { resume_from }` a new watch
 //!   from `resume_from` continues with no gap and no duplicate.
-//! - **Compaction:** a watch whose start revision is at or below the compaction point fails
-//!   with `Compacted`.
+//! - **Compaction:** a watch whose start revision is below the compaction point fails with
+//!   `Compacted`; from the compaction point itself it is allowed, as in etcd (events at that
+//!   revision carry no previous value, which compaction removed).
 //!
 //! ## Data flow
 //! A commit appends its revision's events to the [`EventLog`] (a bounded ring) once the

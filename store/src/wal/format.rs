@@ -39,6 +39,10 @@ pub struct SegmentHeader {
     pub prev_durable_len: u64,
     /// The last revision written before this segment (0 if none).
     pub base_revision: u64,
+    /// The most write batches the writer may have had written but not yet acknowledged at
+    /// once (overlapped group commit; 0 in segments written before overlap existed, read as
+    /// 1). Recovery treats damage followed only by batches inside this window as a torn tail.
+    pub overlap: u8,
 }
 
 impl SegmentHeader {
@@ -47,6 +51,7 @@ impl SegmentHeader {
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
         b[8] = FORMAT_VERSION;
+        b[9] = self.overlap;
         b[10..12].copy_from_slice(&self.shard.to_le_bytes());
         b[12..16].copy_from_slice(&self.salt.to_le_bytes());
         b[16..24].copy_from_slice(&self.seq.to_le_bytes());
@@ -83,6 +88,7 @@ impl SegmentHeader {
             first_batch: le_u64(b, 24),
             prev_durable_len: le_u64(b, 32),
             base_revision: le_u64(b, 40),
+            overlap: b[9],
         })
     }
 }
@@ -218,9 +224,10 @@ pub struct SegmentScan {
     pub last_batch: u64,
     /// Why scanning stopped before `limit`, if it did: the offset and the error there.
     pub stopped: Option<(usize, FrameError)>,
-    /// Offset of a valid record of a *later* batch (> `last_batch + 1`) found after the stop
-    /// point. Such a record was written after the damaged one was synced and acknowledged,
-    /// so the damage is corruption, not a torn tail.
+    /// Offset of a valid record of a batch beyond the overlap window (> `last_batch +
+    /// max(header.overlap, 1)`) found after the stop point. With at most `overlap` batches
+    /// written but unacknowledged at any time, such a record was written after the damaged
+    /// batch was synced and acknowledged, so the damage is corruption, not a torn tail.
     pub later_batch_at: Option<usize>,
 }
 
@@ -268,19 +275,25 @@ pub fn scan_segment(buf: &[u8], limit: usize) -> Result<SegmentScan, FrameError>
         scan.stopped = Some((off, FrameError::Incomplete));
     }
     if scan.stopped.is_some() {
-        scan.later_batch_at = find_later_batch(buf, scan.valid_end, header.salt, scan.last_batch);
+        let window = u64::from(header.overlap.max(1));
+        scan.later_batch_at = find_later_batch(
+            buf,
+            scan.valid_end,
+            header.salt,
+            scan.last_batch.saturating_add(window),
+        );
     }
     Ok(scan)
 }
 
-/// Looks for any valid record of batch `> last_batch + 1` at an aligned offset after `from`.
-fn find_later_batch(buf: &[u8], from: usize, salt: u32, last_batch: u64) -> Option<usize> {
+/// Looks for any valid record of a batch `> beyond` at an aligned offset after `from`.
+fn find_later_batch(buf: &[u8], from: usize, salt: u32, beyond: u64) -> Option<usize> {
     let mut off = align_up(from);
     while off + RECORD_HEADER_LEN <= buf.len() {
         // Cheap filter before the checksum: the version byte and reserved bytes.
         if buf.get(off + 24) == Some(&FORMAT_VERSION)
             && let Ok(rec) = decode_record(buf, off, salt)
-            && rec.batch > last_batch.saturating_add(1)
+            && rec.batch > beyond
         {
             return Some(off);
         }
@@ -317,6 +330,7 @@ mod tests {
             first_batch: 10,
             prev_durable_len: 0,
             base_revision: 0,
+            overlap: 0,
         };
         h.encode().to_vec()
     }
@@ -330,6 +344,7 @@ mod tests {
             first_batch: 3,
             prev_durable_len: 4,
             base_revision: 5,
+            overlap: 4,
         };
         let mut b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
@@ -385,6 +400,19 @@ mod tests {
         buf[second + RECORD_HEADER_LEN] ^= 0xff;
         let scan = scan_segment(&buf, buf.len()).unwrap();
         assert_eq!(scan.records.len(), 1);
+        assert!(scan.later_batch_at.is_some());
+        // With two batches in flight allowed, batch 12 may have been written before batch
+        // 11's sync returned: a torn tail, not corruption. Batch 13 would be beyond it.
+        let mut overlapped = segment(1);
+        overlapped[9] = 2;
+        let crc = crc32c::crc32c(&overlapped[..60]);
+        overlapped[60..64].copy_from_slice(&crc.to_le_bytes());
+        overlapped.extend_from_slice(&buf[SEGMENT_HEADER_LEN..]);
+        let scan = scan_segment(&overlapped, overlapped.len()).unwrap();
+        assert_eq!(scan.records.len(), 1);
+        assert_eq!(scan.later_batch_at, None);
+        encode_record(&mut overlapped, 1, 4, 13, FLAG_BATCH_END, b"fourth");
+        let scan = scan_segment(&overlapped, overlapped.len()).unwrap();
         assert_eq!(scan.stopped, Some((second, FrameError::BadChecksum)));
         assert!(scan.later_batch_at.is_some());
     }

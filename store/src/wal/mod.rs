@@ -10,16 +10,25 @@
 //! The engine runs on per-core tokio `current_thread` runtimes. A blocking `fdatasync` there
 //! would stall every request of the shard for milliseconds, so the writer runs on its own OS
 //! thread, driving the [`crate::fileio::Storage`] seam synchronously; appenders only touch a
-//! bounded channel and a oneshot, which work from any runtime (or none). While the writer
-//! waits for one `fdatasync`, the next batch accumulates in the queue: that is the group
+//! bounded channel and a oneshot, which work from any runtime (or none). While the sync
+//! threads run `fdatasync`s, the next batch accumulates in the queue: that is the group
 //! commit, with no timer and no added latency at low load.
 //!
-//! One flush is in flight at a time, so durable throughput is bounded by
-//! `appenders / flush latency` (BENCHMARKS.md, "store WAL"). The next step is overlapped
-//! flushes: write batch *n+1* and start its `fdatasync` while batch *n*'s is still running
-//! (concurrent flushes share device cache flushes), acknowledging in order and draining before
-//! a rotation; on a sync failure every unacknowledged batch fails and the segment is retired
-//! as below.
+//! # Overlapped group commit
+//! With one flush in flight at a time, durable throughput is bounded by
+//! `appenders / flush latency`; concurrent flushes share device cache flushes on this kind of
+//! disk (BENCHMARKS.md, "store WAL"). So the writer does not wait for a batch's `fdatasync`:
+//! it writes batch *n*, hands its sync to one of [`WalOptions::max_inflight_syncs`] sync
+//! threads (each with its own file description of the segment, so a writeback error is
+//! reported to every later sync and never consumed by a concurrent one), and goes on to batch
+//! *n+1* at once. A sync started after batch *n* was written covers every batch up to *n*, so
+//! when it returns `Ok`, batches up to *n* are acknowledged, in order; out-of-order
+//! completions only ever acknowledge a prefix. At most `max_inflight_syncs` batches are
+//! written but unacknowledged (each has its own sync); when all sync threads are busy,
+//! appends accumulate into the next, larger batch. A rotation or truncation first waits for
+//! every running sync. When a sync fails, every unacknowledged batch of the segment fails
+//! (even if its own sync later succeeds) and the segment is retired as below, once its other
+//! syncs have returned. `max_inflight_syncs = 1` is classic one-flush group commit.
 //!
 //! # On-disk format (version 1, little-endian)
 //! The directory holds segment files named `{seq:016x}.wal`, `seq` consecutive. Each starts
@@ -52,21 +61,23 @@
 //!    past that length belongs to a write that failed and is ignored; a decode failure before
 //!    it is [`StoreError::Corrupt`].
 //! 2. In the last segment, decoding stops at the first record that fails (short, zero, bad
-//!    checksum, bad header) or at the end of data inside an unfinished batch. If any valid
-//!    record of a *later* batch lies beyond that point, the damaged data had been synced and
-//!    acknowledged before the later batch was written: that is corruption, and `open` fails
-//!    with [`StoreError::Corrupt`] rather than drop acknowledged writes. Otherwise the damage
-//!    is a torn tail (the last batch, never acknowledged, was cut by a crash): the file is
-//!    truncated to the end of the last complete batch and its remaining records are never
-//!    applied.
+//!    checksum, bad header) or at the end of data inside an unfinished batch. With `K` the
+//!    segment's overlap window (header byte 9, at most `K` batches written but not yet
+//!    acknowledged), if a valid record of a batch more than `K` past the last complete one
+//!    lies beyond that point, the damaged data had been synced and acknowledged before that
+//!    batch was written: that is corruption, and `open` fails with [`StoreError::Corrupt`]
+//!    rather than drop acknowledged writes. Otherwise the damage is a torn tail (batches in
+//!    flight, never acknowledged, cut by a crash, possibly written back out of order): the
+//!    file is truncated to the end of the last complete batch and its remaining records are
+//!    never applied.
 //! 3. A last segment whose header is missing or all zeros, with nothing but zeros after it,
 //!    is a segment whose creation was cut short: it is removed. Any other header damage is
 //!    corruption.
 //!
 //! This is etcd's rule (a torn last entry is repaired, a CRC mismatch elsewhere is fatal),
 //! made exact by the batch numbers where etcd uses a zeroed-sector heuristic. Its limit, as
-//! in etcd: damage to the very last acknowledged batch, with nothing after it, looks like a
-//! torn tail and that batch is dropped.
+//! in etcd: damage to one of the last `K` acknowledged batches, with nothing beyond the
+//! window after it, looks like a torn tail and is dropped.
 //!
 //! # I/O failures
 //! A batch whose write or `fdatasync` fails is answered with [`StoreError::Io`] (`ENOSPC`
@@ -141,12 +152,15 @@ pub struct WalOptions {
     pub max_record_bytes: usize,
     /// Refuse appends with `QuotaExceeded` once the log's bytes would exceed this.
     pub quota_bytes: Option<u64>,
+    /// Most batches written whose `fdatasync` is still running (overlapped group commit),
+    /// 1..=64; 1 is the classic one-flush-at-a-time group commit.
+    pub max_inflight_syncs: usize,
 }
 
 impl WalOptions {
     /// Defaults: io_uring file I/O where a ring can be set up (std otherwise, logged), 64 MiB
     /// preallocated segments, a 4096-record queue, batches of up to 1024 records / 4 MiB,
-    /// 16 MiB records, no quota.
+    /// 16 MiB records, no quota, up to 4 overlapped `fdatasync`s.
     pub fn new() -> Self {
         Self::with_storage(default_storage())
     }
@@ -162,6 +176,7 @@ impl WalOptions {
             max_batch_bytes: 4 << 20,
             max_record_bytes: 16 << 20,
             quota_bytes: None,
+            max_inflight_syncs: 4,
         }
     }
 
@@ -169,6 +184,9 @@ impl WalOptions {
         let bad = |what: &str| Err(StoreError::InvalidRequest(format!("WalOptions: {what}")));
         if self.queue_capacity == 0 || self.max_batch_records == 0 || self.max_batch_bytes == 0 {
             return bad("queue and batch limits must be positive");
+        }
+        if !(1..=64).contains(&self.max_inflight_syncs) {
+            return bad("max_inflight_syncs must be in 1..=64");
         }
         if self.max_record_bytes > format::MAX_PAYLOAD_LEN {
             return bad("max_record_bytes above the format's 64 MiB");
