@@ -24,6 +24,8 @@ enum Command {
     Up(ServerArgs),
     /// Run the store alone, serving the etcd v3 gRPC API.
     Store(StoreArgs),
+    /// The controllers (Deployment, ReplicaSet, Job, garbage collector, namespace, ...).
+    ControllerManager(ControllerManagerArgs),
     /// Manage the node's image store.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -216,6 +218,51 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => run_server(args, false),
         Command::Up(args) => run_server(args, true),
         Command::Store(args) => run_store(args),
+        Command::ControllerManager(args) => run_controller_manager(args),
         Command::Image(cmd) => run_image(cmd),
     }
+}
+
+#[derive(Debug, clap::Args)]
+struct ControllerManagerArgs {
+    /// The kubeconfig to reach the apiserver with.
+    #[arg(long)]
+    kubeconfig: std::path::PathBuf,
+    /// Controllers to run: `*` (all), `name`, `-name` (disable), comma-separated.
+    #[arg(long, default_value = "*")]
+    controllers: String,
+    /// Serve Prometheus `/metrics` on this 127.0.0.1 port.
+    #[arg(long)]
+    metrics_port: Option<u16>,
+    /// Take the kube-system/kube-controller-manager Lease before running.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+}
+
+/// Runs the controller-manager until SIGTERM or SIGINT (or lost leadership).
+fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let opts = controllers::manager::Options {
+        kubeconfig: args.kubeconfig,
+        controllers: args.controllers,
+        metrics_port: args.metrics_port,
+        leader_elect: args.leader_elect,
+        identity: format!("{}_{}", host.trim(), std::process::id()),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(controllers::manager::run(opts, async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }))?;
+    Ok(())
 }

@@ -22,6 +22,7 @@ pub mod endpointslice;
 pub mod expectations;
 pub mod gc;
 pub mod job;
+pub mod manager;
 pub mod namespace;
 pub mod queue;
 pub mod replicaset;
