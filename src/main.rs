@@ -29,6 +29,8 @@ enum Command {
     /// Manage the node's image store.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The service dataplane (Service VIPs and NodePorts forwarded to ready endpoints).
+    Proxy(ProxyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +201,62 @@ fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     })
 }
 
+#[derive(Debug, clap::Args)]
+struct ProxyArgs {
+    /// The kubeconfig to reach the API server with.
+    #[arg(long)]
+    kubeconfig: std::path::PathBuf,
+    /// This node's name (for the Local traffic policies; default: the hostname).
+    #[arg(long)]
+    hostname_override: Option<String>,
+    /// Where /metrics and /healthz listen.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: std::net::SocketAddr,
+    /// Forwarding shards (cores).
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// TCP forwarding engine: splice, uring or copy.
+    #[arg(long, default_value = "splice")]
+    forward_mode: proxy_dp::ForwardMode,
+    /// Addresses NodePorts listen on (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    nodeport_addresses: Vec<std::net::IpAddr>,
+}
+
+/// Runs the service dataplane until SIGTERM or SIGINT.
+fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let node = match args.hostname_override {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_string(),
+    };
+    let dp = proxy_dp::DataplaneConfig::default()
+        .node_name(node)
+        .shards(args.shards)
+        .forward_mode(args.forward_mode)
+        .node_addresses(args.nodeport_addresses);
+    let mut opts = proxy_dp::run::ProxyOptions::new(args.kubeconfig, dp);
+    opts.metrics_addr = args.metrics_bind_address;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        proxy_dp::run::run(opts, stop).await?;
+        anyhow::Ok(())
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     // The node runtime re-executes this binary as its per-container shim: before anything else.
     node::shim::run_if_requested();
@@ -220,6 +278,7 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => run_store(args),
         Command::ControllerManager(args) => run_controller_manager(args),
         Command::Image(cmd) => run_image(cmd),
+        Command::Proxy(args) => run_proxy(args),
     }
 }
 
@@ -254,7 +313,10 @@ fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(controllers::manager::run(opts, async {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

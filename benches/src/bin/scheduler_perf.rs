@@ -83,7 +83,14 @@ fn node(i: usize, n: &Nodes) -> core::Node {
     .expect("node template")
 }
 
-fn pod(name: &str, cpu: &str, mem: &str, priority: i32, node: Option<&str>, m: Option<(&Measure, usize)>) -> core::Pod {
+fn pod(
+    name: &str,
+    cpu: &str,
+    mem: &str,
+    priority: i32,
+    node: Option<&str>,
+    m: Option<(&Measure, usize)>,
+) -> core::Pod {
     let mut labels = json!({"app": "perf"});
     let mut spec = json!({
         "priority": priority,
@@ -109,15 +116,21 @@ fn pod(name: &str, cpu: &str, mem: &str, priority: i32, node: Option<&str>, m: O
             }
         }
     }
-    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default", "labels": labels}, "spec": spec}))
-        .expect("pod template")
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "namespace": "default", "labels": labels}, "spec": spec}),
+    )
+    .expect("pod template")
 }
 
 /// CPU seconds this process has used (user + system, from /proc/self/stat; 0 when unknown).
 /// The machine is shared, so wall-clock rates depend on the load; this shows the cost.
 fn cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+        return 0.0;
+    };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3, utime 14 and stime 15 (1-based) -> 11 and 12 here.
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -139,7 +152,11 @@ fn median(v: &mut [f64]) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 fn run(w: &Workload, opts: &Options, max: Duration) -> Result {
@@ -152,14 +169,28 @@ fn run(w: &Workload, opts: &Options, max: Duration) -> Result {
         for i in 0..w.nodes.count {
             let n = format!("node-{i}");
             for j in 0..init.per_node {
-                let p = pod(&format!("init-{i}-{j}"), &init.cpu, &init.memory, init.priority, Some(&n), None);
+                let p = pod(
+                    &format!("init-{i}-{j}"),
+                    &init.cpu,
+                    &init.memory,
+                    init.priority,
+                    Some(&n),
+                    None,
+                );
                 s.upsert_pod(&p, t0).expect("init pod");
             }
         }
     }
     for i in 0..w.measure.count {
         let m = &w.measure;
-        let p = pod(&format!("pod-{i}"), &m.cpu, &m.memory, m.priority, None, Some((m, i)));
+        let p = pod(
+            &format!("pod-{i}"),
+            &m.cpu,
+            &m.memory,
+            m.priority,
+            None,
+            Some((m, i)),
+        );
         s.upsert_pod(&p, t0).expect("pod");
     }
     let mut skew = Duration::ZERO;
@@ -179,7 +210,10 @@ fn run(w: &Workload, opts: &Options, max: Duration) -> Result {
                 break;
             }
             // Only backing-off pods left: jump the virtual clock to the next backoff expiry.
-            let next = s.queue.next_backoff().unwrap_or(now + Duration::from_secs(1));
+            let next = s
+                .queue
+                .next_backoff()
+                .unwrap_or(now + Duration::from_secs(1));
             skew += next.saturating_duration_since(now) + Duration::from_millis(1);
             continue;
         }
@@ -209,7 +243,14 @@ fn run(w: &Workload, opts: &Options, max: Duration) -> Result {
             window_start += Duration::from_secs(1);
         }
     }
-    Result { cpu: cpu_secs() - cpu0, scheduled, unschedulable_attempts: unsched, preemptions, secs: start.elapsed().as_secs_f64(), per_second }
+    Result {
+        cpu: cpu_secs() - cpu0,
+        scheduled,
+        unschedulable_attempts: unsched,
+        preemptions,
+        secs: start.elapsed().as_secs_f64(),
+        per_second,
+    }
 }
 
 fn main() {
@@ -229,29 +270,58 @@ fn main() {
         "parallelism {} batch {} (every feasible node scored); load average {}",
         opts.parallelism,
         opts.batch_size,
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "{:<42} {:>9} {:>8} {:>7} {:>13} {:>10} {:>8} {:>8} {:>11}",
-        "workload", "scheduled", "secs", "windows", "median pods/s", "avg pods/s", "x floor", "cpu s", "pods/cpu-s"
+        "workload",
+        "scheduled",
+        "secs",
+        "windows",
+        "median pods/s",
+        "avg pods/s",
+        "x floor",
+        "cpu s",
+        "pods/cpu-s"
     );
     for w in file.workloads.iter().filter(|w| w.name.contains(&filter)) {
         let mut r = run(w, &opts, max);
         let avg = r.scheduled as f64 / r.secs.max(1e-9);
         let windows = r.per_second.len();
         // Runs shorter than one full second have no complete window: report the average.
-        let med = if windows == 0 { avg } else { median(&mut r.per_second) };
-        let ratio = if w.floor > 0 { format!("{:.1}", med / f64::from(w.floor)) } else { "-".into() };
-        let per_cpu = if r.cpu > 0.0 { format!("{:.0}", r.scheduled as f64 / r.cpu) } else { "-".into() };
+        let med = if windows == 0 {
+            avg
+        } else {
+            median(&mut r.per_second)
+        };
+        let ratio = if w.floor > 0 {
+            format!("{:.1}", med / f64::from(w.floor))
+        } else {
+            "-".into()
+        };
+        let per_cpu = if r.cpu > 0.0 {
+            format!("{:.0}", r.scheduled as f64 / r.cpu)
+        } else {
+            "-".into()
+        };
         println!(
             "{:<42} {:>9} {:>8.2} {:>7} {:>13.0} {:>10.0} {:>8} {:>8.1} {:>11}",
             w.name, r.scheduled, r.secs, windows, med, avg, ratio, r.cpu, per_cpu
         );
         if r.preemptions > 0 || r.unschedulable_attempts > 0 {
-            println!("    unschedulable attempts {}, preemptions {}", r.unschedulable_attempts, r.preemptions);
+            println!(
+                "    unschedulable attempts {}, preemptions {}",
+                r.unschedulable_attempts, r.preemptions
+            );
         }
         if r.scheduled < w.measure.count {
-            println!("    time bound hit: {} of {} pods scheduled (rates cover the bounded run)", r.scheduled, w.measure.count);
+            println!(
+                "    time bound hit: {} of {} pods scheduled (rates cover the bounded run)",
+                r.scheduled, w.measure.count
+            );
         }
     }
 }
