@@ -15,8 +15,9 @@
 //! to `schedule_batch` whenever the queue may hold ready pods, and for each `Assumed`
 //! decision either `finish_binding` + `confirm` or `forget`.
 //!
-//! **Must not depend on:** `store` (it never reads the store directly), `controllers`,
-//! `node` or `proxy-dp`. It talks to the cluster only through the client in `api`.
+//! **Must not depend on:** `store` (it never reads the store directly; the tests start an
+//! in-process apiserver over it), `controllers`, `node` or `proxy-dp`. It talks to the
+//! cluster only through the client in `api` ([`shell`]).
 //!
 //! No `unsafe`.
 
@@ -27,6 +28,7 @@ pub mod model;
 pub mod plugins;
 pub mod quantity;
 pub mod queue;
+pub mod shell;
 pub mod status;
 
 pub use config::Config;

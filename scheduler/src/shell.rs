@@ -1,0 +1,250 @@
+//! The `kubeshard scheduler` shell: informers feed the sans-IO core, the batch cycle runs when
+//! something changed, and the decisions are carried out through the API (binding
+//! subresource with bounded concurrency, `Scheduled`/`FailedScheduling` events, the
+//! `PodScheduled` condition, `nominatedNodeName`, victim deletion). With leader election,
+//! only the holder of the `kube-system/kube-scheduler` Lease schedules.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use api::client::leader::LeaderElector;
+use api::client::runtime::{Event, Informer};
+use api::client::{Api, Client, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use serde_json::json;
+
+use crate::model::PodKey;
+use crate::{Config, Decision, Options, Scheduler};
+
+/// Errors of the shell.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// The API client failed to start.
+    #[error("client: {0}")]
+    Client(#[from] api::client::ClientError),
+    /// The core refused its configuration.
+    #[error(transparent)]
+    Core(#[from] crate::Error),
+    /// The configuration file could not be read.
+    #[error("reading {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// How the shell runs.
+#[derive(Debug, Clone)]
+pub struct ShellOptions {
+    /// Admin (or scheduler) kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// KubeSchedulerConfiguration file (None: the default profile).
+    pub config: Option<PathBuf>,
+    /// Bindings in flight at most.
+    pub bind_concurrency: usize,
+    /// Campaign for the Lease before scheduling.
+    pub leader_elect: bool,
+    /// This instance's identity in the Lease.
+    pub identity: String,
+}
+
+impl ShellOptions {
+    /// Defaults for a kubeconfig.
+    pub fn new(kubeconfig: PathBuf) -> Self {
+        ShellOptions {
+            kubeconfig,
+            config: None,
+            bind_concurrency: 64,
+            leader_elect: true,
+            identity: format!("kubeshard-scheduler-{}", std::process::id()),
+        }
+    }
+}
+
+fn event(pod: &crate::model::PodInfo, reason: &str, kind: &str, message: &str) -> core::Event {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut msg = message.to_owned();
+    msg.truncate(1024);
+    serde_json::from_value(json!({
+        "metadata": {"generateName": format!("{}.", pod.key.name), "namespace": pod.key.namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": pod.key.namespace,
+                           "name": pod.key.name, "uid": pod.uid},
+        "reason": reason, "message": msg, "type": kind, "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now,
+        "source": {"component": "default-scheduler"}, "reportingComponent": "default-scheduler"
+    }))
+    .unwrap_or_default()
+}
+
+async fn post_event(client: &Client, pod: &crate::model::PodInfo, reason: &str, kind: &str, message: &str) {
+    let events: Api<core::Event> = Api::namespaced(client.clone(), &pod.key.namespace);
+    if let Err(e) = events.create(&PostParams::default(), &event(pod, reason, kind, message)).await {
+        tracing::debug!(pod = %pod.key, "event: {e}");
+    }
+}
+
+/// Runs the scheduler until `shutdown` resolves.
+pub async fn run(opts: ShellOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ShellError> {
+    let client = Client::from_kubeconfig(&opts.kubeconfig)?;
+    let cfg = match &opts.config {
+        Some(p) => Config::from_yaml(&std::fs::read_to_string(p).map_err(|e| ShellError::Io(p.clone(), e))?)?,
+        None => Config::default(),
+    };
+    let core = Arc::new(Mutex::new(Scheduler::new(&cfg, Options::default())?));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    tokio::pin!(shutdown);
+
+    let mut leader = None;
+    if opts.leader_elect {
+        let mut h = LeaderElector::new(client.clone(), "kube-system", "kube-scheduler", &opts.identity).spawn();
+        tokio::select! {
+            _ = h.wait_leader() => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+        leader = Some(h);
+    }
+
+    let mut tasks = Vec::new();
+    {
+        let (store, inf) = Informer::new(Api::<PriorityClass>::all(client.clone()), ListParams::default());
+        let (c, w) = (core.clone(), wake.clone());
+        tasks.push(tokio::spawn(inf.run(move |ev: Event<PriorityClass>| {
+            if let Event::Added(pc) | Event::Modified(pc) = ev
+                && let Ok(mut s) = c.lock()
+            {
+                let name = pc.metadata.name.clone().unwrap_or_default();
+                s.set_priority_class(&name, pc.value, pc.global_default.unwrap_or(false));
+                w.notify_one();
+            }
+        })));
+        store.wait_until_synced().await;
+    }
+    let (nodes, inf) = Informer::new(Api::<core::Node>::all(client.clone()), ListParams::default());
+    let (c, w) = (core.clone(), wake.clone());
+    tasks.push(tokio::spawn(inf.run(move |ev: Event<core::Node>| {
+        let Ok(mut s) = c.lock() else { return };
+        let now = Instant::now();
+        match ev {
+            Event::Added(n) | Event::Modified(n) => {
+                if let Err(e) = s.upsert_node(&n, now) {
+                    tracing::warn!("node {:?}: {e}", n.metadata.name);
+                }
+            }
+            Event::Deleted(n) => s.remove_node(n.metadata.name.as_deref().unwrap_or("")),
+            Event::Synced => {}
+        }
+        w.notify_one();
+    })));
+    let (pods, inf) = Informer::new(Api::<core::Pod>::all(client.clone()), ListParams::default());
+    let (c, w) = (core.clone(), wake.clone());
+    tasks.push(tokio::spawn(inf.run(move |ev: Event<core::Pod>| {
+        let Ok(mut s) = c.lock() else { return };
+        let now = Instant::now();
+        match ev {
+            Event::Added(p) | Event::Modified(p) => {
+                if let Err(e) = s.upsert_pod(&p, now) {
+                    tracing::warn!("pod {:?}: {e}", p.metadata.name);
+                }
+            }
+            Event::Deleted(p) => {
+                let key = PodKey {
+                    namespace: p.metadata.namespace.clone().unwrap_or_default(),
+                    name: p.metadata.name.clone().unwrap_or_default(),
+                };
+                s.delete_pod(&key, now);
+            }
+            Event::Synced => {}
+        }
+        w.notify_one();
+    })));
+    nodes.wait_until_synced().await;
+    pods.wait_until_synced().await;
+    tracing::info!("scheduler caches synced");
+
+    let binds = Arc::new(tokio::sync::Semaphore::new(opts.bind_concurrency.clamp(1, 1024)));
+    loop {
+        if leader.as_ref().is_some_and(|h| !h.is_leader()) {
+            tracing::warn!("lost the scheduler lease; stopping");
+            break;
+        }
+        let decisions = {
+            let Ok(mut s) = core.lock() else { break };
+            let now = Instant::now();
+            s.queue.flush(now);
+            s.cleanup_assumed(now);
+            s.schedule_batch(now)
+        };
+        if decisions.is_empty() {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = &mut shutdown => break,
+            }
+            continue;
+        }
+        for d in decisions {
+            match d {
+                Decision::Assumed { pod, node, .. } => {
+                    let Ok(permit) = binds.clone().acquire_owned().await else { break };
+                    let (client, core, wake) = (client.clone(), core.clone(), wake.clone());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let pods: Api<core::Pod> = Api::namespaced(client.clone(), &pod.key.namespace);
+                        let binding = json!({"apiVersion": "v1", "kind": "Binding",
+                            "metadata": {"name": pod.key.name, "namespace": pod.key.namespace},
+                            "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+                        let res: Result<serde_json::Value, _> = pods.create_subresource(&pod.key.name, "binding", &binding).await;
+                        match res {
+                            Ok(_) => {
+                                if let Ok(mut s) = core.lock() {
+                                    s.finish_binding(&pod.key, Instant::now());
+                                }
+                                let msg = format!("Successfully assigned {} to {node}", pod.key);
+                                post_event(&client, &pod, "Scheduled", "Normal", &msg).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(pod = %pod.key, "binding failed: {e}");
+                                if let Ok(mut s) = core.lock() {
+                                    s.forget(&pod.key, Instant::now());
+                                }
+                                post_event(&client, &pod, "FailedScheduling", "Warning", &format!("Binding rejected: {e}")).await;
+                                wake.notify_one();
+                            }
+                        }
+                    });
+                }
+                Decision::Unschedulable { pod, message, nomination } => {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let pods: Api<core::Pod> = Api::namespaced(client.clone(), &pod.key.namespace);
+                        let mut status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+                            "reason": "Unschedulable", "message": message}]}});
+                        if let Some((node, victims)) = &nomination {
+                            status["status"]["nominatedNodeName"] = json!(node);
+                            for v in victims {
+                                let vp: Api<core::Pod> = Api::namespaced(client.clone(), &v.namespace);
+                                if let Err(e) = vp.delete(&v.name, &DeleteParams::default()).await {
+                                    tracing::warn!(victim = %v, "preemption delete: {e}");
+                                }
+                            }
+                        }
+                        let patch = Patch::Strategic(status);
+                        if let Err(e) = pods.patch_status(&pod.key.name, &PatchParams::default(), &patch).await {
+                            tracing::debug!(pod = %pod.key, "status: {e}");
+                        }
+                        post_event(&client, &pod, "FailedScheduling", "Warning", &message).await;
+                    });
+                }
+                Decision::Error { pod, message } => {
+                    tracing::warn!(pod = %pod.key, "scheduling error: {message}");
+                }
+            }
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    if let Some(h) = leader {
+        let _ = h.stop().await;
+    }
+    Ok(())
+}
