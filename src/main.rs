@@ -31,6 +31,8 @@ enum Command {
     Image(ImageCommand),
     /// The service dataplane (Service VIPs and NodePorts forwarded to ready endpoints).
     Proxy(ProxyArgs),
+    /// The scheduler: watches nodes and pods through the API and binds pending pods.
+    Scheduler(SchedulerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +58,45 @@ fn run_image(cmd: ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+
+#[derive(Debug, clap::Args)]
+struct SchedulerArgs {
+    /// The kubeconfig to reach the apiserver with.
+    #[arg(long)]
+    kubeconfig: std::path::PathBuf,
+    /// A KubeSchedulerConfiguration file (profiles, plugins, weights).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Campaign for the kube-system/kube-scheduler Lease before scheduling.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+}
+
+/// Runs the scheduler until SIGTERM or SIGINT.
+fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut opts = scheduler::shell::ShellOptions::new(args.kubeconfig);
+        opts.config = args.config;
+        opts.leader_elect = args.leader_elect;
+        let stop = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
+            }
+        };
+        scheduler::shell::run(opts, stop).await?;
+        Ok(())
+    })
 }
 
 #[derive(Debug, clap::Args)]
@@ -279,6 +320,7 @@ fn main() -> anyhow::Result<()> {
         Command::ControllerManager(args) => run_controller_manager(args),
         Command::Image(cmd) => run_image(cmd),
         Command::Proxy(args) => run_proxy(args),
+        Command::Scheduler(args) => run_scheduler(args),
     }
 }
 
