@@ -58,6 +58,7 @@ fn run_image(cmd: ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
 
 #[derive(Debug, clap::Args)]
 struct SchedulerArgs {
@@ -74,13 +75,16 @@ struct SchedulerArgs {
 
 /// Runs the scheduler until SIGTERM or SIGINT.
 fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut opts = scheduler::shell::ShellOptions::new(args.kubeconfig);
         opts.config = args.config;
         opts.leader_elect = args.leader_elect;
         let stop = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             let terminated = async {
                 match term.as_mut() {
                     Some(t) => {

@@ -75,18 +75,32 @@ fn event(pod: &crate::model::PodInfo, reason: &str, kind: &str, message: &str) -
     .unwrap_or_default()
 }
 
-async fn post_event(client: &Client, pod: &crate::model::PodInfo, reason: &str, kind: &str, message: &str) {
+async fn post_event(
+    client: &Client,
+    pod: &crate::model::PodInfo,
+    reason: &str,
+    kind: &str,
+    message: &str,
+) {
     let events: Api<core::Event> = Api::namespaced(client.clone(), &pod.key.namespace);
-    if let Err(e) = events.create(&PostParams::default(), &event(pod, reason, kind, message)).await {
+    if let Err(e) = events
+        .create(&PostParams::default(), &event(pod, reason, kind, message))
+        .await
+    {
         tracing::debug!(pod = %pod.key, "event: {e}");
     }
 }
 
 /// Runs the scheduler until `shutdown` resolves.
-pub async fn run(opts: ShellOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ShellError> {
+pub async fn run(
+    opts: ShellOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ShellError> {
     let client = Client::from_kubeconfig(&opts.kubeconfig)?;
     let cfg = match &opts.config {
-        Some(p) => Config::from_yaml(&std::fs::read_to_string(p).map_err(|e| ShellError::Io(p.clone(), e))?)?,
+        Some(p) => Config::from_yaml(
+            &std::fs::read_to_string(p).map_err(|e| ShellError::Io(p.clone(), e))?,
+        )?,
         None => Config::default(),
     };
     let core = Arc::new(Mutex::new(Scheduler::new(&cfg, Options::default())?));
@@ -95,7 +109,13 @@ pub async fn run(opts: ShellOptions, shutdown: impl std::future::Future<Output =
 
     let mut leader = None;
     if opts.leader_elect {
-        let mut h = LeaderElector::new(client.clone(), "kube-system", "kube-scheduler", &opts.identity).spawn();
+        let mut h = LeaderElector::new(
+            client.clone(),
+            "kube-system",
+            "kube-scheduler",
+            &opts.identity,
+        )
+        .spawn();
         tokio::select! {
             _ = h.wait_leader() => {}
             _ = &mut shutdown => return Ok(()),
@@ -105,7 +125,10 @@ pub async fn run(opts: ShellOptions, shutdown: impl std::future::Future<Output =
 
     let mut tasks = Vec::new();
     {
-        let (store, inf) = Informer::new(Api::<PriorityClass>::all(client.clone()), ListParams::default());
+        let (store, inf) = Informer::new(
+            Api::<PriorityClass>::all(client.clone()),
+            ListParams::default(),
+        );
         let (c, w) = (core.clone(), wake.clone());
         tasks.push(tokio::spawn(inf.run(move |ev: Event<PriorityClass>| {
             if let Event::Added(pc) | Event::Modified(pc) = ev
@@ -118,7 +141,10 @@ pub async fn run(opts: ShellOptions, shutdown: impl std::future::Future<Output =
         })));
         store.wait_until_synced().await;
     }
-    let (nodes, inf) = Informer::new(Api::<core::Node>::all(client.clone()), ListParams::default());
+    let (nodes, inf) = Informer::new(
+        Api::<core::Node>::all(client.clone()),
+        ListParams::default(),
+    );
     let (c, w) = (core.clone(), wake.clone());
     tasks.push(tokio::spawn(inf.run(move |ev: Event<core::Node>| {
         let Ok(mut s) = c.lock() else { return };
@@ -160,7 +186,9 @@ pub async fn run(opts: ShellOptions, shutdown: impl std::future::Future<Output =
     pods.wait_until_synced().await;
     tracing::info!("scheduler caches synced");
 
-    let binds = Arc::new(tokio::sync::Semaphore::new(opts.bind_concurrency.clamp(1, 1024)));
+    let binds = Arc::new(tokio::sync::Semaphore::new(
+        opts.bind_concurrency.clamp(1, 1024),
+    ));
     loop {
         if leader.as_ref().is_some_and(|h| !h.is_leader()) {
             tracing::warn!("lost the scheduler lease; stopping");
@@ -184,15 +212,20 @@ pub async fn run(opts: ShellOptions, shutdown: impl std::future::Future<Output =
         for d in decisions {
             match d {
                 Decision::Assumed { pod, node, .. } => {
-                    let Ok(permit) = binds.clone().acquire_owned().await else { break };
+                    let Ok(permit) = binds.clone().acquire_owned().await else {
+                        break;
+                    };
                     let (client, core, wake) = (client.clone(), core.clone(), wake.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
-                        let pods: Api<core::Pod> = Api::namespaced(client.clone(), &pod.key.namespace);
+                        let pods: Api<core::Pod> =
+                            Api::namespaced(client.clone(), &pod.key.namespace);
                         let binding = json!({"apiVersion": "v1", "kind": "Binding",
                             "metadata": {"name": pod.key.name, "namespace": pod.key.namespace},
                             "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                        let res: Result<serde_json::Value, _> = pods.create_subresource(&pod.key.name, "binding", &binding).await;
+                        let res: Result<serde_json::Value, _> = pods
+                            .create_subresource(&pod.key.name, "binding", &binding)
+                            .await;
                         match res {
                             Ok(_) => {
                                 if let Ok(mut s) = core.lock() {
@@ -206,29 +239,45 @@ pub async fn run(opts: ShellOptions, shutdown: impl std::future::Future<Output =
                                 if let Ok(mut s) = core.lock() {
                                     s.forget(&pod.key, Instant::now());
                                 }
-                                post_event(&client, &pod, "FailedScheduling", "Warning", &format!("Binding rejected: {e}")).await;
+                                post_event(
+                                    &client,
+                                    &pod,
+                                    "FailedScheduling",
+                                    "Warning",
+                                    &format!("Binding rejected: {e}"),
+                                )
+                                .await;
                                 wake.notify_one();
                             }
                         }
                     });
                 }
-                Decision::Unschedulable { pod, message, nomination } => {
+                Decision::Unschedulable {
+                    pod,
+                    message,
+                    nomination,
+                } => {
                     let client = client.clone();
                     tokio::spawn(async move {
-                        let pods: Api<core::Pod> = Api::namespaced(client.clone(), &pod.key.namespace);
+                        let pods: Api<core::Pod> =
+                            Api::namespaced(client.clone(), &pod.key.namespace);
                         let mut status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
                             "reason": "Unschedulable", "message": message}]}});
                         if let Some((node, victims)) = &nomination {
                             status["status"]["nominatedNodeName"] = json!(node);
                             for v in victims {
-                                let vp: Api<core::Pod> = Api::namespaced(client.clone(), &v.namespace);
+                                let vp: Api<core::Pod> =
+                                    Api::namespaced(client.clone(), &v.namespace);
                                 if let Err(e) = vp.delete(&v.name, &DeleteParams::default()).await {
                                     tracing::warn!(victim = %v, "preemption delete: {e}");
                                 }
                             }
                         }
                         let patch = Patch::Strategic(status);
-                        if let Err(e) = pods.patch_status(&pod.key.name, &PatchParams::default(), &patch).await {
+                        if let Err(e) = pods
+                            .patch_status(&pod.key.name, &PatchParams::default(), &patch)
+                            .await
+                        {
                             tracing::debug!(pod = %pod.key, "status: {e}");
                         }
                         post_event(&client, &pod, "FailedScheduling", "Warning", &message).await;

@@ -31,7 +31,12 @@ impl Server {
             .join()
             .expect("start thread")
             .expect("server");
-        Server { engine, kubeconfig: server.kubeconfig.clone(), server: Some(server), _dir: dir }
+        Server {
+            engine,
+            kubeconfig: server.kubeconfig.clone(),
+            server: Some(server),
+            _dir: dir,
+        }
     }
 }
 
@@ -51,11 +56,20 @@ impl Drop for Server {
 
 async fn create_node(client: &Client, name: &str, cpu: &str) {
     let nodes: Api<core::Node> = Api::all(client.clone());
-    let n: core::Node = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}})).unwrap();
-    nodes.create(&PostParams::default(), &n).await.expect("create node");
+    let n: core::Node = serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}),
+    )
+    .unwrap();
+    nodes
+        .create(&PostParams::default(), &n)
+        .await
+        .expect("create node");
     let status = json!({"status": {"allocatable": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
                                    "capacity": {"cpu": cpu, "memory": "4Gi", "pods": "110"}}});
-    nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await.expect("node status");
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .expect("node status");
 }
 
 async fn create_pod(client: &Client, name: &str, cpu: &str) {
@@ -63,13 +77,19 @@ async fn create_pod(client: &Client, name: &str, cpu: &str) {
     let p: core::Pod = serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"},
         "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": cpu}}}]}}))
     .unwrap();
-    pods.create(&PostParams::default(), &p).await.expect("create pod");
+    pods.create(&PostParams::default(), &p)
+        .await
+        .expect("create pod");
 }
 
 #[test]
 fn pods_created_through_the_api_get_bound() {
     let server = Server::start();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let client = Client::from_kubeconfig(&server.kubeconfig).expect("client");
         create_node(&client, "n1", "2").await;
@@ -94,13 +114,26 @@ fn pods_created_through_the_api_get_bound() {
             bound = list
                 .items
                 .iter()
-                .filter_map(|p| Some((p.metadata.name.clone()?, p.spec.as_ref()?.node_name.clone()?)))
+                .filter_map(|p| {
+                    Some((
+                        p.metadata.name.clone()?,
+                        p.spec.as_ref()?.node_name.clone()?,
+                    ))
+                })
                 .collect::<Vec<_>>();
             huge_msg = list
                 .items
                 .iter()
                 .find(|p| p.metadata.name.as_deref() == Some("huge"))
-                .and_then(|p| p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "PodScheduled").cloned())
+                .and_then(|p| {
+                    p.status
+                        .as_ref()?
+                        .conditions
+                        .as_ref()?
+                        .iter()
+                        .find(|c| c.type_ == "PodScheduled")
+                        .cloned()
+                })
                 .and_then(|c| (c.status == "False").then_some(c.message).flatten());
             if bound.len() == 3 && huge_msg.is_some() {
                 break;
@@ -112,25 +145,48 @@ fn pods_created_through_the_api_get_bound() {
         for (_, n) in &bound {
             *per_node.entry(n.clone()).or_default() += 1;
         }
-        assert!(per_node.values().all(|&c| c <= 2), "a 2-cpu node got more than two 1-cpu pods: {bound:?}");
+        assert!(
+            per_node.values().all(|&c| c <= 2),
+            "a 2-cpu node got more than two 1-cpu pods: {bound:?}"
+        );
         let msg = huge_msg.expect("PodScheduled=False on the pod that fits nowhere");
-        assert!(msg.starts_with("0/2 nodes are available: 2 Insufficient cpu."), "{msg}");
+        assert!(
+            msg.starts_with("0/2 nodes are available: 2 Insufficient cpu."),
+            "{msg}"
+        );
 
         let events: Api<core::Event> = Api::namespaced(client.clone(), "default");
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut reasons = Vec::new();
         while Instant::now() < deadline {
             let list = events.list(&ListParams::default()).await.expect("events");
-            reasons = list.items.iter().filter_map(|e| e.reason.clone()).collect::<Vec<_>>();
-            if reasons.iter().filter(|r| *r == "Scheduled").count() == 3 && reasons.iter().any(|r| r == "FailedScheduling") {
+            reasons = list
+                .items
+                .iter()
+                .filter_map(|e| e.reason.clone())
+                .collect::<Vec<_>>();
+            if reasons.iter().filter(|r| *r == "Scheduled").count() == 3
+                && reasons.iter().any(|r| r == "FailedScheduling")
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(reasons.iter().filter(|r| *r == "Scheduled").count(), 3, "{reasons:?}");
-        assert!(reasons.iter().any(|r| r == "FailedScheduling"), "{reasons:?}");
+        assert_eq!(
+            reasons.iter().filter(|r| *r == "Scheduled").count(),
+            3,
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r == "FailedScheduling"),
+            "{reasons:?}"
+        );
 
         let _ = stop_tx.send(());
-        tokio::time::timeout(Duration::from_secs(10), shell).await.expect("shell stops").expect("join").expect("shell ok");
+        tokio::time::timeout(Duration::from_secs(10), shell)
+            .await
+            .expect("shell stops")
+            .expect("join")
+            .expect("shell ok");
     });
 }
