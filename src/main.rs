@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod up;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -20,8 +22,8 @@ enum Command {
     Version,
     /// The store and the apiserver; writes the admin kubeconfig to DIR/kubeconfig.
     Server(ServerArgs),
-    /// The whole single-machine cluster (for now: the store and the apiserver).
-    Up(ServerArgs),
+    /// The whole single-machine cluster: store, apiserver, scheduler, controllers, proxy, DNS.
+    Up(UpArgs),
     /// Run the store alone, serving the etcd v3 gRPC API.
     Store(StoreArgs),
     /// The controllers (Deployment, ReplicaSet, Job, garbage collector, namespace, ...).
@@ -104,6 +106,14 @@ fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    components: up::ComponentArgs,
+}
+
+#[derive(Debug, clap::Args)]
 struct ServerArgs {
     /// Where the store, the PKI and the kubeconfig live (default: ~/.kubeshard).
     #[arg(long)]
@@ -139,8 +149,9 @@ fn default_data_dir() -> std::path::PathBuf {
         .join(".kubeshard")
 }
 
-/// Runs the store and the apiserver until SIGTERM or SIGINT.
-fn run_server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
+/// Runs the store and the apiserver (and with `up`, every other component) until SIGTERM or
+/// SIGINT.
+fn run_server(args: ServerArgs, up: Option<up::ComponentArgs>) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)?;
     let mut opts = api::server::ServerOptions::new(&data_dir);
@@ -160,7 +171,7 @@ fn run_server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
     };
     let kubeconfig = server.kubeconfig.display().to_string();
     tracing::info!(port = server.port, insecure_port = ?server.insecure_port, "apiserver listening");
-    if up {
+    if up.is_some() {
         println!(
             "kubeshard is up: the API server listens on https://127.0.0.1:{}",
             server.port
@@ -177,16 +188,24 @@ fn run_server(args: ServerArgs, up: bool) -> anyhow::Result<()> {
     if let Some(p) = server.insecure_port {
         println!("plain HTTP (admin, development only) on http://127.0.0.1:{p}");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        match up {
+            Some(up) => {
+                up::run(server.kubeconfig.clone(), up, stop).await;
+            }
+            None => stop.await,
         }
         anyhow::Ok(())
     })?;
@@ -318,8 +337,8 @@ fn main() -> anyhow::Result<()> {
             println!("kubeshard {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Server(args) => run_server(args, false),
-        Command::Up(args) => run_server(args, true),
+        Command::Server(args) => run_server(args, None),
+        Command::Up(args) => run_server(args.server, Some(args.components)),
         Command::Store(args) => run_store(args),
         Command::ControllerManager(args) => run_controller_manager(args),
         Command::Image(cmd) => run_image(cmd),

@@ -37,8 +37,22 @@ impl TestServer {
 
     /// Starts a server on `dir` (which may hold a previous run's data).
     pub fn start_in(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_command_in("server", dir, extra)
+    }
+
+    /// Starts `kubeshard up` (the whole cluster) in a fresh temp dir.
+    pub fn start_up(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::start_command_in("up", &dir, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts `kubeshard <command>` (`server` or `up`) on `dir`.
+    pub fn start_command_in(command: &str, dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kubeshard"))
-            .args(["server", "--data-dir"])
+            .args([command, "--data-dir"])
             .arg(dir)
             .args(["--port", "0", "--insecure-port", "0"])
             .args(extra)
@@ -63,6 +77,11 @@ impl TestServer {
                 .expect("server did not report its ports");
             if let Some(rest) = line.strip_prefix("kubeshard server listening on port ") {
                 port = rest.split(';').next().unwrap().trim().parse().unwrap();
+            }
+            if let Some(rest) =
+                line.strip_prefix("kubeshard is up: the API server listens on https://127.0.0.1:")
+            {
+                port = rest.trim().parse().unwrap();
             }
             if let Some(rest) =
                 line.strip_prefix("plain HTTP (admin, development only) on http://127.0.0.1:")

@@ -1646,6 +1646,9 @@ const SERVICE_CIDR_BASE: [u8; 4] = [10, 96, 0, 0];
 const SERVICE_CIDR_SIZE: u32 = 1 << 20;
 /// Random probes before the allocator reports the range as full.
 const IP_ALLOCATION_ATTEMPTS: usize = 64;
+/// The low band of the range is left to requested addresses (10.96.0.10 for cluster DNS and
+/// the like), as upstream's allocator prefers the upper range for dynamic ones.
+const SERVICE_CIDR_STATIC_BAND: u32 = 256;
 
 fn is_service(def: &ResourceDef) -> bool {
     def.group.is_empty() && def.kind == "Service"
@@ -1698,8 +1701,9 @@ async fn allocate_cluster_ip(app: &App, svc: &mut Value) -> Result<Option<String
                     .try_into()
                     .unwrap_or([0; 4]),
             );
-            // Skip the network address and .0.1 (the kubernetes service) .. .0.9.
-            let offset = 10 + r % (SERVICE_CIDR_SIZE - 11);
+            // Skip the static band (requested addresses) and the broadcast address.
+            let offset =
+                SERVICE_CIDR_STATIC_BAND + r % (SERVICE_CIDR_SIZE - SERVICE_CIDR_STATIC_BAND - 1);
             let ip = std::net::Ipv4Addr::from(base + offset).to_string();
             if app
                 .backend
