@@ -25,6 +25,7 @@
 pub mod cgroup;
 pub mod image;
 pub mod logs;
+pub mod probe;
 mod rootfs;
 pub mod runtime;
 pub mod shim;
