@@ -11,6 +11,8 @@
 //!   calls; state lives on disk under the run dir so a restarted kubelet adopts its containers;
 //! - [`cgroup`]: per-pod and per-container cgroups on v1 and v2 (limits, OOM, cleanup);
 //! - [`logs`]: the CRI log format writer with size-based rotation (io_uring when available);
+//! - [`network`]: the pod network (node bridge, a veth per pod, IPAM from the podCIDR,
+//!   masquerade and hostPorts in nftables, routes to other nodes' podCIDRs) over rtnetlink;
 //! - [`shim`]: the per-container monitor process (and the sandbox holder) the runtime starts by
 //!   re-executing a binary that calls [`shim::run_if_requested`] first thing in `main`.
 //!
@@ -26,6 +28,7 @@ pub mod cgroup;
 pub mod image;
 pub mod logs;
 pub mod probe;
+pub mod network;
 mod rootfs;
 pub mod runtime;
 pub mod shim;

@@ -375,6 +375,17 @@ fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// The pod's /etc/hosts: localhost entries, then the pod IP with the hostname when known.
+fn hosts_file(hostname: &str, pod_ip: Option<&str>) -> String {
+    let mut hosts = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    );
+    if let Some(ip) = pod_ip {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    hosts
+}
+
 fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -502,13 +513,10 @@ impl Runtime {
                 "bad hostname {hostname:?}"
             )));
         }
-        let mut hosts = String::from(
-            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        );
-        if let Some(ip) = &cfg.pod_ip {
-            hosts.push_str(&format!("{ip}\t{hostname}\n"));
-        }
-        fs::write(dir.join("hosts"), hosts)?;
+        fs::write(
+            dir.join("hosts"),
+            hosts_file(&hostname, cfg.pod_ip.as_deref()),
+        )?;
         fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
         let mut resolv = String::new();
         for s in &cfg.dns_servers {
@@ -558,6 +566,22 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Records the pod's IP in the sandbox's /etc/hosts once the network has given it one
+    /// (the sandbox, and so its network namespace, exists before the IP is known). The file
+    /// is rewritten in place: containers bind-mount it, and a rename would leave them the old
+    /// inode.
+    pub fn set_sandbox_pod_ip(&self, id: &str, pod_ip: &str) -> Result<(), RuntimeError> {
+        if pod_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "bad pod IP {pod_ip:?}"
+            )));
+        }
+        let (spec, _) = self.sandbox_spec(id)?;
+        let dir = self.sandbox_dir(id)?;
+        fs::write(dir.join("hosts"), hosts_file(&spec.hostname, Some(pod_ip)))?;
+        Ok(())
     }
 
     fn sandbox_spec(&self, id: &str) -> Result<(SandboxSpec, Option<ProcState>), RuntimeError> {
