@@ -27,8 +27,8 @@
 pub mod cgroup;
 pub mod image;
 pub mod logs;
-pub mod probe;
 pub mod network;
+pub mod probe;
 mod rootfs;
 pub mod runtime;
 pub mod shim;
