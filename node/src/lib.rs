@@ -34,3 +34,4 @@ pub mod runtime;
 pub mod shim;
 pub mod spec;
 mod sys;
+pub mod volumes;
