@@ -13,6 +13,9 @@
 //! - [`logs`]: the CRI log format writer with size-based rotation (io_uring when available);
 //! - [`network`]: the pod network (node bridge, a veth per pod, IPAM from the podCIDR,
 //!   masquerade and hostPorts in nftables, routes to other nodes' podCIDRs) over rtnetlink;
+//! - [`volumes`]: pod volumes (emptyDir, hostPath, configMap, secret, downwardAPI, projected,
+//!   PVCs on hostPath/local PVs) with upstream's atomic writer, subPaths and teardown;
+//! - [`probe`]: the exec/httpGet/tcpSocket/grpc probe handlers and the sans-IO probe state;
 //! - [`shim`]: the per-container monitor process (and the sandbox holder) the runtime starts by
 //!   re-executing a binary that calls [`shim::run_if_requested`] first thing in `main`.
 //!

@@ -297,6 +297,7 @@ async fn missing_config_map_secret_and_key_errors() {
         "MountVolume.SetUp failed for volume \"cfg\" : configmap \"absent\" not found"
     );
     assert!(matches!(e.cause(), VolumeError::ConfigMapNotFound { name, .. } if name == "absent"));
+    assert!(e.is_retryable());
     // Optional: an empty volume.
     let mut opt = cm_volume("cfg", "absent", None, None);
     opt.config_map.as_mut().unwrap().optional = Some(true);
@@ -354,6 +355,7 @@ async fn missing_config_map_secret_and_key_errors() {
         .await
         .unwrap_err();
     assert!(matches!(e.cause(), VolumeError::InvalidPath { .. }), "{e}");
+    assert!(!e.is_retryable());
     assert!(!m.pod_dir("uid-miss").join("volumes/escape").exists());
     m.teardown_pod("uid-miss").await.unwrap();
 }

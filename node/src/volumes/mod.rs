@@ -50,8 +50,8 @@ const PAYLOAD_TMPFS_BYTES: u64 = 2 * MAX_PROJECTED_BYTES as u64 + (1 << 20);
 pub const TOKEN_DEFAULT_EXPIRATION_SECS: i64 = 3600;
 /// The shortest token lifetime the API accepts.
 pub const TOKEN_MIN_EXPIRATION_SECS: i64 = 600;
-/// Tokens are never asked for longer than this (upstream caps at 2^32 s; a day keeps a
-/// leaked token short-lived and the refresh rule below applies anyway).
+/// Tokens are never asked for longer than this (upstream's cap, 2^32 s); they are refreshed
+/// long before (see below).
 pub const TOKEN_MAX_EXPIRATION_SECS: i64 = 1 << 32;
 /// A token is refreshed after 80% of its lifetime or after 24 h, as upstream's token manager.
 const TOKEN_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -170,6 +170,25 @@ pub enum VolumeError {
 }
 
 impl VolumeError {
+    /// Whether trying again later may succeed without a change to the pod (an object that
+    /// may appear or bind, an API or I/O failure, a busy mount).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.cause(),
+            VolumeError::ConfigMapNotFound { .. }
+                | VolumeError::SecretNotFound { .. }
+                | VolumeError::KeyNotFound(_)
+                | VolumeError::ClaimNotFound(_)
+                | VolumeError::ClaimNotBound(_)
+                | VolumeError::VolumeNotFound(_)
+                | VolumeError::HostPathType(_)
+                | VolumeError::Busy(_)
+                | VolumeError::Api(_)
+                | VolumeError::Io { .. }
+                | VolumeError::Mount { .. }
+        )
+    }
+
     /// The innermost error (through `SetUp`).
     pub fn cause(&self) -> &VolumeError {
         match self {
