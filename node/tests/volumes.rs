@@ -783,6 +783,9 @@ fn mount(name: &str, path: &str) -> VolumeMount {
 
 #[tokio::test]
 async fn container_mounts_sub_paths_and_escapes() {
+    if !root_ok("container_mounts_sub_paths_and_escapes") {
+        return;
+    }
     let (t, m) = manager();
     let objs = Fake::default();
     objs.set_cm("cfg", &[("app.yaml", "x: 1")]);
@@ -842,23 +845,55 @@ async fn container_mounts_sub_paths_and_escapes() {
         .iter()
         .map(|b| (b.host_path.clone(), b.container_path.as_str(), b.read_only))
         .collect();
-    let ts = std::fs::read_link(cdir.join("..data")).unwrap();
+    // subPaths are pinned: bind mounts under volume-subpaths/<volume>/<container>/<index>.
+    let pin = |vol: &str, i: usize| {
+        m.pod_dir("uid-mnt")
+            .join("volume-subpaths")
+            .join(vol)
+            .join("app")
+            .join(i.to_string())
+    };
     assert_eq!(
         got,
         vec![
             (sdir.clone(), "/data", false),
             (sdir.clone(), "/ro", true),
-            (sdir.join("a/b"), "/sub", false),
-            (sdir.join("logs-web"), "/expr", false),
+            (pin("scratch", 2), "/sub", false),
+            (pin("scratch", 3), "/expr", false),
             (cdir.clone(), "/etc/app", true),
-            (cdir.join(ts).join("app.yaml"), "/etc/app.yaml", true),
+            (pin("cfg", 5), "/etc/app.yaml", true),
         ]
     );
     assert!(sdir.join("a/b").is_dir() && sdir.join("logs-web").is_dir());
-
-    // Escapes: `..`, absolute, a symlink out of the volume (what a container could plant).
+    for (v, i) in [("scratch", 2), ("scratch", 3), ("cfg", 5)] {
+        assert!(mounted(&pin(v, i)).is_some(), "{v}/{i} not pinned");
+    }
+    assert_eq!(std::fs::read_to_string(pin("cfg", 5)).unwrap(), "x: 1");
+    std::fs::write(sdir.join("a/b/f"), b"inside").unwrap();
+    assert_eq!(
+        std::fs::read(pin("scratch", 2).join("f")).unwrap(),
+        b"inside"
+    );
+    // Swapping a checked component for a symlink afterwards (what a container sharing the
+    // volume could race) does not redirect the pinned mount.
     let outside = t.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
+    std::fs::rename(sdir.join("a"), sdir.join("a-old")).unwrap();
+    std::os::unix::fs::symlink(&outside, sdir.join("a")).unwrap();
+    assert_eq!(
+        std::fs::read(pin("scratch", 2).join("f")).unwrap(),
+        b"inside"
+    );
+    // And resolving it again now refuses the escape.
+    let e = m.container_mounts(&p, &c, &vols).unwrap_err();
+    assert!(matches!(e, VolumeError::SubPath { .. }), "{e}");
+    std::fs::remove_file(sdir.join("a")).unwrap();
+    std::fs::rename(sdir.join("a-old"), sdir.join("a")).unwrap();
+    // Called again (a container restart): the pins are replaced, not stacked.
+    m.container_mounts(&p, &c, &vols).unwrap();
+    assert_eq!(mounts_under(&pin("scratch", 2)).len(), 1);
+
+    // Escapes: `..`, absolute, a symlink out of the volume (what a container could plant).
     std::os::unix::fs::symlink(&outside, sdir.join("evil")).unwrap();
     std::os::unix::fs::symlink("../../../../..", sdir.join("up")).unwrap();
     for bad in ["../x", "/etc", "evil", "evil/new", "up/etc", "a/../../x"] {
@@ -890,6 +925,7 @@ async fn container_mounts_sub_paths_and_escapes() {
     std::fs::write(outside.join("sentinel"), b"keep").unwrap();
     m.teardown_pod("uid-mnt").await.unwrap();
     assert!(!m.pod_dir("uid-mnt").exists());
+    assert!(mounts_under(&m.pod_dir("uid-mnt")).is_empty());
     assert_eq!(std::fs::read(outside.join("sentinel")).unwrap(), b"keep");
     // A bad uid is refused outright.
     assert!(m.teardown_pod("..").await.is_err());

@@ -738,7 +738,7 @@ impl VolumeManager {
     ) -> Result<Vec<BindMount>, VolumeError> {
         let mut out = Vec::new();
         let mut env = None;
-        for m in container.volume_mounts.iter().flatten() {
+        for (index, m) in container.volume_mounts.iter().flatten().enumerate() {
             let v = vols
                 .volumes
                 .get(&m.name)
@@ -774,7 +774,15 @@ impl VolumeManager {
                             | VolumeKind::HostPath
                             | VolumeKind::PersistentVolumeClaim
                     ) && !v.read_only;
-                    subpath::resolve(&v.host_path, &s, create)?
+                    let resolved = subpath::resolve(&v.host_path, &s, create)?;
+                    self.pin_subpath(
+                        vols,
+                        &m.name,
+                        &container.name,
+                        index,
+                        &v.host_path,
+                        &resolved,
+                    )?
                 }
             };
             out.push(BindMount {
@@ -784,6 +792,75 @@ impl VolumeManager {
             });
         }
         Ok(out)
+    }
+
+    /// Pins a resolved subPath as upstream does: the path is opened beneath the volume root
+    /// (so no symlink swapped in since the check can redirect it) and that open file is
+    /// bind-mounted on `<pod>/volume-subpaths/<volume>/<container>/<index>`, a path the
+    /// containers cannot reach; the runtime binds from there.
+    fn pin_subpath(
+        &self,
+        vols: &PodVolumes,
+        volume: &str,
+        container: &str,
+        index: usize,
+        volume_root: &Path,
+        resolved: &Path,
+    ) -> Result<PathBuf, VolumeError> {
+        check_component("pod uid", &vols.pod_uid)?;
+        check_component("volume name", volume)?;
+        check_component("container name", container)?;
+        let root = fs::canonicalize(volume_root)
+            .map_err(io(format!("resolving {}", volume_root.display())))?;
+        let rel = resolved
+            .strip_prefix(&root)
+            .map_err(|_| VolumeError::SubPath {
+                sub_path: resolved.display().to_string(),
+                reason: "resolves outside the volume".into(),
+            })?;
+        let fd = subpath::open_beneath(&root, rel)?;
+        let is_dir = nix::sys::stat::fstat(&fd)
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .map_err(|e| VolumeError::Io {
+                context: format!("stat {}", resolved.display()),
+                source: e.into(),
+            })?;
+        let dir = self
+            .pod_dir(&vols.pod_uid)
+            .join("volume-subpaths")
+            .join(volume)
+            .join(container);
+        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let target = dir.join(index.to_string());
+        // A container restart binds again: drop the previous pin first.
+        if mounts::is_mount_point(&target)? {
+            nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+                VolumeError::Mount {
+                    path: target.clone(),
+                    reason: format!("umount: {e}"),
+                }
+            })?;
+        }
+        let _ = fs::remove_dir(&target);
+        let _ = fs::remove_file(&target);
+        if is_dir {
+            fs::create_dir(&target).map_err(io(format!("creating {}", target.display())))?;
+        } else {
+            fs::File::create(&target).map_err(io(format!("creating {}", target.display())))?;
+        }
+        let src = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        nix::mount::mount(
+            Some(src.as_str()),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| VolumeError::Mount {
+            path: target.clone(),
+            reason: format!("bind {}: {e}", resolved.display()),
+        })?;
+        Ok(target)
     }
 
     /// Unmounts the pod's tmpfs volumes and removes `<root>/pods/<uid>` with everything in

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -162,6 +163,36 @@ pub fn resolve(root: &Path, sub: &str, create: bool) -> Result<PathBuf, VolumeEr
     Ok(cur)
 }
 
+/// Opens `rel` (a path inside the volume, as [`resolve`] returns it relative to the
+/// volume's real root) with `O_PATH`, refusing any resolution that leaves `root`
+/// (`RESOLVE_BENEATH`: no `..` above it, no absolute or escaping symlink, no magic links).
+/// The fd pins the object: swapping a component for a symlink afterwards changes nothing.
+pub fn open_beneath(root: &Path, rel: &Path) -> Result<OwnedFd, VolumeError> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+    use nix::sys::stat::Mode;
+    let root_fd = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| VolumeError::Io {
+        context: format!("opening {}", root.display()),
+        source: e.into(),
+    })?;
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(&root_fd, rel, how).map_err(|e| VolumeError::SubPath {
+        sub_path: rel.display().to_string(),
+        reason: format!("cannot be opened inside the volume: {e}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +228,8 @@ mod tests {
         );
         assert!(root.join("new/dir").is_dir());
         assert!(!d.path().join("x").exists());
+        assert!(open_beneath(&real, Path::new("in/f")).is_ok());
+        assert!(open_beneath(&real, Path::new("out")).is_err());
+        assert!(open_beneath(&real, Path::new("up/x")).is_err());
     }
 }
