@@ -205,7 +205,9 @@ async fn empty_dirs_on_disk_and_memory() {
     m.setup_pod(&p, &objs).await.unwrap();
     assert_eq!(mounts_under(&s.host_path).len(), 1);
     assert!(s.host_path.join("small").exists());
+    assert_eq!(m.pod_uids_on_disk().unwrap(), vec!["uid-empty".to_owned()]);
     m.teardown_pod("uid-empty").await.unwrap();
+    assert!(m.pod_uids_on_disk().unwrap().is_empty());
     assert!(!m.pod_dir("uid-empty").exists());
     assert!(mounts_under(&m.pod_dir("uid-empty")).is_empty());
     // Again: nothing to do.
@@ -406,6 +408,53 @@ async fn secret_on_tmpfs_with_modes() {
     m.teardown_pod("uid-sec").await.unwrap();
     assert!(mounts_under(&m.pod_dir("uid-sec")).is_empty());
     assert!(!m.pod_dir("uid-sec").exists());
+}
+
+#[tokio::test]
+async fn fs_group_owns_volume_contents() {
+    if !root_ok("fs_group_owns_volume_contents") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (_t, m) = manager();
+    let objs = Fake::default();
+    objs.secrets.lock().insert(
+        "creds".into(),
+        Secret {
+            data: Some(BTreeMap::from([(
+                "pass".into(),
+                ByteString(b"pw".to_vec()),
+            )])),
+            ..Secret::default()
+        },
+    );
+    let mut s = vol("sec");
+    s.secret = Some(SecretVolumeSource {
+        secret_name: Some("creds".into()),
+        default_mode: Some(0o400),
+        ..SecretVolumeSource::default()
+    });
+    let mut scratch = vol("scratch");
+    scratch.empty_dir = Some(EmptyDirVolumeSource::default());
+    let mut p = pod("uid-fsg", vec![s, scratch]);
+    p.spec.as_mut().unwrap().security_context =
+        Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            fs_group: Some(2000),
+            ..Default::default()
+        });
+    let vols = m.setup_pod(&p, &objs).await.unwrap();
+    let sec = &vols.volumes["sec"].host_path;
+    let meta = std::fs::metadata(sec.join("pass")).unwrap();
+    assert_eq!(meta.gid(), 2000);
+    // Upstream: read-only volumes get r--r----- added, so 0400 becomes 0440.
+    assert_eq!(meta.mode() & 0o777, 0o440);
+    let dir = std::fs::metadata(&vols.volumes["scratch"].host_path).unwrap();
+    assert_eq!(dir.gid(), 2000);
+    assert_eq!(dir.mode() & 0o7777, 0o2777);
+    // Set up again: nothing rewritten.
+    let vols = m.setup_pod(&p, &objs).await.unwrap();
+    assert!(!vols.volumes["sec"].changed);
+    m.teardown_pod("uid-fsg").await.unwrap();
 }
 
 #[tokio::test]

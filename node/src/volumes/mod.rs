@@ -19,6 +19,7 @@
 
 pub mod atomic;
 mod mounts;
+mod ownership;
 pub mod payload;
 pub mod subpath;
 
@@ -429,6 +430,7 @@ impl VolumeManager {
     ) -> Result<PodVolume, VolumeError> {
         check_component("volume name", &v.name)?;
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let fs_group = fs_group(pod)?;
         let plugin_dir = |plugin: &str| -> Result<PathBuf, VolumeError> {
             let d = vol_dir.join(plugin);
             mkdir_mode(&d, 0o750)?;
@@ -447,7 +449,10 @@ impl VolumeManager {
         if let Some(e) = &v.empty_dir {
             let dir = plugin_dir(EMPTY_DIR)?;
             return match e.medium.as_deref().unwrap_or("") {
-                "" => Ok(vol(dir, false, VolumeKind::EmptyDir, false)),
+                "" => {
+                    ownership::apply_if_root_differs(&dir, fs_group, false)?;
+                    Ok(vol(dir, false, VolumeKind::EmptyDir, false))
+                }
                 "Memory" => {
                     let size = match &e.size_limit {
                         Some(q) => Some(
@@ -459,6 +464,7 @@ impl VolumeManager {
                         None => None,
                     };
                     mounts::ensure_tmpfs(&dir, size)?;
+                    ownership::apply_if_root_differs(&dir, fs_group, false)?;
                     Ok(vol(dir, false, VolumeKind::EmptyDirMemory, false))
                 }
                 other => Err(VolumeError::Unsupported(format!(
@@ -483,7 +489,7 @@ impl VolumeManager {
             let p = payload::config_map(cm.as_ref(), c.items.as_deref(), c.default_mode, optional)?;
             check_size(&p, MAX_OBJECT_BYTES)?;
             let dir = plugin_dir(CONFIG_MAP)?;
-            let changed = atomic::write(&dir, &p)?;
+            let changed = write_payload(&dir, p, fs_group)?;
             return Ok(vol(dir, true, VolumeKind::ConfigMap, changed));
         }
         if let Some(s) = &v.secret {
@@ -500,7 +506,7 @@ impl VolumeManager {
             check_size(&p, MAX_OBJECT_BYTES)?;
             let dir = plugin_dir(SECRET)?;
             mounts::ensure_tmpfs(&dir, Some(PAYLOAD_TMPFS_BYTES))?;
-            let changed = atomic::write(&dir, &p)?;
+            let changed = write_payload(&dir, p, fs_group)?;
             return Ok(vol(dir, true, VolumeKind::Secret, changed));
         }
         if let Some(d) = &v.downward_api {
@@ -514,7 +520,7 @@ impl VolumeManager {
             check_size(&p, MAX_OBJECT_BYTES)?;
             let dir = plugin_dir(DOWNWARD_API)?;
             mounts::ensure_tmpfs(&dir, Some(PAYLOAD_TMPFS_BYTES))?;
-            let changed = atomic::write(&dir, &p)?;
+            let changed = write_payload(&dir, p, fs_group)?;
             return Ok(vol(dir, true, VolumeKind::DownwardApi, changed));
         }
         if let Some(pr) = &v.projected {
@@ -522,7 +528,7 @@ impl VolumeManager {
             check_size(&p, MAX_PROJECTED_BYTES)?;
             let dir = plugin_dir(PROJECTED)?;
             mounts::ensure_tmpfs(&dir, Some(PAYLOAD_TMPFS_BYTES))?;
-            let changed = atomic::write(&dir, &p)?;
+            let changed = write_payload(&dir, p, fs_group)?;
             return Ok(vol(dir, true, VolumeKind::Projected, changed));
         }
         if let Some(c) = &v.persistent_volume_claim {
@@ -645,11 +651,10 @@ impl VolumeManager {
             expiration_secs: exp,
         };
         let now = Instant::now();
-        if let Some(c) = self.tokens.lock().get(&key) {
-            let age = now.saturating_duration_since(c.fetched);
-            if age < c.ttl.mul_f64(0.8) && age < TOKEN_MAX_AGE {
-                return Ok(c.token.clone());
-            }
+        if let Some(c) = self.tokens.lock().get(&key)
+            && !token_needs_refresh(now.saturating_duration_since(c.fetched), c.ttl)
+        {
+            return Ok(c.token.clone());
         }
         let sa = pod
             .spec
@@ -794,6 +799,28 @@ impl VolumeManager {
         Ok(out)
     }
 
+    /// The uids of the pods that have a directory under `<root>/pods` (after a restart,
+    /// the kubelet tears down those it no longer runs).
+    pub fn pod_uids_on_disk(&self) -> Result<Vec<String>, VolumeError> {
+        let dir = self.root.join("pods");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(io(format!("reading {}", dir.display())))?;
+            if let Some(name) = e.file_name().to_str()
+                && check_component("pod uid", name).is_ok()
+            {
+                out.push(name.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Pins a resolved subPath as upstream does: the path is opened beneath the volume root
     /// (so no symlink swapped in since the check can redirect it) and that open file is
     /// bind-mounted on `<pod>/volume-subpaths/<volume>/<container>/<index>`, a path the
@@ -896,6 +923,43 @@ impl VolumeManager {
     }
 }
 
+/// The pod's fsGroup, if any.
+fn fs_group(pod: &Pod) -> Result<Option<u32>, VolumeError> {
+    let g = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|c| c.fs_group);
+    match g {
+        None => Ok(None),
+        Some(g) => u32::try_from(g)
+            .map(Some)
+            .map_err(|_| VolumeError::InvalidPod(format!("fsGroup {g} out of range"))),
+    }
+}
+
+/// Writes an atomic-writer payload; with an fsGroup the files are group-readable and owned
+/// by that group, as upstream's SetVolumeOwnership does for these read-only volumes.
+fn write_payload(dir: &Path, mut p: Payload, fs_group: Option<u32>) -> Result<bool, VolumeError> {
+    if fs_group.is_some() {
+        for f in p.values_mut() {
+            f.mode |= ownership::RO_MASK;
+        }
+    }
+    let changed = atomic::write(dir, &p)?;
+    if changed {
+        ownership::apply(dir, fs_group, true)?;
+    } else {
+        ownership::apply_if_root_differs(dir, fs_group, true)?;
+    }
+    Ok(changed)
+}
+
+/// Upstream's token manager rule: renew once 80% of the lifetime has passed, or after 24 h.
+fn token_needs_refresh(age: Duration, ttl: Duration) -> bool {
+    age >= ttl.mul_f64(0.8) || age >= TOKEN_MAX_AGE
+}
+
 /// A hostPath path: absolute, no `..` (the API validates the same).
 fn host_path(p: &str) -> Result<PathBuf, VolumeError> {
     let path = Path::new(p);
@@ -906,4 +970,29 @@ fn host_path(p: &str) -> Result<PathBuf, VolumeError> {
         });
     }
     Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_refresh_at_80_percent_or_a_day() {
+        let h = Duration::from_secs(3600);
+        assert!(!token_needs_refresh(Duration::from_secs(2879), h));
+        assert!(token_needs_refresh(Duration::from_secs(2880), h));
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert!(!token_needs_refresh(Duration::from_secs(23 * 3600), week));
+        assert!(token_needs_refresh(TOKEN_MAX_AGE, week));
+    }
+
+    #[test]
+    fn names_that_are_path_components() {
+        for ok in ["0b5e-41", "kube-api-access-x9", "a.b_c"] {
+            assert!(check_component("x", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a\0", &"x".repeat(300)] {
+            assert!(check_component("x", bad).is_err(), "{bad}");
+        }
+    }
 }
