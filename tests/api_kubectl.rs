@@ -298,12 +298,9 @@ fn older_kubectl_versions() {
             continue;
         }
         let s = TestServer::start(&[]);
-        // kubectl 1.27 validates with the protobuf OpenAPI v2 document, not served yet.
-        let validate = if k == 27 {
-            "--validate=false"
-        } else {
-            "--validate=strict"
-        };
+        // kubectl 1.27 reads the protobuf OpenAPI v2 document to learn that the server
+        // validates (fieldValidation); newer ones read v3.
+        let validate = "--validate=strict";
         let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: old\ndata:\n  k: v\n";
         assert_eq!(
             s.ok_stdin(k, &["create", validate, "-f", "-"], cm).trim(),
@@ -339,6 +336,21 @@ fn older_kubectl_versions() {
         assert_eq!(
             s.ok(k, &["delete", "configmap", "old"]).trim(),
             "configmap \"old\" deleted"
+        );
+        // Validation is real: an unknown field is refused by the server (strict decoding)
+        // after kubectl learned from OpenAPI that the server validates.
+        let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\nbogus: 1\n";
+        let out = s.kubectl_stdin(k, &["create", "-f", "-"], Some(bad));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("unknown field \"bogus\""),
+            "1.{k}: {err}"
+        );
+        // explain reads schemas (v2 definitions for 1.27).
+        let ex = s.ok(k, &["explain", "deployment.spec.replicas"]);
+        assert!(
+            ex.contains("replicas") && ex.contains("<integer>") && ex.contains("desired pods"),
+            "1.{k}: {ex}"
         );
         drop(s);
     }
@@ -389,4 +401,48 @@ fn get_watch_streams_changes() {
     assert!(seen[0].starts_with("ADDED"), "{seen:?}");
     assert!(seen[1].starts_with("MODIFIED"), "{seen:?}");
     assert!(seen[2].starts_with("DELETED"), "{seen:?}");
+}
+
+/// `/openapi/v2` is served as protobuf only (what kubectl <= 1.29 and client-go ask for); a
+/// JSON request gets 406 with a Status rather than a body the client cannot parse.
+#[test]
+fn openapi_v2_is_protobuf_only() {
+    let s = TestServer::start(&[]);
+    let base = format!("http://127.0.0.1:{}", s.insecure_port);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{content_type} %{size_download}",
+        ])
+        .args([
+            "-H",
+            "Accept: application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        ])
+        .arg(format!("{base}/openapi/v2"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut parts = text.split(' ');
+    assert_eq!(parts.next(), Some("200"), "{text}");
+    assert_eq!(
+        parts.next(),
+        Some("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
+        "{text}"
+    );
+    let size: usize = parts.next().unwrap_or("0").parse().unwrap_or(0);
+    assert!(
+        size > 100_000,
+        "the document holds every definition: {size} bytes"
+    );
+    let (code, body) = support::curl(
+        &["-H", "Accept: application/json"],
+        &format!("{base}/openapi/v2"),
+    );
+    assert_eq!(code, 406, "{body}");
+    assert!(body.contains("\"kind\":\"Status\""), "{body}");
 }

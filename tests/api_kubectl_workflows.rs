@@ -107,12 +107,9 @@ fn workflows(k: u32) {
         return;
     }
     let s = TestServer::start(&[]);
-    // kubectl 1.27 validates client-side with the protobuf OpenAPI v2 document (not served).
-    let validate = if k == 27 {
-        "--validate=false"
-    } else {
-        "--validate=strict"
-    };
+    // Default validation everywhere: kubectl 1.27 reads the protobuf OpenAPI v2 document,
+    // newer ones v3.
+    let validate = "--validate=strict";
     let ns = "wf";
     s.ok(k, &["create", "namespace", ns]);
 

@@ -1,4 +1,4 @@
-//! OpenAPI v3: the `/openapi/v3` index and one document per group-version, generated once
+//! OpenAPI v3 (and v2 derived from it): the `/openapi/v3` index and one document per group-version, generated once
 //! from the k8s-openapi schemas (with their descriptions) and the [`Registry`], and cached
 //! as bytes with a content hash.
 //!
@@ -12,10 +12,12 @@
 //!   registry changed (built-in documents are kept).
 //! - [`OpenApi::schemas`]`() -> &SchemaSet`: the component schemas, for strict decoding and
 //!   validation ([`crate::validation`]).
+//! - [`OpenApi::v2_protobuf`]`()`: the `/openapi/v2` protobuf body for older kubectl.
 //! - [`patch_meta`]: the patch strategy / merge key table (also usable by the strategic merge
 //!   patch engine).
 
 mod patch_meta;
+mod v2;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -115,6 +117,9 @@ pub struct OpenApi {
     /// Which of `docs` came from CRDs (rebuilt by `update_crds`).
     crd_docs: BTreeSet<String>,
     index: Bytes,
+    /// The v2 protobuf document, made on first request (only kubectl <= 1.29 asks) and
+    /// dropped whenever the documents change.
+    v2: Arc<std::sync::OnceLock<Bytes>>,
 }
 
 impl OpenApi {
@@ -133,6 +138,7 @@ impl OpenApi {
             docs: BTreeMap::new(),
             crd_docs: BTreeSet::new(),
             index: Bytes::new(),
+            v2: Arc::default(),
         };
         for (group, versions) in registry.group_versions() {
             for v in versions {
@@ -153,6 +159,7 @@ impl OpenApi {
 
     /// Regenerates the documents of CRD-defined group-versions from `registry`.
     pub fn update_crds(&mut self, registry: &Registry) {
+        self.v2 = Arc::default();
         for p in std::mem::take(&mut self.crd_docs) {
             self.docs.remove(&p);
         }
@@ -196,6 +203,21 @@ impl OpenApi {
             .trim_start_matches("/openapi/v3")
             .trim_start_matches('/');
         self.docs.get(p)
+    }
+
+    /// The `/openapi/v2` body: every group-version's paths and definitions as one gnostic
+    /// `openapi.v2.Document` protobuf (see [`v2`]).
+    pub fn v2_protobuf(&self) -> Bytes {
+        self.v2
+            .get_or_init(|| {
+                let docs: Vec<Value> = self
+                    .docs
+                    .values()
+                    .filter_map(|d| serde_json::from_slice(&d.bytes).ok())
+                    .collect();
+                Bytes::from(v2::encode_document(&docs, KUBERNETES_VERSION))
+            })
+            .clone()
     }
 
     /// The component schemas of the built-in kinds.

@@ -258,6 +258,10 @@ fn version_body() -> Bytes {
     )
 }
 
+/// The media type of the OpenAPI v2 document as upstream answers it (clients ask with
+/// `...spec.v2@v1.0+protobuf`, which Go's mime parser rejects in a response).
+const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
 async fn route(
     app: &Arc<App>,
     conn: &ConnInfo,
@@ -308,6 +312,19 @@ async fn route(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
                 app.metrics.render(),
+            ));
+        }
+        "/openapi/v2" | "/swagger-2.0.0.pb-v1" if get => {
+            // Only the protobuf form is served: the clients that read v2 (kubectl <= 1.29,
+            // client-go's OpenAPISchema) ask for it and nothing else.
+            let accept = accept.as_deref().unwrap_or("");
+            if !path.ends_with("pb-v1") && !accept.contains("protobuf") {
+                return Err(ApiError::not_acceptable(accept));
+            }
+            return Ok(body::response(
+                StatusCode::OK,
+                OPENAPI_V2_PROTOBUF,
+                app.openapi().v2_protobuf(),
             ));
         }
         "/openapi/v3" | "/openapi/v3/" if get => {
