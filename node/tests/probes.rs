@@ -429,6 +429,12 @@ async fn exec_exit_codes_and_timeout() {
         ProbeResult::Failure("it failed\n".into())
     );
     assert!(matches!(ex("missing").await, ProbeResult::Unknown(_)));
+    let mut empty = exec_probe("true");
+    empty.exec.as_mut().unwrap().command = Some(vec![]);
+    assert!(matches!(
+        probe_once(&empty, None, "cid", &FakeExec).await,
+        ProbeResult::Unknown(_)
+    ));
     let t = Instant::now();
     assert!(matches!(ex("sleep").await, ProbeResult::Failure(m) if m.contains("timed out")));
     assert!(t.elapsed() < Duration::from_secs(5));

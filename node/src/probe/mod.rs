@@ -112,6 +112,9 @@ async fn run(
     let timeout = probe_timeout(probe);
     if let Some(e) = &probe.exec {
         let argv = e.command.clone().unwrap_or_default();
+        if argv.is_empty() {
+            return ProbeResult::Unknown("exec probe has no command".to_owned());
+        }
         return exec_probe(exec, container_id, &argv, timeout).await;
     }
     if let Some(h) = &probe.http_get {
