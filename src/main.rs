@@ -35,6 +35,8 @@ enum Command {
     Proxy(ProxyArgs),
     /// The scheduler: watches nodes and pods through the API and binds pending pods.
     Scheduler(SchedulerArgs),
+    /// A kubelet: registers this machine as a Node and runs the pods bound to it.
+    Node(NodeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +346,7 @@ fn main() -> anyhow::Result<()> {
         Command::Image(cmd) => run_image(cmd),
         Command::Proxy(args) => run_proxy(args),
         Command::Scheduler(args) => run_scheduler(args),
+        Command::Node(args) => run_node(args),
     }
 }
 
@@ -392,4 +395,60 @@ fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
         }
     }))?;
     Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// The kubeconfig to reach the apiserver with.
+    #[arg(long)]
+    kubeconfig: std::path::PathBuf,
+    /// The Node's name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Images, containers' state and manifests (default: ~/.kubeshard).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// The pod CIDR when the Node has no spec.podCIDR.
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// The node's address (default: the first global IPv4 address).
+    #[arg(long)]
+    node_ip: Option<std::net::IpAddr>,
+    /// Static pod manifests (default: DATA_DIR/manifests).
+    #[arg(long)]
+    pod_manifest_path: Option<std::path::PathBuf>,
+}
+
+/// Runs a kubelet until SIGTERM or SIGINT; its pods keep running.
+fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let name = match args.node_name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_ascii_lowercase(),
+    };
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    // The shim is this binary (see `node::shim::run_if_requested` in main).
+    let mut cfg = node::kubelet::KubeletConfig::new(&name, data_dir, std::env::current_exe()?);
+    cfg.kubeconfig = Some(args.kubeconfig);
+    cfg.pod_cidr = args.pod_cidr;
+    cfg.node_ip = args.node_ip;
+    cfg.pod_manifest_path = args.pod_manifest_path;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        node::kubelet::Kubelet::run(cfg, stop).await?;
+        anyhow::Ok(())
+    })
 }

@@ -5,7 +5,10 @@
 //! OCI images; serves logs and exec through the apiserver. Hollow mode runs many simulated
 //! kubelets in one process for scale tests.
 //!
-//! Today the crate holds the built-in runtime, which needs no API:
+//! - [`kubelet`]: the kubelet proper (Node registration and Lease, pod workers, status,
+//!   graceful termination, adoption, static pods), over the runtime below and `api::client`.
+//!
+//! The built-in runtime needs no API:
 //! - [`image`]: the content-addressed image store, archive/layout import, safe layer unpack;
 //! - [`runtime`]: pod sandboxes and containers ([`runtime::Runtime`]), the API the kubelet
 //!   calls; state lives on disk under the run dir so a restarted kubelet adopts its containers;
@@ -29,6 +32,7 @@
 
 pub mod cgroup;
 pub mod image;
+pub mod kubelet;
 pub mod logs;
 pub mod network;
 pub mod probe;

@@ -1,0 +1,338 @@
+//! The kubelet: registers the Node and renews its Lease ([`node_status`]), watches the pods
+//! bound to it (an informer with `spec.nodeName=<node>`) plus the static pods of its manifest
+//! directory ([`static_pods`]), and runs one pod worker per pod ([`worker`]) over the
+//! built-in [`Runtime`].
+//!
+//! Data flow: informer events and the manifest scan only mark the dispatcher dirty; the
+//! dispatcher then reconciles the whole desired set (level-triggered) against its workers:
+//! a new pod uid gets a worker (a tokio task fed by a one-slot `watch` channel that always
+//! holds the newest pod, so updates are bounded and coalesced), a changed pod is handed to
+//! its worker, a pod gone from every source is handed over as `None` and torn down.
+//! Sandboxes in the runtime whose pod uid no source knows are removed once the informer has
+//! synced (adoption keeps the others: a restarted kubelet finds its containers by uid).
+//!
+//! Stopping the kubelet stops its workers but leaves the pods running, as upstream does.
+
+pub mod env;
+pub mod machine;
+pub mod node_status;
+pub mod quantity;
+pub mod static_pods;
+pub mod status;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::client::runtime::{Event, Informer, Store};
+use api::client::{Api, Client, ClientError, ListParams};
+use k8s_openapi::api::core::v1::Pod;
+use parking_lot::RwLock;
+use tokio::sync::{Notify, watch};
+
+use crate::cgroup::CgroupDriver;
+use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
+
+/// The Kubernetes version the kubelet reports (`nodeInfo.kubeletVersion`).
+pub const KUBELET_VERSION: &str = "v1.33.0";
+
+/// Errors that stop the kubelet.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KubeletError {
+    /// The runtime could not be opened.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The kubeconfig is unusable.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The configuration is invalid.
+    #[error("invalid kubelet configuration: {0}")]
+    Config(String),
+}
+
+/// How a kubelet runs.
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    /// The apiserver's kubeconfig; `None` runs standalone (static pods only).
+    pub kubeconfig: Option<PathBuf>,
+    /// The Node's name.
+    pub node_name: String,
+    /// Images, runtime state, manifests (`<data_dir>/manifests` by default).
+    pub data_dir: PathBuf,
+    /// The pod CIDR when the Node has no `spec.podCIDR`.
+    pub pod_cidr: Option<String>,
+    /// The node's address (default: the first global IPv4 address).
+    pub node_ip: Option<IpAddr>,
+    /// The static pod manifest directory (default `<data_dir>/manifests`).
+    pub pod_manifest_path: Option<PathBuf>,
+    /// The shim binary ([`crate::shim::run_if_requested`]).
+    pub shim_program: PathBuf,
+    /// The cgroup layout (default: detected, under a `kubeshard` group).
+    pub cgroups: Option<CgroupDriver>,
+    /// Cluster DNS servers for `dnsPolicy: ClusterFirst` pods.
+    pub cluster_dns: Vec<String>,
+    /// The cluster domain.
+    pub cluster_domain: String,
+    /// How often the Node's status is written.
+    pub node_status_interval: Duration,
+    /// How often the Lease is renewed.
+    pub lease_interval: Duration,
+    /// Restart and image-pull backoff: first delay (upstream 10 s).
+    pub backoff_base: Duration,
+    /// Restart and image-pull backoff: largest delay (upstream 300 s).
+    pub backoff_max: Duration,
+    /// How often a pod worker re-syncs without news (and the dispatcher re-reconciles).
+    pub resync_interval: Duration,
+    /// How often the manifest directory is re-read.
+    pub static_scan_interval: Duration,
+    /// `pods` capacity.
+    pub max_pods: u32,
+    /// The port the kubelet API listens on (`daemonEndpoints.kubeletEndpoint`).
+    pub kubelet_port: u16,
+}
+
+impl KubeletConfig {
+    /// The upstream defaults for a node named `node_name` keeping its data in `data_dir`.
+    pub fn new(node_name: &str, data_dir: PathBuf, shim_program: PathBuf) -> KubeletConfig {
+        KubeletConfig {
+            kubeconfig: None,
+            node_name: node_name.to_string(),
+            data_dir,
+            pod_cidr: None,
+            node_ip: None,
+            pod_manifest_path: None,
+            shim_program,
+            cgroups: None,
+            cluster_dns: vec!["10.96.0.10".into()],
+            cluster_domain: "cluster.local".into(),
+            node_status_interval: Duration::from_secs(10),
+            lease_interval: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            resync_interval: Duration::from_secs(10),
+            static_scan_interval: Duration::from_secs(20),
+            max_pods: 110,
+            kubelet_port: 10250,
+        }
+    }
+
+    fn manifest_dir(&self) -> PathBuf {
+        self.pod_manifest_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("manifests"))
+    }
+}
+
+/// What every part of the kubelet shares.
+pub(crate) struct Ctx {
+    pub(crate) cfg: KubeletConfig,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) client: Option<Client>,
+    pub(crate) host_ip: String,
+    pub(crate) machine: machine::MachineInfo,
+    /// The API's pods bound to this node (the informer's cache).
+    pub(crate) pods: Store<Pod>,
+    /// The pod CIDR in use (the Node's `spec.podCIDR`, else the flag).
+    pub(crate) pod_cidr: RwLock<Option<String>>,
+    /// The static pods of the manifest directory (last scan).
+    pub(crate) static_pods: RwLock<Vec<Arc<Pod>>>,
+}
+
+/// The kubelet.
+#[derive(Debug)]
+pub struct Kubelet;
+
+struct WorkerHandle {
+    tx: watch::Sender<Option<Arc<Pod>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Kubelet {
+    /// Runs a kubelet until `shutdown` completes. Pods keep running after it returns; a
+    /// kubelet started later on the same data dir adopts them.
+    pub async fn run(
+        cfg: KubeletConfig,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), KubeletError> {
+        if cfg.node_name.is_empty() || cfg.node_name.len() > 253 {
+            return Err(KubeletError::Config(format!(
+                "bad node name {:?}",
+                cfg.node_name
+            )));
+        }
+        std::fs::create_dir_all(&cfg.data_dir).map_err(RuntimeError::from)?;
+        let mut rcfg = RuntimeConfig::new(&cfg.data_dir, cfg.shim_program.clone())?;
+        if let Some(c) = &cfg.cgroups {
+            rcfg.cgroups = c.clone();
+        }
+        let runtime = Arc::new(Runtime::new(rcfg)?);
+        let client = match &cfg.kubeconfig {
+            Some(k) => Some(Client::from_kubeconfig(k)?),
+            None => None,
+        };
+        let host_ip = cfg
+            .node_ip
+            .unwrap_or_else(machine::default_node_ip)
+            .to_string();
+        let pods_api: Option<Api<Pod>> = client.as_ref().map(|c| Api::all(c.clone()));
+        let (store, informer) = match pods_api {
+            Some(api) => {
+                let lp = ListParams::default().fields(&format!("spec.nodeName={}", cfg.node_name));
+                let (s, i) = Informer::new(api, lp);
+                (s, Some(i))
+            }
+            None => (Store::new(), None),
+        };
+        let ctx = Arc::new(Ctx {
+            pod_cidr: RwLock::new(cfg.pod_cidr.clone()),
+            static_pods: RwLock::new(Vec::new()),
+            cfg,
+            runtime,
+            client,
+            host_ip,
+            machine: machine::MachineInfo::detect(),
+            pods: store,
+        });
+        tracing::info!(node = %ctx.cfg.node_name, ip = %ctx.host_ip, "kubelet starting");
+        let dirty = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        if let Some(inf) = informer {
+            let d = dirty.clone();
+            tasks.push(tokio::spawn(inf.run(move |ev: Event<Pod>| {
+                let _ = ev;
+                d.notify_one();
+            })));
+            tasks.push(tokio::spawn(node_status::run(ctx.clone())));
+            tasks.push(tokio::spawn(static_pods::mirror_loop(ctx.clone())));
+        }
+        let result = tokio::select! {
+            _ = shutdown => Ok(()),
+            r = dispatch(ctx.clone(), dirty) => r,
+        };
+        for t in &tasks {
+            t.abort();
+        }
+        tracing::info!(node = %ctx.cfg.node_name, "kubelet stopped");
+        result
+    }
+}
+
+/// Whether `pod` is a mirror pod (the API's copy of a static pod: never run from the API).
+pub(crate) fn is_mirror(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(static_pods::MIRROR_ANNOTATION))
+}
+
+/// The reconcile loop: desired pods (API + static) against workers. Runs until aborted.
+async fn dispatch(ctx: Arc<Ctx>, dirty: Arc<Notify>) -> Result<(), KubeletError> {
+    let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
+    let mut statics: HashMap<String, Arc<Pod>> = HashMap::new();
+    let manifest_dir = ctx.cfg.manifest_dir();
+    let mut next_scan = tokio::time::Instant::now();
+    let mut gc_done_for_sync = false;
+    struct AbortAll<'a>(&'a mut HashMap<String, WorkerHandle>);
+    impl Drop for AbortAll<'_> {
+        fn drop(&mut self) {
+            for w in self.0.values() {
+                w.task.abort();
+            }
+        }
+    }
+    let guard = AbortAll(&mut workers);
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= next_scan {
+            statics = static_pods::scan(&manifest_dir, &ctx.cfg.node_name)
+                .into_iter()
+                .map(|p| (p.metadata.uid.clone().unwrap_or_default(), Arc::new(p)))
+                .collect();
+            *ctx.static_pods.write() = statics.values().cloned().collect();
+            next_scan = now + ctx.cfg.static_scan_interval;
+        }
+        let mut desired: HashMap<String, (Arc<Pod>, bool)> = HashMap::new();
+        for p in ctx.pods.list() {
+            if is_mirror(&p) {
+                continue;
+            }
+            let on_node = p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                == Some(ctx.cfg.node_name.as_str());
+            if let (true, Some(uid)) = (on_node, p.metadata.uid.clone()) {
+                desired.insert(uid, (p, false));
+            }
+        }
+        for (uid, p) in &statics {
+            desired.insert(uid.clone(), (p.clone(), true));
+        }
+        guard.0.retain(|_, w| !w.task.is_finished());
+        for (uid, (pod, is_static)) in &desired {
+            match guard.0.get(uid) {
+                Some(w) => {
+                    let pod = pod.clone();
+                    w.tx.send_if_modified(|cur| {
+                        let changed = cur.as_ref().is_none_or(|c| {
+                            c.metadata.resource_version != pod.metadata.resource_version
+                                || c.metadata.generation != pod.metadata.generation
+                                || (*is_static && c.spec != pod.spec)
+                        });
+                        if changed {
+                            *cur = Some(pod);
+                        }
+                        changed
+                    });
+                }
+                None => {
+                    let (tx, rx) = watch::channel(Some(pod.clone()));
+                    let task = tokio::spawn(worker::run(ctx.clone(), uid.clone(), rx, *is_static));
+                    guard.0.insert(uid.clone(), WorkerHandle { tx, task });
+                }
+            }
+        }
+        for (uid, w) in guard.0.iter() {
+            if !desired.contains_key(uid) {
+                w.tx.send_if_modified(|cur| cur.take().is_some());
+            }
+        }
+        // Orphaned sandboxes: only once the API's list is complete (or with no API at all).
+        let synced = ctx.client.is_none() || ctx.pods.has_synced();
+        if synced && !gc_done_for_sync {
+            gc_done_for_sync = true;
+            remove_orphans(&ctx, &desired, guard.0).await;
+        }
+        tokio::select! {
+            _ = dirty.notified() => {}
+            _ = tokio::time::sleep_until(next_scan.min(now + ctx.cfg.resync_interval)) => {
+                gc_done_for_sync = false;
+            }
+        }
+    }
+}
+
+/// Removes the runtime's sandboxes of pods that no source knows and no worker owns.
+async fn remove_orphans(
+    ctx: &Ctx,
+    desired: &HashMap<String, (Arc<Pod>, bool)>,
+    workers: &HashMap<String, WorkerHandle>,
+) {
+    let sandboxes = match ctx.runtime.list_sandboxes() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("listing sandboxes: {e}");
+            return;
+        }
+    };
+    let known: HashSet<&String> = desired.keys().chain(workers.keys()).collect();
+    for sb in sandboxes {
+        if !known.contains(&sb.uid) {
+            tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), uid = %sb.uid, "removing the sandbox of a pod that no longer exists");
+            if let Err(e) = ctx.runtime.remove_sandbox(&sb.id).await {
+                tracing::warn!(sandbox = %sb.id, "removing orphaned sandbox: {e}");
+            }
+        }
+    }
+}
