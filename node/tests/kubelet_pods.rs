@@ -91,6 +91,19 @@ fn pods_run_exit_restart_and_report_status() {
             "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "3600"],
                 "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "later", "key": "x"}}}]}]}}))).await;
 
+        create(
+            &client,
+            &pod(n, json!({"metadata": {"name": "vol", "namespace": "default"},
+                "spec": {"restartPolicy": "Never",
+                    "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "scratch", "emptyDir": {}}],
+                    "initContainers": [{"name": "w", "image": IMAGE, "command": ["sh", "-c", "echo from-init > /scratch/f"],
+                        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+                    "containers": [{"name": "c", "image": IMAGE,
+                        "command": ["sh", "-c", "echo \"$(cat /cfg/greeting) $(cat /scratch/f)\"; test \"$(cat /cfg/greeting)$(cat /scratch/f)\" = hellofrom-init"],
+                        "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}, {"name": "scratch", "mountPath": "/scratch"}]}]}})),
+        )
+        .await;
+
         // Two long-running containers: Running, both ready, conditions and ids.
         let p = wait_pod(&client, "two", 60, "two Running and Ready", |p| {
             (phase(p) == "Running" && condition(p, "Ready").as_deref() == Some("True")).then(|| p.clone())
@@ -141,6 +154,15 @@ fn pods_run_exit_restart_and_report_status() {
         let log = log_of(&dir, "env", "c");
         assert_eq!(phase(&p), "Succeeded", "env check failed; the container printed: {log}");
         assert_eq!(log, "env default web node-p default hello two 32 hello-env argv-expanded");
+
+        // Volumes: a configMap and an emptyDir shared between an init container and the main one.
+        let p = wait_pod(&client, "vol", 60, "vol finished", |p| {
+            matches!(phase(p), "Succeeded" | "Failed").then(|| p.clone())
+        })
+        .await;
+        let log = log_of(&dir, "vol", "c");
+        assert_eq!(phase(&p), "Succeeded", "volume check failed; the container printed: {log}");
+        assert_eq!(log, "hello from-init");
 
         // A missing image: ErrImagePull, then ImagePullBackOff.
         let mut seen = std::collections::BTreeSet::new();

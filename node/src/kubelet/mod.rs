@@ -16,6 +16,7 @@
 pub mod env;
 pub mod machine;
 pub mod node_status;
+mod objects;
 pub mod quantity;
 pub mod static_pods;
 pub mod status;
@@ -93,6 +94,11 @@ pub struct KubeletConfig {
     pub max_pods: u32,
     /// The port the kubelet API listens on (`daemonEndpoints.kubeletEndpoint`).
     pub kubelet_port: u16,
+    /// Wire pods into the node's bridge network (`node::network`); off: pods get no IP
+    /// (hostNetwork pods report the node's).
+    pub pod_network: bool,
+    /// The node bridge.
+    pub bridge: String,
 }
 
 impl KubeletConfig {
@@ -117,6 +123,8 @@ impl KubeletConfig {
             static_scan_interval: Duration::from_secs(20),
             max_pods: 110,
             kubelet_port: 10250,
+            pod_network: true,
+            bridge: crate::network::DEFAULT_BRIDGE.into(),
         }
     }
 
@@ -140,6 +148,48 @@ pub(crate) struct Ctx {
     pub(crate) pod_cidr: RwLock<Option<String>>,
     /// The static pods of the manifest directory (last scan).
     pub(crate) static_pods: RwLock<Vec<Arc<Pod>>>,
+    /// Pod volumes.
+    pub(crate) volumes: crate::volumes::VolumeManager,
+    /// The pod network, once the pod CIDR is known.
+    network: parking_lot::Mutex<Option<Arc<crate::network::PodNetwork>>>,
+}
+
+impl Ctx {
+    /// The pod network: `Ok(None)` when disabled; an error while it cannot be set up (no
+    /// podCIDR yet, no privileges), which keeps pods from starting as upstream's
+    /// "network not ready".
+    pub(crate) fn network(&self) -> Result<Option<Arc<crate::network::PodNetwork>>, String> {
+        if !self.cfg.pod_network {
+            return Ok(None);
+        }
+        let mut slot = self.network.lock();
+        if let Some(n) = slot.as_ref() {
+            return Ok(Some(n.clone()));
+        }
+        let cidr = self
+            .pod_cidr
+            .read()
+            .clone()
+            .ok_or("network is not ready: the node has no podCIDR yet")?;
+        let net: ipnet::Ipv4Net = cidr
+            .parse()
+            .map_err(|e| format!("network is not ready: bad podCIDR {cidr:?}: {e}"))?;
+        let mut ncfg = crate::network::NetworkConfig::new(net, self.cfg.data_dir.join("network"));
+        ncfg.bridge = self.cfg.bridge.clone();
+        let n = crate::network::PodNetwork::new(ncfg)
+            .map_err(|e| format!("network is not ready: {e}"))?;
+        tracing::info!(node = %self.cfg.node_name, pod_cidr = %cidr, "pod network ready");
+        let n = Arc::new(n);
+        *slot = Some(n.clone());
+        Ok(Some(n))
+    }
+
+    /// The API objects volumes read.
+    pub(crate) fn objects(&self) -> objects::ApiObjects {
+        objects::ApiObjects {
+            client: self.client.clone(),
+        }
+    }
 }
 
 /// The kubelet.
@@ -190,6 +240,8 @@ impl Kubelet {
         let ctx = Arc::new(Ctx {
             pod_cidr: RwLock::new(cfg.pod_cidr.clone()),
             static_pods: RwLock::new(Vec::new()),
+            volumes: crate::volumes::VolumeManager::new(cfg.data_dir.clone()),
+            network: parking_lot::Mutex::new(None),
             cfg,
             runtime,
             client,
@@ -327,6 +379,24 @@ async fn remove_orphans(
         }
     };
     let known: HashSet<&String> = desired.keys().chain(workers.keys()).collect();
+    for uid in ctx.volumes.pod_uids_on_disk().unwrap_or_default() {
+        if !known.contains(&uid)
+            && !sandboxes.iter().any(|s| s.uid == uid)
+            && let Err(e) = ctx.volumes.teardown_pod(&uid).await
+        {
+            tracing::warn!(%uid, "removing an orphaned pod's volumes: {e}");
+        }
+    }
+    if let Ok(Some(net)) = ctx.network() {
+        for (sb, _) in net.allocations() {
+            let owner = sandboxes.iter().find(|s| s.id == sb);
+            if owner.is_none_or(|s| !known.contains(&s.uid))
+                && let Err(e) = net.teardown(&sb).await
+            {
+                tracing::warn!(sandbox = %sb, "releasing an orphaned pod address: {e}");
+            }
+        }
+    }
     for sb in sandboxes {
         if !known.contains(&sb.uid) {
             tracing::info!(pod = %format!("{}/{}", sb.namespace, sb.name), uid = %sb.uid, "removing the sandbox of a pod that no longer exists");

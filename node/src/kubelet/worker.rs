@@ -146,6 +146,8 @@ struct Worker {
     terminal: bool,
     init_done: bool,
     sandbox_error: Option<String>,
+    volumes: Option<crate::volumes::PodVolumes>,
+    volume_error: Option<String>,
     adopted: bool,
     last_written: Option<Value>,
 }
@@ -171,6 +173,8 @@ pub(crate) async fn run(
         terminal: false,
         init_done: false,
         sandbox_error: None,
+        volumes: None,
+        volume_error: None,
         adopted: false,
         last_written: None,
     };
@@ -319,6 +323,11 @@ impl Worker {
         });
         let Some(sb) = keep else { return };
         self.sandbox = Some(sb.clone());
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            self.pod_ip = Some(self.ctx.host_ip.clone());
+        } else if let Ok(Some(net)) = self.ctx.network() {
+            self.pod_ip = net.status(&sb).map(|st| st.ip.to_string());
+        }
         let mut by_name: HashMap<String, Vec<ContainerStatus>> = HashMap::new();
         for c in rt.list_containers().unwrap_or_default() {
             if c.sandbox_id != sb {
@@ -402,9 +411,14 @@ impl Worker {
             servers.extend(dc.nameservers.iter().flatten().cloned());
             searches.extend(dc.searches.iter().flatten().cloned());
         }
-        if host_network {
+        // The network first: a pod does not start while the node's network is not ready.
+        let net = if host_network {
             self.pod_ip = Some(self.ctx.host_ip.clone());
-        }
+            None
+        } else {
+            self.pod_ip = None;
+            self.ctx.network()?
+        };
         let cfg = SandboxConfig {
             name,
             namespace: ns,
@@ -421,8 +435,64 @@ impl Worker {
         };
         let id = rt.create_sandbox(&cfg).await.map_err(|e| e.to_string())?;
         tracing::debug!(pod = %pod_ref(pod), sandbox = %id, "sandbox created");
+        if let Some(net) = net {
+            match self.wire(&net, &id, &spec).await {
+                Ok(ip) => {
+                    let _ = rt.set_sandbox_pod_ip(&id, &ip);
+                    self.pod_ip = Some(ip);
+                }
+                Err(e) => {
+                    let _ = net.teardown(&id).await;
+                    let _ = rt.remove_sandbox(&id).await;
+                    return Err(format!("setting up the pod network: {e}"));
+                }
+            }
+        }
         self.sandbox = Some(id);
         Ok(())
+    }
+
+    /// Wires sandbox `id` into the node network with the pod's host ports; its IP.
+    async fn wire(
+        &self,
+        net: &crate::network::PodNetwork,
+        id: &str,
+        spec: &PodSpec,
+    ) -> Result<String, String> {
+        use crate::network::{HostPortMapping, Protocol};
+        let pid = self
+            .ctx
+            .runtime
+            .sandbox_status(id)
+            .map_err(|e| e.to_string())?
+            .pid
+            .ok_or("the sandbox holder is gone")?;
+        let mut ports = Vec::new();
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            for p in c.ports.iter().flatten() {
+                let Some(hp) = p.host_port.filter(|h| *h > 0) else {
+                    continue;
+                };
+                ports.push(HostPortMapping {
+                    host_port: u16::try_from(hp).map_err(|_| format!("bad hostPort {hp}"))?,
+                    container_port: u16::try_from(p.container_port)
+                        .map_err(|_| format!("bad containerPort {}", p.container_port))?,
+                    protocol: Protocol::from_k8s(p.protocol.as_deref())
+                        .map_err(|e| e.to_string())?,
+                    host_ip: p.host_ip.as_deref().and_then(|h| h.parse().ok()),
+                });
+            }
+        }
+        let netns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let st = net
+            .setup(id, &netns, &ports)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(st.ip.to_string())
     }
 
     fn cluster_dns(&self, ns: &str) -> (Vec<String>, Vec<String>) {
@@ -460,6 +530,22 @@ impl Worker {
             }
         }
         if !self.terminal && self.sandbox_error.is_none() {
+            // Volumes (every pass: configMap/secret/downwardAPI/projected files are refreshed).
+            match self.ctx.volumes.setup_pod(pod, &self.ctx.objects()).await {
+                Ok(v) => {
+                    self.volumes = Some(v);
+                    self.volume_error = None;
+                }
+                Err(e) => {
+                    if self.volume_error.as_deref() != Some(&e.to_string()) {
+                        tracing::warn!(pod = %pod_ref(pod), "{e}");
+                    }
+                    self.volume_error = Some(e.to_string());
+                    soonest(now_unix_nanos() + self.ctx.cfg.backoff_base.as_nanos() as i64);
+                }
+            }
+        }
+        if !self.terminal && self.sandbox_error.is_none() && self.volumes.is_some() {
             // Init containers, in order: each must complete before the next starts.
             let mut init_done = true;
             for c in spec.init_containers.iter().flatten() {
@@ -519,8 +605,15 @@ impl Worker {
             self.terminal = true;
             tracing::info!(pod = %pod_ref(pod), %phase, "pod finished");
             if let Some(sb) = &self.sandbox {
-                // Every container has exited: only the sandbox holder is left to stop.
+                // Every container has exited: only the sandbox holder is left to stop; the
+                // address and the volumes go too (the containers stay for their logs).
                 let _ = self.ctx.runtime.stop_sandbox(sb).await;
+                if let Ok(Some(net)) = self.ctx.network() {
+                    let _ = net.teardown(sb).await;
+                }
+            }
+            if let Err(e) = self.ctx.volumes.teardown_pod(&self.uid).await {
+                tracing::warn!(pod = %pod_ref(pod), "removing the volumes: {e}");
             }
         }
         let status = self.build_status(pod, &policy);
@@ -686,6 +779,24 @@ impl Worker {
                 return Some(now + base);
             }
         };
+        let mounts = match self
+            .volumes
+            .as_ref()
+            .map(|v| self.ctx.volumes.container_mounts(pod, c, v))
+        {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::warn!(pod = %pod_ref(pod), container = %c.name, "{e}");
+                self.set_waiting(
+                    &c.name,
+                    "CreateContainerConfigError",
+                    e.to_string(),
+                    Some(now + base),
+                );
+                return Some(now + base);
+            }
+            None => return Some(now + base),
+        };
         let spec = spec_of(pod);
         let psc = spec.security_context.clone().unwrap_or_default();
         let sc = c.security_context.clone().unwrap_or_default();
@@ -715,7 +826,7 @@ impl Worker {
             read_only_rootfs: sc.read_only_root_filesystem == Some(true),
             share_pid: spec.share_process_namespace == Some(true),
             resources: container_resources(c),
-            mounts: Vec::new(),
+            mounts,
             log_path: None,
         };
         let rt = self.ctx.runtime.clone();
@@ -823,7 +934,12 @@ impl Worker {
                     } else {
                         "ContainerCreating"
                     };
-                    (r.to_string(), String::new())
+                    let m = self
+                        .sandbox_error
+                        .clone()
+                        .or_else(|| self.volume_error.clone())
+                        .unwrap_or_default();
+                    (r.to_string(), m)
                 });
                 let mut w = json!({"reason": reason});
                 if !message.is_empty() {
@@ -1074,12 +1190,22 @@ impl Worker {
     /// Removes the pod's containers and sandbox.
     async fn teardown(&mut self) {
         let rt = self.ctx.runtime.clone();
+        let net = self.ctx.network().ok().flatten();
         for sb in rt.list_sandboxes().unwrap_or_default() {
-            if sb.uid == self.uid
-                && let Err(e) = rt.remove_sandbox(&sb.id).await
+            if sb.uid != self.uid {
+                continue;
+            }
+            if let Some(net) = &net
+                && let Err(e) = net.teardown(&sb.id).await
             {
+                tracing::warn!(uid = %self.uid, sandbox = %sb.id, "releasing the pod network: {e}");
+            }
+            if let Err(e) = rt.remove_sandbox(&sb.id).await {
                 tracing::warn!(uid = %self.uid, sandbox = %sb.id, "removing the sandbox: {e}");
             }
+        }
+        if let Err(e) = self.ctx.volumes.teardown_pod(&self.uid).await {
+            tracing::warn!(uid = %self.uid, "removing the volumes: {e}");
         }
         self.sandbox = None;
         self.conts.clear();

@@ -113,6 +113,7 @@ impl NodeDir {
         cfg.static_scan_interval = Duration::from_secs(1);
         cfg.backoff_base = Duration::from_secs(2);
         cfg.backoff_max = Duration::from_secs(8);
+        cfg.pod_network = false;
         cfg
     }
 
