@@ -172,6 +172,7 @@ fn consume(
     spec: Spec,
     stop: Arc<AtomicBool>,
     final_rev: Arc<parking_lot::Mutex<u64>>,
+    registered: std::sync::mpsc::Sender<()>,
 ) -> Recording {
     let mut rec = Recording::default();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -189,6 +190,7 @@ fn consume(
                 })
                 .await
                 .unwrap();
+            let _ = registered.send(());
             let mut n = 0u64;
             if spec.slow && rec.resumes.is_empty() {
                 // Read nothing until the writers are done: the bounded queue must overflow,
@@ -394,14 +396,28 @@ fn run(seed: u64) {
     ];
     let stop = Arc::new(AtomicBool::new(false));
     let final_rev = Arc::new(parking_lot::Mutex::new(u64::MAX));
+    let (registered_tx, registered) = std::sync::mpsc::channel();
     let watchers: Vec<_> = specs
         .iter()
         .cloned()
         .map(|s| {
             let (e, stop, f) = (e.clone(), stop.clone(), final_rev.clone());
-            std::thread::spawn(move || consume(e, s, stop, f))
+            // Only the slow watcher's first registration is waited for (below): the others
+            // register while the writers run.
+            let tx = if s.slow {
+                registered_tx.clone()
+            } else {
+                std::sync::mpsc::channel().0
+            };
+            std::thread::spawn(move || consume(e, s, stop, f, tx))
         })
         .collect();
+    // The slow watcher must be registered before the writers start, so that the writes
+    // after it overflow its bounded queue whatever the timing (its catch-up, which enlarges
+    // the queue, is then only the early history).
+    registered
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the slow watcher registered");
     let writers: Vec<_> = (0..3)
         .map(|i| {
             let e = e.clone();

@@ -49,8 +49,8 @@ use watch::{EventRec, RevBatch, WatchHub};
 
 use crate::backend::{
     Backend, Compare, CompareOp, CompareTarget, LeaseGrant, LeaseId, LeaseTimeToLive, RangeRequest,
-    RangeResponse, Revision, StoreStatus, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchRequest,
-    WatchStream,
+    RangeResponse, Revision, StoreStatus, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchFilter,
+    WatchRequest, WatchStream,
 };
 use crate::envelope::{self, Envelope, VersionMeta};
 use crate::error::StoreError;
@@ -1354,12 +1354,17 @@ impl Inner {
         Ok(out)
     }
 
+    /// Registers a watcher. Catch-up (revisions already fanned out) is collected without the
+    /// registry lock, which the fan-out thread needs for every delivery: a watch from an old
+    /// revision must not stall every other watcher while it reads history. Only the few
+    /// revisions fanned out meanwhile are read under the lock.
     fn watch(&self, req: WatchRequest) -> Result<watch::WatchStreamImpl, StoreError> {
+        /// Lock-free catch-up passes before the rest is read under the lock: one reads the bulk;
+        /// more would let a watch chase a busy writer and grow its catch-up (and queue cap).
+        const UNLOCKED_PASSES: usize = 1;
         self.check_open()?;
         check_range_end(&req.key, &req.range_end)?;
         let range = KeyRange::new(&req.key, &req.range_end);
-        let mut reg = self.hub.reg.lock();
-        let cursor = reg.cursor;
         let start = match req.start_revision {
             None | Some(Revision(0)) => self.visible() + 1,
             Some(r) => r.0,
@@ -1374,63 +1379,79 @@ impl Inner {
             });
         }
         let mut catchup = Vec::new();
-        if start <= cursor {
-            match self.hub.history(start, cursor) {
-                Some(batches) => {
-                    for b in batches {
-                        let evs: Vec<_> = b
-                            .events
-                            .iter()
-                            .filter(|e| {
-                                range.contains(&e.key)
-                                    && (req.filter.labels.is_empty()
-                                        && req.filter.fields.is_empty()
-                                        || e.new
-                                            .as_ref()
-                                            .is_some_and(|v| watch::filter_matches(&req.filter, v))
-                                        || e.prev
-                                            .as_ref()
-                                            .is_some_and(|v| watch::filter_matches(&req.filter, v)))
-                            })
-                            .cloned()
-                            .collect();
-                        if !evs.is_empty() {
-                            catchup.push((b.rev, evs));
-                        }
+        // Revisions below `next` are in `catchup` (or were before `start`).
+        let mut next = start;
+        let mut pass = 0;
+        loop {
+            let mut reg = self.hub.reg.lock();
+            let cursor = reg.cursor;
+            if cursor < next || pass == UNLOCKED_PASSES {
+                if next <= cursor {
+                    catchup.extend(self.catchup_events(&range, &req.filter, next, cursor)?);
+                }
+                let min_rev = start.max(cursor + 1);
+                return Ok(self.hub.register(
+                    &mut reg,
+                    range,
+                    req.filter,
+                    req.prev_kv,
+                    req.progress_notify,
+                    min_rev,
+                    self.watch_buffer,
+                    catchup,
+                ));
+            }
+            drop(reg);
+            catchup.extend(self.catchup_events(&range, &req.filter, next, cursor)?);
+            next = cursor + 1;
+            pass += 1;
+        }
+    }
+
+    /// The events of revisions `[from, to]` in `range` that pass `filter`, from the event
+    /// ring when it still holds them, else from the MVCC history.
+    fn catchup_events(
+        &self,
+        range: &KeyRange,
+        filter: &WatchFilter,
+        from: u64,
+        to: u64,
+    ) -> Result<watch::RevEvents, StoreError> {
+        let unfiltered = filter.labels.is_empty() && filter.fields.is_empty();
+        let passes = |e: &watch::EventRec| {
+            unfiltered
+                || e.new
+                    .as_ref()
+                    .is_some_and(|v| watch::filter_matches(filter, v))
+                || e.prev
+                    .as_ref()
+                    .is_some_and(|v| watch::filter_matches(filter, v))
+        };
+        let mut out = Vec::new();
+        match self.hub.history(from, to) {
+            Some(batches) => {
+                for b in batches {
+                    let evs: Vec<_> = b
+                        .events
+                        .iter()
+                        .filter(|e| range.contains(&e.key) && passes(e))
+                        .cloned()
+                        .collect();
+                    if !evs.is_empty() {
+                        out.push((b.rev, evs));
                     }
                 }
-                None => {
-                    for (rev, evs) in self.history_events(&range, start, cursor)? {
-                        let evs: Vec<_> = evs
-                            .into_iter()
-                            .filter(|e| {
-                                req.filter.labels.is_empty() && req.filter.fields.is_empty()
-                                    || e.new
-                                        .as_ref()
-                                        .is_some_and(|v| watch::filter_matches(&req.filter, v))
-                                    || e.prev
-                                        .as_ref()
-                                        .is_some_and(|v| watch::filter_matches(&req.filter, v))
-                            })
-                            .collect();
-                        if !evs.is_empty() {
-                            catchup.push((rev, evs));
-                        }
+            }
+            None => {
+                for (rev, evs) in self.history_events(range, from, to)? {
+                    let evs: Vec<_> = evs.into_iter().filter(|e| passes(e)).collect();
+                    if !evs.is_empty() {
+                        out.push((rev, evs));
                     }
                 }
             }
         }
-        let min_rev = start.max(cursor + 1);
-        Ok(self.hub.register(
-            &mut reg,
-            range,
-            req.filter,
-            req.prev_kv,
-            req.progress_notify,
-            min_rev,
-            self.watch_buffer,
-            catchup,
-        ))
+        Ok(out)
     }
 }
 
