@@ -1,6 +1,9 @@
 //! The cluster's PKI under `DIR/pki/`, laid out as kubeadm does: a CA (`ca.crt`, `ca.key`),
 //! the apiserver's serving certificate (`apiserver.crt`, `apiserver.key`) and the admin
-//! client certificate (`admin.crt`, `admin.key`, CN `kubeshard-admin`, O `system:masters`).
+//! client certificate (`admin.crt`, `admin.key`, CN `kubeshard-admin`, O `system:masters`),
+//! and the client certificate the apiserver presents to kubelets for logs, exec and
+//! port-forward (`apiserver-kubelet-client.crt`, `.key`, CN `kube-apiserver-kubelet-client`,
+//! O `system:masters`).
 //!
 //! Created on first start and reused afterwards. The serving certificate is re-issued (by
 //! the same CA) when the configured addresses are not all among its SANs. Private keys are
@@ -20,6 +23,9 @@ use rcgen::{
 pub const ADMIN_USER: &str = "kubeshard-admin";
 /// The admin user's group (the O of the admin client certificate).
 pub const ADMIN_GROUP: &str = "system:masters";
+/// The user the apiserver presents to kubelets (the CN of `apiserver-kubelet-client.crt`,
+/// as kubeadm names it).
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// PKI failures. None is retryable without fixing the directory or its files.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +51,10 @@ pub struct Pki {
     pub serving_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The apiserver's client certificate towards kubelets.
+    pub kubelet_client_cert_pem: String,
+    /// Its key.
+    pub kubelet_client_key_pem: String,
 }
 
 impl std::fmt::Debug for Pki {
@@ -236,6 +246,21 @@ pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<Pki, PkiError> {
         }
     };
 
+    // The apiserver's client certificate towards kubelets.
+    let (kc_crt, kc_key) = (
+        pki.join("apiserver-kubelet-client.crt"),
+        pki.join("apiserver-kubelet-client.key"),
+    );
+    let (kubelet_client_cert_pem, kubelet_client_key_pem) = match (read(&kc_crt)?, read(&kc_key)?) {
+        (Some(c), Some(k)) if !fresh_ca => (c, k),
+        _ => {
+            let (c, k) = issue_client_cert(&issuer, KUBELET_CLIENT_USER, &[ADMIN_GROUP])?;
+            write(&kc_key, &k, true)?;
+            write(&kc_crt, &c, false)?;
+            (c, k)
+        }
+    };
+
     Ok(Pki {
         dir: pki,
         ca_cert_pem,
@@ -243,6 +268,8 @@ pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<Pki, PkiError> {
         serving_key_pem,
         admin_cert_pem,
         admin_key_pem,
+        kubelet_client_cert_pem,
+        kubelet_client_key_pem,
     })
 }
 
@@ -301,6 +328,8 @@ mod tests {
             "apiserver.key",
             "admin.crt",
             "admin.key",
+            "apiserver-kubelet-client.crt",
+            "apiserver-kubelet-client.key",
         ] {
             assert!(dir.path().join("pki").join(f).exists(), "{f}");
         }
@@ -314,6 +343,7 @@ mod tests {
         assert_eq!(a.ca_cert_pem, b.ca_cert_pem);
         assert_eq!(a.serving_cert_pem, b.serving_cert_pem);
         assert_eq!(a.admin_cert_pem, b.admin_cert_pem);
+        assert_eq!(a.kubelet_client_cert_pem, b.kubelet_client_cert_pem);
         let sans = cert_sans(&a.serving_cert_pem, Path::new("x")).unwrap();
         assert!(sans.contains(&"127.0.0.1".to_string()) && sans.contains(&"localhost".to_string()));
 

@@ -19,6 +19,8 @@
 //! - [`volumes`]: pod volumes (emptyDir, hostPath, configMap, secret, downwardAPI, projected,
 //!   PVCs on hostPath/local PVs) with upstream's atomic writer, subPaths and teardown;
 //! - [`probe`]: the exec/httpGet/tcpSocket/grpc probe handlers and the sans-IO probe state;
+//! - [`server`]: the kubelet's HTTPS API (logs, exec, attach, port-forward over WebSocket
+//!   and SPDY/3.1), which the apiserver proxies `pods/log|exec|attach|portforward` to;
 //! - [`shim`]: the per-container monitor process (and the sandbox holder) the runtime starts by
 //!   re-executing a binary that calls [`shim::run_if_requested`] first thing in `main`.
 //!
@@ -38,6 +40,7 @@ pub mod network;
 pub mod probe;
 mod rootfs;
 pub mod runtime;
+pub mod server;
 pub mod shim;
 pub mod spec;
 mod sys;

@@ -26,6 +26,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt as _;
 
+mod exec;
+
+pub use exec::{
+    EXEC_SYNC_MAX_OUTPUT, ExecExit, ExecOutput, ExecReader, ExecRequest, ExecSession, ExecWriter,
+    TtyResizer,
+};
+
 use crate::cgroup::{CgroupDriver, CgroupError, Resources};
 use crate::image::{ImageError, ImageStore};
 use crate::spec::{
@@ -55,6 +62,9 @@ pub enum RuntimeError {
     /// The request does not fit the object's state (e.g. starting a container twice).
     #[error("invalid state: {0}")]
     InvalidState(String),
+    /// An operation did not finish in time (e.g. an exec past its timeout, then killed).
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// The configuration is invalid (`CreateContainerConfigError`).
     #[error("invalid config: {0}")]
     InvalidConfig(String),

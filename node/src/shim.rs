@@ -10,6 +10,14 @@
 //!   then copies stdout/stderr into the CRI log through io_uring, waits for the exit (pidfd),
 //!   and writes `exit.json` (code, signal, OOM) before it exits.
 //!
+//! - `exec DIR EXEC_DIR`: runs one more process in a running container (`kubectl exec`, exec
+//!   probes): joins the container's IPC, UTS, network and PID namespaces, forks, places the
+//!   child in the container's cgroup, and the child joins the mount namespace and takes the
+//!   container's identity, capabilities, `no_new_privs`, environment and working directory
+//!   before it executes `EXEC_DIR/exec.json`'s argv. Its stdio is the shim's own (pipes or a
+//!   pty slave from the runtime); it dies with the shim (`PR_SET_PDEATHSIG`). The shim waits
+//!   and writes `EXEC_DIR/result.json` (exit code and signal, or the start error).
+//!
 //! The shim runs in its own session, so a restarted kubelet finds containers still running
 //! and their monitors still writing logs and exit states.
 //!
@@ -42,8 +50,12 @@ pub fn run_if_requested() {
     let code = match (args.get(2).map(String::as_str), args.get(3)) {
         (Some("sandbox"), Some(dir)) => run_sandbox(Path::new(dir)),
         (Some("container"), Some(dir)) => run_container(Path::new(dir)),
+        (Some("exec"), Some(dir)) => match args.get(4) {
+            Some(exec_dir) => run_exec(Path::new(dir), Path::new(exec_dir)),
+            None => 2,
+        },
         _ => {
-            eprintln!("usage: {SHIM_ARG} sandbox|container DIR");
+            eprintln!("usage: {SHIM_ARG} sandbox|container DIR | exec DIR EXEC_DIR");
             2
         }
     };
@@ -282,6 +294,25 @@ fn container_init(
     nix::unistd::dup2_stdout(&out_w).map_err(dup_err)?;
     nix::unistd::dup2_stderr(&err_w).map_err(dup_err)?;
     drop((null, out_w, err_w));
+    drop_privileges(spec, uid, gid, &groups)?;
+    std::env::set_current_dir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
+    let argv0 = spec.argv.first().ok_or("no command")?;
+    let path = resolve_exe(argv0, &spec.env)?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("NUL in {s:?}"));
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec.env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+    crate::sys::reset_signals();
+    let e = nix::unistd::execve(&cstr(&path)?, &argv, &envp).unwrap_err();
+    Err(format!("exec {argv0}: {e}"))
+}
+
+/// Cuts the capability bounding set to the container's, changes identity, sets the
+/// capability sets and `no_new_privs` (the container's first process and exec'd ones alike).
+fn drop_privileges(spec: &ContainerSpec, uid: u32, gid: u32, groups: &[u32]) -> Result<(), String> {
     // Capabilities: shrink the bounding set first (needs CAP_SETPCAP), then change identity.
     let last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -309,19 +340,7 @@ fn container_init(
     }
     crate::sys::clear_ambient_caps().map_err(|e| format!("clearing ambient caps: {e}"))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
-    std::env::set_current_dir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
-    let argv0 = spec.argv.first().ok_or("no command")?;
-    let path = resolve_exe(argv0, &spec.env)?;
-    let cstr = |s: &str| CString::new(s).map_err(|_| format!("NUL in {s:?}"));
-    let argv: Vec<CString> = spec
-        .argv
-        .iter()
-        .map(|a| cstr(a))
-        .collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = spec.env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
-    crate::sys::reset_signals();
-    let e = nix::unistd::execve(&cstr(&path)?, &argv, &envp).unwrap_err();
-    Err(format!("exec {argv0}: {e}"))
+    Ok(())
 }
 
 /// Looks a command up in the container's PATH (after pivot_root, so inside its root).
@@ -506,4 +525,198 @@ async fn copy_logs(spec: &ContainerSpec, out_r: OwnedFd, err_r: OwnedFd) {
             },
         }
     }
+}
+
+/// What to execute in a running container (`EXEC_DIR/exec.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ExecSpec {
+    /// The command and its arguments.
+    pub(crate) argv: Vec<String>,
+    /// Stdio is a terminal: the process gets a new session with it as controlling tty.
+    pub(crate) tty: bool,
+}
+
+/// How an exec'd process ended (`EXEC_DIR/result.json`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ExecResult {
+    /// Exit code (128 + signal when killed by one).
+    pub(crate) exit_code: i32,
+    /// The signal that killed it.
+    pub(crate) signal: Option<i32>,
+    /// The process could not be started (e.g. the binary is missing).
+    pub(crate) start_error: Option<String>,
+}
+
+fn write_exec_result(exec_dir: &Path, r: &ExecResult) -> i32 {
+    let Ok(b) = serde_json::to_vec(r) else {
+        return 1;
+    };
+    match crate::image::write_atomic(&exec_dir.join("result.json"), &b) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn run_exec(dir: &Path, exec_dir: &Path) -> i32 {
+    let failed = |e: String| {
+        let r = ExecResult {
+            exit_code: 126,
+            signal: None,
+            start_error: Some(e),
+        };
+        write_exec_result(exec_dir, &r);
+        1
+    };
+    let spec: ContainerSpec = match read_json(&dir.join("spec.json")) {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    let exec: ExecSpec = match read_json(&exec_dir.join("exec.json")) {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    if exec.argv.is_empty() {
+        return failed("no command given".into());
+    }
+    let state: crate::spec::ProcState = match read_json(&dir.join("state.json")) {
+        Ok(s) => s,
+        Err(_) => return failed("container is not running".into()),
+    };
+    if crate::spec::proc_start_time(state.pid) != Some(state.start_time)
+        || dir.join("exit.json").exists()
+    {
+        return failed("container is not running".into());
+    }
+    match exec_start(&spec, &exec, state.pid) {
+        Err(e) => failed(e),
+        Ok(child) => {
+            // Only the child (and what it starts) holds the session's stdio from now on, so
+            // the runtime sees EOF when it is done.
+            if let Ok(null) = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                let _ = nix::unistd::dup2_stdin(&null);
+                let _ = nix::unistd::dup2_stdout(&null);
+                let _ = nix::unistd::dup2_stderr(&null);
+            }
+            let status = loop {
+                match waitpid(child, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other,
+                }
+            };
+            let (exit_code, signal) = match status {
+                Ok(WaitStatus::Exited(_, c)) => (c, None),
+                Ok(WaitStatus::Signaled(_, s, _)) => (128 + s as i32, Some(s as i32)),
+                _ => (255, None),
+            };
+            write_exec_result(
+                exec_dir,
+                &ExecResult {
+                    exit_code,
+                    signal,
+                    start_error: None,
+                },
+            )
+        }
+    }
+}
+
+/// Joins the container's namespaces (all but mount, which only the child joins so the shim
+/// keeps the host's files), forks and waits until the child has executed the command.
+fn exec_start(spec: &ContainerSpec, exec: &ExecSpec, pid: i32) -> Result<nix::unistd::Pid, String> {
+    let mnt = ns_fd(pid, "mnt")?;
+    let pidns = ns_fd(pid, "pid")?;
+    for (ns, t) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+    ] {
+        let f = ns_fd(pid, ns)?;
+        nix::sched::setns(f.as_fd(), t).map_err(|e| format!("joining {ns} namespace: {e}"))?;
+    }
+    nix::sched::setns(pidns.as_fd(), CloneFlags::CLONE_NEWPID)
+        .map_err(|e| format!("joining the PID namespace: {e}"))?;
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let (go_r, go_w) = pipe()?;
+    let (rep_r, rep_w) = pipe()?;
+    match crate::sys::fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            drop((go_w, rep_r));
+            let msg = exec_init(spec, exec, mnt, go_r).unwrap_err();
+            let mut f = fs::File::from(rep_w);
+            let _ = f.write_all(msg.as_bytes());
+            std::process::exit(127);
+        }
+        ForkResult::Parent { child } => {
+            drop((go_r, rep_w, mnt));
+            if let Err(e) = spec.cgroup.add_pid(child.as_raw()) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(format!("placing in cgroup: {e}"));
+            }
+            let mut go = fs::File::from(go_w);
+            go.write_all(b"g")
+                .map_err(|e| format!("releasing the process: {e}"))?;
+            drop(go);
+            let mut msg = String::new();
+            let _ = fs::File::from(rep_r)
+                .take(64 * 1024)
+                .read_to_string(&mut msg);
+            if !msg.is_empty() {
+                let _ = waitpid(child, None);
+                return Err(msg);
+            }
+            Ok(child)
+        }
+    }
+}
+
+/// Runs in the exec'd process: mount namespace, terminal, identity, privileges, exec.
+fn exec_init(
+    spec: &ContainerSpec,
+    exec: &ExecSpec,
+    mnt: fs::File,
+    go: OwnedFd,
+) -> Result<std::convert::Infallible, String> {
+    let mut b = [0u8; 1];
+    let n = fs::File::from(go)
+        .read(&mut b)
+        .map_err(|e| format!("waiting for release: {e}"))?;
+    if n != 1 {
+        return Err("the shim went away before releasing the process".into());
+    }
+    nix::sched::setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("joining the mount namespace: {e}"))?;
+    drop(mnt);
+    if exec.tty {
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        crate::sys::set_controlling_tty(0).map_err(|e| format!("TIOCSCTTY: {e}"))?;
+    }
+    let (uid, gid, mut groups) = resolve_user(spec)?;
+    groups.extend(spec.supplementary_gids.iter().copied());
+    let cwd = if spec.cwd.is_empty() {
+        "/"
+    } else {
+        spec.cwd.as_str()
+    };
+    let path = resolve_exe(&exec.argv[0], &spec.env)?;
+    drop_privileges(spec, uid, gid, &groups)?;
+    // Die with the shim (set after the identity change, which clears it).
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("pdeathsig: {e}"))?;
+    std::env::set_current_dir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("NUL in {s:?}"));
+    let argv: Vec<CString> = exec
+        .argv
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec.env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+    crate::sys::reset_signals();
+    let e = nix::unistd::execve(&cstr(&path)?, &argv, &envp).unwrap_err();
+    Err(format!("exec {}: {e}", exec.argv[0]))
 }

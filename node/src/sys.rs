@@ -1,6 +1,6 @@
 //! Thin wrappers over the kernel interfaces the runtime needs and `nix` does not cover:
-//! pidfds, capability sets, extended attributes, the loopback interface flags and `fork` in
-//! the single-threaded shim.
+//! pidfds, capability sets, extended attributes, the loopback interface flags, terminal
+//! ioctls (controlling tty, window size) and `fork` in the single-threaded shim.
 //!
 //! # Unsafe
 //!
@@ -227,4 +227,33 @@ pub(crate) fn reset_signals() {
         let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Makes the terminal on `fd` the controlling terminal of the calling session leader
+/// (`TIOCSCTTY`).
+pub(crate) fn set_controlling_tty(fd: i32) -> io::Result<()> {
+    // SAFETY: an ioctl with an integer argument on a descriptor the caller owns.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the window size of the terminal behind `fd` (`TIOCSWINSZ`; the foreground process
+/// group gets SIGWINCH).
+pub(crate) fn set_winsize(fd: &impl AsFd, cols: u16, rows: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize we own for the duration of the call; the fd is
+    // borrowed.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

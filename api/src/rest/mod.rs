@@ -8,6 +8,7 @@
 //! written `core` ([`crate::registry::ResourceDef::key_prefix`]).
 
 pub mod objects;
+mod proxy;
 pub mod selector;
 
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub const DEFAULT_NAMESPACES: [&str; 4] =
 
 /// A parsed query string (`application/x-www-form-urlencoded`).
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Query(Vec<(String, String)>);
+pub(crate) struct Query(pub(crate) Vec<(String, String)>);
 
 fn percent_decode(s: &str, plus_space: bool) -> Option<String> {
     let b = s.as_bytes();
@@ -395,7 +396,15 @@ async fn route(
     }
     let target = parse_target(app, group, version, rest)?;
     *labels = Some(request_labels(&target, &query, &req));
+    if proxy::is_streaming(&target) {
+        return proxy::serve(app, target, query, req).await;
+    }
     objects::serve(app, &user, target, query, req).await
+}
+
+/// The TLS client configuration towards kubelets, from the PKI.
+pub(crate) fn kubelet_tls(pki: &crate::pki::Pki) -> Result<Arc<rustls::ClientConfig>, String> {
+    proxy::kubelet_tls(&pki.kubelet_client_cert_pem, &pki.kubelet_client_key_pem)
 }
 
 /// Upstream's verb and labels of a resource request, for `/metrics`.

@@ -126,6 +126,9 @@ pub(crate) struct App {
     pub(crate) hubs: crate::watch::Hubs,
     /// `/metrics` (request counts and latencies, watches, store latencies).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// TLS towards kubelets (pods/log, exec, attach, portforward), with the
+    /// `apiserver-kubelet-client` certificate.
+    pub(crate) kubelet_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl App {
@@ -298,6 +301,9 @@ pub fn start(
         auth,
         server_address,
         hubs: Default::default(),
+        kubelet_tls: crate::rest::kubelet_tls(&pki)
+            .map_err(|e| tracing::warn!("kubelet client TLS: {e}"))
+            .ok(),
     });
 
     // Bootstrap (default namespaces) on a throwaway runtime before serving.
