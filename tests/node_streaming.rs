@@ -310,6 +310,32 @@ fn kubectl_logs_exec_port_forward() {
     );
     drop(follow);
 
+    // attach: the container's output from now on.
+    let attach = support::KubectlStream::start(s, 33, &["attach", "web"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        ok(
+            s,
+            33,
+            &[
+                "exec",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                "echo attached-line > /proc/1/fd/1",
+            ],
+        );
+        seen = !attach
+            .lines_with("attached-line", 1, Duration::from_millis(500))
+            .is_empty();
+    }
+    assert!(seen, "kubectl attach did not stream the container's output");
+    drop(attach);
+
+    python_exec_and_port_forward(s);
+
     for minor in [33u32, 27] {
         if !kubectl_path(minor).exists() {
             continue;
@@ -373,4 +399,64 @@ fn kubectl_logs_exec_port_forward() {
     );
     let err = s.err(33, &["exec", "web", "-c", "nope", "--", "true"]);
     assert!(err.contains("nope"), "{err}");
+}
+
+/// The Python `kubernetes` client: exec over WebSocket (v5 offered with v4) and port-forward
+/// over the v4 channel protocol with `?ports=`.
+fn python_exec_and_port_forward(s: &TestServer) {
+    let have = Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success());
+    if !have {
+        eprintln!("SKIP python part: the Python `kubernetes` package is not installed");
+        return;
+    }
+    let script = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import stream, portforward
+config.load_kube_config(sys.argv[1])
+core = client.CoreV1Api()
+r = stream(core.connect_get_namespaced_pod_exec, 'web', 'default',
+           command=['sh', '-c', 'echo py-$GREETING; exit 4'],
+           stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+r.run_forever(timeout=20)
+print('exec', r.read_stdout().strip(), r.returncode)
+pf = portforward(core.connect_get_namespaced_pod_portforward, 'web', 'default', ports='8080')
+sock = pf.socket(8080)
+sock.setblocking(True)
+sock.settimeout(20)
+sock.sendall(b'GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n')
+data = b''
+while True:
+    chunk = sock.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+sock.close()
+print('pf', 'served-from-pod' in data.decode(errors='replace'))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(s.kubeconfig())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("exec py-hello-env 4"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("pf True"), "{stdout}\n{stderr}");
 }

@@ -224,6 +224,8 @@ where
     let mut reader = WsReader::new(r, writer.clone());
     let mut to_socket: Vec<Option<mpsc::Sender<Bytes>>> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // The pod-to-client copies: when every one has ended, so has the session (as upstream).
+    let mut downs = tokio::task::JoinSet::new();
     for (i, port) in ports.iter().copied().enumerate() {
         let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
         let pb = port.to_le_bytes();
@@ -252,7 +254,7 @@ where
             let _ = wr.shutdown().await;
         });
         let w2 = writer.clone();
-        tasks.spawn(async move {
+        downs.spawn(async move {
             let mut buf = vec![0u8; 32 * 1024];
             loop {
                 match rd.read(&mut buf).await {
@@ -269,19 +271,26 @@ where
             }
         });
     }
-    while let Ok(Message::Data(b)) = reader.next().await {
-        let Some((&ch, data)) = b.split_first() else {
-            continue;
-        };
-        if ch % 2 == 0
-            && let Some(Some(tx)) = to_socket.get(usize::from(ch / 2))
-            && !data.is_empty()
-            && tx.send(Bytes::copy_from_slice(data)).await.is_err()
-        {
-            break;
+    let inbound = async move {
+        while let Ok(Message::Data(b)) = reader.next().await {
+            let Some((&ch, data)) = b.split_first() else {
+                continue;
+            };
+            if ch % 2 == 0
+                && let Some(Some(tx)) = to_socket.get(usize::from(ch / 2))
+                && !data.is_empty()
+                && tx.send(Bytes::copy_from_slice(data)).await.is_err()
+            {
+                break;
+            }
         }
+    };
+    let all_down = async { while downs.join_next().await.is_some() {} };
+    tokio::select! {
+        _ = inbound => {}
+        _ = all_down => {}
     }
-    drop(to_socket);
     tasks.abort_all();
+    downs.abort_all();
     let _ = writer.close().await;
 }
