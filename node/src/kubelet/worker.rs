@@ -19,6 +19,7 @@ use super::quantity;
 use super::static_pods;
 use super::status::{self, Backoff, Summary};
 use crate::cgroup::Resources;
+use crate::probe::{ExecProber, ProbeEvent, ProbeKind, ProbeResult, ProbeState};
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, RuntimeError, SandboxConfig,
 };
@@ -42,6 +43,36 @@ struct CInfo {
     retry_at: Option<i64>,
     /// When the last pull attempt failed (Unix ns).
     pull_failed_at: Option<i64>,
+    /// The probe state of the running container (its id).
+    probe: Option<(String, ProbeState)>,
+}
+
+/// A finished probe attempt, sent back to the worker.
+#[derive(Debug)]
+struct ProbeDone {
+    name: String,
+    id: String,
+    kind: ProbeKind,
+    result: ProbeResult,
+}
+
+/// Probe results in flight to one worker (each container has at most three probes running).
+const PROBE_RESULTS: usize = 64;
+
+/// Exec probes run through the runtime's exec, which this node does not have yet: they come
+/// back as errors, i.e. `Unknown` results that count neither way.
+struct RuntimeExec;
+
+#[async_trait::async_trait]
+impl ExecProber for RuntimeExec {
+    async fn exec(
+        &self,
+        _id: &str,
+        _argv: &[String],
+        _timeout: Duration,
+    ) -> Result<(i32, Vec<u8>), String> {
+        Err("exec probes need the runtime's exec, which this node does not have yet".into())
+    }
 }
 
 /// The runtime state of a container as the status needs it.
@@ -150,6 +181,9 @@ struct Worker {
     volume_error: Option<String>,
     adopted: bool,
     last_written: Option<Value>,
+    probe_tx: tokio::sync::mpsc::Sender<ProbeDone>,
+    /// The pod's terminationGracePeriodSeconds (for liveness kills).
+    pod_grace: i64,
 }
 
 /// Runs the worker of pod `uid` until the pod is gone (torn down) or the kubelet stops
@@ -160,7 +194,10 @@ pub(crate) async fn run(
     mut rx: watch::Receiver<Option<Arc<Pod>>>,
     is_static: bool,
 ) {
+    let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel::<ProbeDone>(PROBE_RESULTS);
     let mut w = Worker {
+        probe_tx,
+        pod_grace: 30,
         restart_backoff: Backoff::new(ctx.cfg.backoff_base, ctx.cfg.backoff_max),
         pull_backoff: Backoff::new(ctx.cfg.backoff_base, ctx.cfg.backoff_max),
         ctx,
@@ -248,6 +285,7 @@ pub(crate) async fn run(
             }
             _ = tokio::time::sleep(sleep) => {}
             _ = exits => {}
+            Some(done) = probe_rx.recv() => w.probe_result(done),
         }
     }
 }
@@ -597,6 +635,12 @@ impl Worker {
                         }
                     }
                 }
+            }
+        }
+        if !self.terminal {
+            self.pod_grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+            if let Some(t) = self.drive_probes(pod) {
+                soonest(t);
             }
         }
         let status = self.build_status(pod, &policy);
@@ -956,6 +1000,10 @@ impl Worker {
                 )
             }
         };
+        let probe = info
+            .and_then(|i| i.probe.as_ref())
+            .filter(|(id, _)| cur.as_ref().is_some_and(|s| &s.id == id))
+            .map(|(_, st)| st);
         let image_id = cur
             .as_ref()
             .or(prev.as_ref())
@@ -965,11 +1013,11 @@ impl Worker {
             "name": c.name,
             "state": state,
             "lastState": last_state,
-            "ready": running,
+                        "ready": running && probe.is_none_or(|p| p.is_ready()),
             "restartCount": info.map_or(0, |i| i.restarts),
             "image": c.image.clone().unwrap_or_default(),
             "imageID": image_id,
-            "started": running,
+            "started": running && probe.is_none_or(|p| p.is_started()),
         });
         if let Some(s) = &cur {
             v["containerID"] = json!(format!("kubeshard://{}", s.id));
@@ -1140,6 +1188,108 @@ impl Worker {
                     tracing::debug!(pod = %format!("{ns}/{name}"), attempt, "writing the pod status: {e}");
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 }
+            }
+        }
+    }
+
+    /// Keeps a probe state per running container with probes, starts the probes that are due
+    /// (each in its own task, reporting back through the worker's channel) and returns when
+    /// the next one is due (Unix ns).
+    fn drive_probes(&mut self, pod: &Pod) -> Option<i64> {
+        let spec = spec_of(pod);
+        let now = std::time::Instant::now();
+        let now_nanos = now_unix_nanos();
+        let pod_ip = self.pod_ip.as_deref().and_then(|i| i.parse().ok());
+        let mut next: Option<std::time::Instant> = None;
+        for c in &spec.containers {
+            if c.startup_probe.is_none()
+                && c.liveness_probe.is_none()
+                && c.readiness_probe.is_none()
+            {
+                continue;
+            }
+            let Some(info) = self.conts.get_mut(&c.name) else {
+                continue;
+            };
+            let running = info.id.as_ref().and_then(|id| {
+                match self
+                    .ctx
+                    .runtime
+                    .container_status(id)
+                    .ok()
+                    .map(|s| rstate(&s))
+                {
+                    Some(RState::Running { started }) => Some((id.clone(), started)),
+                    _ => None,
+                }
+            });
+            let Some((id, started)) = running else {
+                info.probe = None;
+                continue;
+            };
+            if info.probe.as_ref().is_none_or(|(pid, _)| *pid != id) {
+                let ago = Duration::from_nanos(now_nanos.saturating_sub(started).max(0) as u64);
+                let started_at = now.checked_sub(ago).unwrap_or(now);
+                info.probe = Some((id.clone(), ProbeState::new(c, started_at)));
+            }
+            let Some((_, st)) = info.probe.as_mut() else {
+                continue;
+            };
+            while st.poll_event().is_some() {}
+            while let Some(kind) = st.poll_probe(now) {
+                let Some(probe) = st.probe(kind).cloned() else {
+                    continue;
+                };
+                let (tx, c2, id2) = (self.probe_tx.clone(), c.clone(), id.clone());
+                tokio::spawn(async move {
+                    let result =
+                        crate::probe::probe_container(&probe, &c2, pod_ip, &id2, &RuntimeExec)
+                            .await;
+                    let _ = tx
+                        .send(ProbeDone {
+                            name: c2.name.clone(),
+                            id: id2,
+                            kind,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            if let Some(t) = st.poll_timeout() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        next.map(|t| now_nanos + t.saturating_duration_since(now).as_nanos() as i64)
+    }
+
+    /// Applies a probe result; a failed liveness or startup probe kills the container (the
+    /// restart policy and backoff decide what follows).
+    fn probe_result(&mut self, done: ProbeDone) {
+        let Some(info) = self.conts.get_mut(&done.name) else {
+            return;
+        };
+        let Some((id, st)) = info.probe.as_mut() else {
+            return;
+        };
+        if *id != done.id {
+            return;
+        }
+        st.handle_result(done.kind, &done.result, std::time::Instant::now());
+        while let Some(ev) = st.poll_event() {
+            if let ProbeEvent::Restart {
+                kind,
+                message,
+                grace_period_seconds,
+            } = ev
+            {
+                tracing::info!(uid = %self.uid, container = %done.name, "container failed its {} probe, will be restarted: {message}", kind.name());
+                let grace = Duration::from_secs(
+                    grace_period_seconds.unwrap_or(self.pod_grace).max(0) as u64,
+                );
+                let (rt, id) = (self.ctx.runtime.clone(), id.clone());
+                tokio::spawn(async move {
+                    let _ = rt.stop_container(&id, grace).await;
+                });
             }
         }
     }
