@@ -205,7 +205,7 @@ fn run_server(args: ServerArgs, up: Option<up::ComponentArgs>) -> anyhow::Result
         };
         match up {
             Some(up) => {
-                up::run(server.kubeconfig.clone(), up, stop).await;
+                up::run(server.kubeconfig.clone(), data_dir.clone(), up, stop).await;
             }
             None => stop.await,
         }

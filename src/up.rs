@@ -2,8 +2,8 @@
 //!
 //! The store and the apiserver start first (as `kubeshard server`); then, on one tokio runtime,
 //! the components that talk to the apiserver through the admin kubeconfig: the scheduler, the
-//! controller-manager, and — when running as root, since they need network namespaces and
-//! addresses on `lo` — the service proxy and the cluster DNS. Leader election is off: one
+//! controller-manager, and — when running as root, since they need namespaces, cgroups and
+//! addresses on `lo` — the local node's kubelet, the service proxy and the cluster DNS. Leader election is off: one
 //! process holds every component, and a restarted `up` must not wait out its own old Lease.
 //!
 //! Cluster DNS listens on the node's address, port 53; the `kube-dns` Service
@@ -33,6 +33,12 @@ pub(crate) struct ComponentArgs {
     /// default route, else 127.0.0.1.
     #[arg(long)]
     pub(crate) node_ip: Option<IpAddr>,
+    /// The local node's pod CIDR until the controllers' node IPAM assigns one.
+    #[arg(long, default_value = "10.244.0.0/24")]
+    pub(crate) pod_cidr: String,
+    /// Run no local node (control plane only).
+    #[arg(long)]
+    pub(crate) no_node: bool,
 }
 
 /// A stop signal shared by every component.
@@ -50,13 +56,15 @@ impl Stop {
 /// a bound, so a stuck component cannot hold the process).
 pub(crate) async fn run(
     kubeconfig: PathBuf,
+    data_dir: PathBuf,
     args: ComponentArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop = Stop(stop_rx);
+    // The node name, as the kubelet registers it (lower case, a DNS subdomain).
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
+        .map(|h| h.trim().to_ascii_lowercase())
         .unwrap_or_else(|_| "localhost".into());
     let node_ip = args.node_ip.unwrap_or_else(default_node_ip);
     let root = nix_is_root();
@@ -92,6 +100,30 @@ pub(crate) async fn run(
     ));
 
     let mut dns = None;
+    let mut node = false;
+    if root && !args.no_node {
+        match std::env::current_exe() {
+            Ok(shim) => {
+                // The shim is this binary; images are where `kubeshard image import
+                // --data-dir DIR` puts them.
+                let mut cfg = node::kubelet::KubeletConfig::new(&host, data_dir.clone(), shim);
+                cfg.kubeconfig = Some(kubeconfig.clone());
+                cfg.node_ip = Some(node_ip);
+                cfg.pod_cidr = Some(args.pod_cidr.clone());
+                let s = stop.clone();
+                tasks.push((
+                    "kubelet",
+                    tokio::spawn(async move {
+                        if let Err(e) = node::kubelet::Kubelet::run(cfg, s.wait()).await {
+                            tracing::error!(error = %e, "kubelet stopped");
+                        }
+                    }),
+                ));
+                node = true;
+            }
+            Err(e) => tracing::error!(error = %e, "kubelet not started: no path to this binary"),
+        }
+    }
     if root {
         let dp = proxy_dp::DataplaneConfig::default()
             .node_name(host.clone())
@@ -113,19 +145,21 @@ pub(crate) async fn run(
         }
     } else {
         tracing::warn!(
-            "not root: the service proxy and cluster DNS need network privileges and are not started"
+            "not root: the kubelet, the service proxy and cluster DNS need privileges and are not started"
         );
     }
-    println!(
-        "components: scheduler, controller-manager{}",
-        if dns.is_some() {
-            ", proxy, cluster DNS (kube-system/kube-dns 10.96.0.10)"
-        } else if root {
-            ", proxy"
-        } else {
-            ""
-        }
-    );
+    let mut running = vec!["scheduler".to_string(), "controller-manager".to_string()];
+    if node {
+        running.push(format!("kubelet (node {host})"));
+    }
+    if root {
+        running.push("proxy".into());
+    }
+    if dns.is_some() {
+        running.push("cluster DNS (kube-system/kube-dns 10.96.0.10)".into());
+    }
+    let line = running.join(", ");
+    println!("components: {line}");
 
     shutdown.await;
     tracing::info!("stopping the components");
@@ -148,7 +182,7 @@ pub(crate) async fn run(
 pub(crate) fn default_node_ip() -> IpAddr {
     std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| {
-            s.connect("192.0.2.255:9")?;
+            s.connect("203.0.113.1:9")?;
             s.local_addr()
         })
         .map(|a| a.ip())
