@@ -387,6 +387,22 @@ fn kubectl_logs_exec_port_forward() {
         assert!(resp.contains("served-from-pod"), "1.{minor}: {resp}");
     }
 
+    // nodes/{name}/proxy: the kubelet's own endpoints through the apiserver.
+    assert_eq!(
+        ok(s, 33, &["get", "--raw", "/api/v1/nodes/n1/proxy/healthz"]),
+        "ok"
+    );
+    let pods: serde_json::Value =
+        serde_json::from_str(&ok(s, 33, &["get", "--raw", "/api/v1/nodes/n1/proxy/pods"])).unwrap();
+    assert_eq!(pods["items"][0]["metadata"]["name"], "web", "{pods}");
+    assert_eq!(
+        pods["items"][0]["status"]["containerStatuses"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
     // Bad input: a missing pod, a missing container.
     let err = s.err(33, &["exec", "nosuch", "--", "true"]);
     assert!(err.contains("pods \"nosuch\" not found"), "{err}");
@@ -399,6 +415,40 @@ fn kubectl_logs_exec_port_forward() {
     );
     let err = s.err(33, &["exec", "web", "-c", "nope", "--", "true"]);
     assert!(err.contains("nope"), "{err}");
+    // A pod on a node whose kubelet does not answer, and a pod bound to no node.
+    let n2 = "apiVersion: v1\nkind: Node\nmetadata:\n  name: n2\n";
+    assert!(
+        s.kubectl_stdin(33, &["create", "--validate=false", "-f", "-"], Some(n2))
+            .status
+            .success()
+    );
+    ok(
+        s,
+        33,
+        &[
+            "patch",
+            "node",
+            "n2",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"}],"daemonEndpoints":{"kubeletEndpoint":{"Port":1}}}}"#,
+        ],
+    );
+    for (pod, node) in [("lost", "\n  nodeName: n2"), ("unbound", "")] {
+        let y = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:{node}\n  containers:\n  - name: app\n    image: x\n"
+        );
+        assert!(
+            s.kubectl_stdin(33, &["create", "--validate=false", "-f", "-"], Some(&y))
+                .status
+                .success()
+        );
+    }
+    let err = s.err(33, &["logs", "lost"]);
+    assert!(err.contains("error dialing backend"), "{err}");
+    let err = s.err(33, &["logs", "unbound"]);
+    assert!(err.contains("does not have a host assigned"), "{err}");
 }
 
 /// The Python `kubernetes` client: exec over WebSocket (v5 offered with v4) and port-forward

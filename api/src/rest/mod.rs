@@ -372,6 +372,11 @@ async fn route(
         Some(&"") => &segs[..segs.len() - 1],
         _ => &segs[..],
     };
+    // nodes/{name}/proxy/{path...}: the node's kubelet answers.
+    if let ["api", "v1", "nodes", node, "proxy", tail @ ..] = segs {
+        check_segment(node)?;
+        return proxy::serve_node_proxy(app, node, &tail.join("/"), req).await;
+    }
     let (group, version, rest): (&str, &str, &[&str]) = match segs {
         ["api", "v1", rest @ ..] => ("", "v1", rest),
         ["apis", g] if get => {

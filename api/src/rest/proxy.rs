@@ -243,7 +243,7 @@ pub(crate) async fn serve(
     app: &Arc<App>,
     t: Target,
     q: Query,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let sub = t.subresource.clone().unwrap_or_default();
     let name = t.name.clone().unwrap_or_default();
@@ -293,14 +293,46 @@ pub(crate) async fn serve(
             .collect();
         path.push_str(&enc.join("&"));
     }
+    kubelet_request(app, &node_name, &name, path, sub != "log", req).await
+}
+
+/// `nodes/{name}/proxy/{path}`: the request (its method, path rest and query; upgrades
+/// included) sent to that node's kubelet.
+pub(crate) async fn serve_node_proxy(
+    app: &Arc<App>,
+    node_name: &str,
+    rest: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let mut path = format!("/{}", rest.trim_start_matches('/'));
+    if let Some(q) = req.uri().query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let upgrade = req.headers().contains_key(header::UPGRADE);
+    kubelet_request(app, node_name, node_name, path, upgrade, req).await
+}
+
+/// Sends `method path` to the kubelet of `node_name` and relays the answer: a `101` becomes
+/// a spliced connection, an error a Status, anything else a streamed body.
+async fn kubelet_request(
+    app: &Arc<App>,
+    node_name: &str,
+    name: &str,
+    path: String,
+    upgrade: bool,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let method = req.method().clone();
+    let name = name.to_string();
     let nodes = app
         .registry()
         .lookup("", "v1", "nodes")
         .cloned()
         .ok_or_else(|| ApiError::internal("no nodes resource"))?;
-    let node = read_json(app, super::object_key(&nodes, None, &node_name))
+    let node = read_json(app, super::object_key(&nodes, None, node_name))
         .await?
-        .ok_or_else(|| ApiError::not_found("", "nodes", &node_name))?;
+        .ok_or_else(|| ApiError::not_found("", "nodes", node_name))?;
     let addr = kubelet_address(&node).ok_or_else(|| {
         ApiError::internal(format!(
             "node {node_name} has no address to reach its kubelet"
@@ -350,7 +382,7 @@ pub(crate) async fn serve(
         if let Ok(v) = HeaderValue::from_str(&addr) {
             h.insert(header::HOST, v);
         }
-        if sub != "log" {
+        if upgrade {
             for name in UPGRADE_HEADERS {
                 for v in req.headers().get_all(name) {
                     h.append(name, v.clone());
