@@ -364,18 +364,36 @@ struct ControllerManagerArgs {
     /// Take the kube-system/kube-controller-manager Lease before running.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
+    /// Give each Node a podCIDR out of --cluster-cidr.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    allocate_node_cidrs: bool,
+    /// The pods' address range, carved into node ranges.
+    #[arg(long, default_value = controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: String,
+    /// The prefix length of each node's range.
+    #[arg(long, default_value_t = controllers::nodeipam::DEFAULT_NODE_MASK)]
+    node_cidr_mask_size: u8,
+    /// A node without a heartbeat this long goes Unknown and gets tainted (e.g. 40s, 1m).
+    #[arg(long, default_value = "40s", value_parser = controllers::util::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// How often every node's health is checked.
+    #[arg(long, default_value = "5s", value_parser = controllers::util::parse_duration)]
+    node_monitor_period: std::time::Duration,
 }
 
 /// Runs the controller-manager until SIGTERM or SIGINT (or lost leadership).
 fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let opts = controllers::manager::Options {
-        kubeconfig: args.kubeconfig,
-        controllers: args.controllers,
-        metrics_port: args.metrics_port,
-        leader_elect: args.leader_elect,
-        identity: format!("{}_{}", host.trim(), std::process::id()),
-    };
+    let mut opts = controllers::manager::Options::new(args.kubeconfig);
+    opts.controllers = args.controllers;
+    opts.metrics_port = args.metrics_port;
+    opts.leader_elect = args.leader_elect;
+    opts.identity = format!("{}_{}", host.trim(), std::process::id());
+    opts.nodes.allocate_node_cidrs = args.allocate_node_cidrs;
+    opts.nodes.cluster_cidr = args.cluster_cidr.parse()?;
+    opts.nodes.node_cidr_mask_size = args.node_cidr_mask_size;
+    opts.nodes.monitor_grace_period = args.node_monitor_grace_period;
+    opts.nodes.monitor_period = args.node_monitor_period;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

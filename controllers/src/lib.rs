@@ -17,17 +17,25 @@
 //!
 //! Unsafe code is forbidden (workspace lint).
 
+pub mod cron;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod job;
 pub mod manager;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccount;
+pub mod statefulset;
+pub mod ttl;
 pub mod util;
 
 #[cfg(test)]

@@ -35,6 +35,12 @@ use crate::runtime::{Action, Controller, ReconcileError, Stats, run_workers};
 use crate::util::{ObjectKey, controller_ref, selector_matches};
 use crate::{deployment, endpointslice, job, namespace, replicaset, serviceaccount};
 
+mod apps;
+mod batch;
+mod nodes;
+
+pub use self::nodes::NodeOptions;
+
 /// Every controller this manager runs, by its upstream name.
 pub const CONTROLLERS: &[&str] = &[
     "deployment",
@@ -46,10 +52,46 @@ pub const CONTROLLERS: &[&str] = &[
     "root-ca-cert-publisher",
     "endpointslice",
     "endpoint",
+    "nodeipam",
+    "nodelifecycle",
+    "taint-eviction-controller",
+    "daemonset",
+    "statefulset",
+    "cronjob",
+    "ttl-after-finished",
+    "replicationcontroller",
 ];
 
 /// Bound of every work queue (distinct keys).
 const QUEUE_CAPACITY: usize = 1 << 20;
+
+/// Where the controllers read the time (CronJob schedules, TTLs, node health). The system
+/// clock in production; tests drive their own.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Timestamp + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// A clock that reads `f`.
+    pub fn from_fn(f: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// The time now.
+    pub fn now(&self) -> Timestamp {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
 
 /// Options of [`run`].
 #[derive(Clone, Debug)]
@@ -64,6 +106,25 @@ pub struct Options {
     pub leader_elect: bool,
     /// This instance's identity in the Lease.
     pub identity: String,
+    /// Node IPAM and node lifecycle settings.
+    pub nodes: NodeOptions,
+    /// The clock of the time-driven controllers.
+    pub clock: Clock,
+}
+
+impl Options {
+    /// Every controller, no metrics port, no leader election, upstream's defaults otherwise.
+    pub fn new(kubeconfig: impl Into<PathBuf>) -> Self {
+        Self {
+            kubeconfig: kubeconfig.into(),
+            controllers: "*".into(),
+            metrics_port: None,
+            leader_elect: false,
+            identity: "controller-manager".into(),
+            nodes: NodeOptions::default(),
+            clock: Clock::system(),
+        }
+    }
 }
 
 /// Why the manager stopped.
@@ -79,6 +140,9 @@ pub enum ManagerError {
     /// The metrics listener.
     #[error("metrics: {0}")]
     Io(#[from] std::io::Error),
+    /// A bad `--cluster-cidr`/`--node-cidr-mask-size`.
+    #[error(transparent)]
+    Ipam(#[from] crate::nodeipam::IpamError),
     /// Leadership was lost; the process must restart to campaign again.
     #[error("leader election lost")]
     LeadershipLost,
@@ -205,6 +269,12 @@ const GC_KINDS: &[(&str, &str)] = &[
     ("v1", "Service"),
     ("discovery.k8s.io/v1", "EndpointSlice"),
     ("v1", "ConfigMap"),
+    ("apps/v1", "DaemonSet"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "ControllerRevision"),
+    ("batch/v1", "CronJob"),
+    ("v1", "PersistentVolumeClaim"),
+    ("v1", "ReplicationController"),
 ];
 
 /// Per-controller queue, stats and enablement.
@@ -241,6 +311,10 @@ struct PodIndex {
     by_ns: HashMap<String, HashSet<ObjectKey>>,
     /// pod -> Services that selected it at its last event.
     services_of: HashMap<ObjectKey, Vec<ObjectKey>>,
+    /// node -> pods bound to it.
+    by_node: HashMap<String, HashSet<ObjectKey>>,
+    /// pod -> the node it is bound to.
+    node_of: HashMap<ObjectKey, String>,
 }
 
 /// Everything the controllers share.
@@ -270,6 +344,11 @@ struct Ctx {
     gc: Lane,
     root_ca: bool,
     endpoints: bool,
+    clock: Clock,
+    recent_events: Mutex<HashMap<String, Instant>>,
+    apps: apps::Apps,
+    batch: batch::Batch,
+    nodes: nodes::Nodes,
 }
 
 /// Runs the enabled controllers until `shutdown` completes (or leadership is lost).
@@ -278,6 +357,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ManagerError> {
     let enabled = parse_controllers(&opts.controllers)?;
+    let node_state = nodes::Nodes::configure(&opts.nodes, &enabled)?;
     let cfg = ClientConfig::from_kubeconfig(&opts.kubeconfig)?;
     let ca_pem = cfg.ca_pem.clone().and_then(|v| String::from_utf8(v).ok());
     let client = Client::new(cfg)?;
@@ -312,7 +392,15 @@ pub async fn run(
         leader_rx = Some(rx);
     }
     let mut tasks = tokio::task::JoinSet::new();
-    let ctx = start(&mut tasks, client, ca_pem, &enabled).await;
+    let ctx = start(
+        &mut tasks,
+        client,
+        ca_pem,
+        &enabled,
+        node_state,
+        opts.clock.clone(),
+    )
+    .await;
     if let Some(port) = opts.metrics_port {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         tracing::info!(port = listener.local_addr()?.port(), "metrics listening");
@@ -330,15 +418,7 @@ pub async fn run(
         () = stopped(stop_rx.clone()) => Ok(()),
         () = lost => Err(ManagerError::LeadershipLost),
     };
-    for lane in [
-        &ctx.rs,
-        &ctx.deploy,
-        &ctx.job,
-        &ctx.ns,
-        &ctx.sa,
-        &ctx.eps_lane,
-        &ctx.gc,
-    ] {
+    for lane in ctx.lanes() {
         lane.queue.shut_down();
     }
     tasks.abort_all();
@@ -359,6 +439,8 @@ async fn start(
     client: Client,
     ca_pem: Option<String>,
     enabled: &BTreeSet<&'static str>,
+    node_state: nodes::NodesInit,
+    clock: Clock,
 ) -> Arc<Ctx> {
     let on = |n: &str| enabled.contains(n);
     let (pods, pod_inf) = informer::<Pod>(&client);
@@ -371,6 +453,9 @@ async fn start(
     let (svcs, svc_inf) = informer::<Service>(&client);
     let (slices, slice_inf) = informer::<EndpointSlice>(&client);
     let (eps, eps_inf) = informer::<Endpoints>(&client);
+    let (apps_state, apps_informers) = apps::Apps::new(&client, enabled);
+    let (batch_state, batch_informers) = batch::Batch::new(&client, enabled);
+    let (node_state, node_informers) = node_state.informers(&client);
     let watched = GC_KINDS
         .iter()
         .map(|(a, k)| ((*a).to_string(), (*k).to_string()));
@@ -403,6 +488,11 @@ async fn start(
         gc: Lane::new("garbagecollector", on("garbagecollector")),
         root_ca: on("root-ca-cert-publisher"),
         endpoints: on("endpoint"),
+        clock,
+        recent_events: Mutex::new(HashMap::new()),
+        apps: apps_state,
+        batch: batch_state,
+        nodes: node_state,
     });
     macro_rules! run_informer {
         ($inf:expr, $handler:ident) => {{
@@ -420,6 +510,9 @@ async fn start(
     run_informer!(svc_inf, on_svc);
     run_informer!(slice_inf, on_slice);
     run_informer!(eps_inf, on_eps);
+    apps_informers.spawn(tasks, &ctx);
+    batch_informers.spawn(tasks, &ctx);
+    node_informers.spawn(tasks, &ctx);
     // Workers start once every cache has its first list (a reconcile on a half-filled
     // cache would create what exists).
     ctx.pods.wait_until_synced().await;
@@ -432,6 +525,9 @@ async fn start(
     ctx.svcs.wait_until_synced().await;
     ctx.slices.wait_until_synced().await;
     ctx.eps.wait_until_synced().await;
+    ctx.apps.wait_until_synced().await;
+    ctx.batch.wait_until_synced().await;
+    ctx.nodes.wait_until_synced().await;
     tracing::info!(controllers = ?enabled, "caches synced; starting workers");
     macro_rules! workers {
         ($lane:ident, $ctl:expr, $n:expr) => {
@@ -452,6 +548,9 @@ async fn start(
     workers!(sa, ServiceAccountController(ctx.clone()), 2);
     workers!(eps_lane, EndpointSliceController(ctx.clone()), 5);
     workers!(gc, GarbageCollector(ctx.clone()), 10);
+    apps::spawn_workers(tasks, &ctx);
+    batch::spawn_workers(tasks, &ctx);
+    nodes::spawn_workers(tasks, &ctx);
     // Resync: a periodic pass over every object catches anything a refused add dropped.
     let c = ctx.clone();
     tasks.spawn(async move {
@@ -508,6 +607,26 @@ impl Ctx {
         for s in self.svcs.list() {
             self.eps_lane.add(key_of(&s.metadata));
         }
+        self.apps.resync();
+        self.batch.resync();
+        self.nodes.resync();
+    }
+
+    /// Every lane (queue) of the manager.
+    fn lanes(&self) -> Vec<&Lane> {
+        let mut v = vec![
+            &self.rs,
+            &self.deploy,
+            &self.job,
+            &self.ns,
+            &self.sa,
+            &self.eps_lane,
+            &self.gc,
+        ];
+        v.extend(self.apps.lanes());
+        v.extend(self.batch.lanes());
+        v.extend(self.nodes.lanes());
+        v
     }
 
     /// Services in the pod's namespace whose selector picks it.
@@ -557,6 +676,23 @@ impl Ctx {
                     ix.by_owner.remove(&prev);
                 }
             }
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .filter(|n| !n.is_empty() && !deleted);
+            if let Some(prev) = ix.node_of.remove(&key)
+                && let Some(set) = ix.by_node.get_mut(&prev)
+            {
+                set.remove(&key);
+                if set.is_empty() {
+                    ix.by_node.remove(&prev);
+                }
+            }
+            if let Some(n) = &node {
+                ix.by_node.entry(n.clone()).or_default().insert(key.clone());
+                ix.node_of.insert(key.clone(), n.clone());
+            }
             if deleted {
                 if let Some(set) = ix.by_ns.get_mut(&ns) {
                     set.remove(&key);
@@ -597,6 +733,10 @@ impl Ctx {
                         self.deploy.add(ObjectKey::new(&ns, &d.name));
                     }
                 }
+                "DaemonSet" | "StatefulSet" | "ReplicationController" => {
+                    self.apps
+                        .on_owned_pod(&o.kind, &okey, &pod_key, deleted || terminating, added);
+                }
                 "Job" => {
                     if deleted || terminating {
                         self.job_exp.deletion_observed(&okey, &pod_key);
@@ -627,11 +767,28 @@ impl Ctx {
         for s in svc_keys {
             self.eps_lane.add(s);
         }
+        if !deleted {
+            self.nodes.on_pod(&pod);
+        }
         if deleted {
             self.gc_remove(&pod.metadata);
         } else {
             self.gc_upsert("v1", "Pod", &pod.metadata);
         }
+    }
+
+    /// The pods bound to `node`.
+    fn pods_on_node(&self, node: &str) -> Vec<Arc<Pod>> {
+        let keys: Vec<ObjectKey> = self
+            .index
+            .lock()
+            .by_node
+            .get(node)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        keys.iter()
+            .filter_map(|k| self.pods.get(&k.namespace, &k.name))
+            .collect()
     }
 
     fn on_rs(&self, ev: Event<ReplicaSet>) {
@@ -672,8 +829,10 @@ impl Ctx {
             Event::Added(j) | Event::Modified(j) => {
                 self.gc_upsert("batch/v1", "Job", &j.metadata);
                 self.job.add(key_of(&j.metadata));
+                self.batch.on_job(&j);
             }
             Event::Deleted(j) => {
+                self.batch.on_job(&j);
                 self.job_exp.delete(&key_of(&j.metadata));
                 self.gc_remove(&j.metadata);
             }
@@ -896,7 +1055,8 @@ impl Controller for ReplicaSetController {
         let api: Api<Pod> = Api::namespaced(c.client.clone(), &key.namespace);
         let mut err = None;
         if satisfied {
-            adopt_release(&api, &rs, &plan).await.map_err(api_err)?;
+            let me = crate::util::new_controller_ref("apps/v1", "ReplicaSet", &rs.metadata);
+            adopt_release(&api, &me, &plan).await.map_err(api_err)?;
             let deletes: Vec<String> = plan
                 .delete
                 .iter()
@@ -944,10 +1104,9 @@ impl Controller for ReplicaSetController {
 
 async fn adopt_release(
     api: &Api<Pod>,
-    rs: &ReplicaSet,
+    me: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
     plan: &replicaset::Plan,
 ) -> Result<(), ClientError> {
-    let me = crate::util::new_controller_ref("apps/v1", "ReplicaSet", &rs.metadata);
     for p in &plan.adopt {
         let patch = json!({"metadata": {"uid": p.uid, "ownerReferences": [me]}});
         match api
@@ -1545,6 +1704,93 @@ impl Controller for GarbageCollector {
     }
 }
 
+// === events ===
+
+/// Records an Event about `obj` (in `namespace`; "default" for cluster-scoped objects).
+/// Repeats of the same (object, reason, message) within 10 minutes are dropped, so a
+/// controller that retries does not flood the API; the memory of repeats is bounded.
+async fn record_event(
+    ctx: &Ctx,
+    obj: k8s_openapi::api::core::v1::ObjectReference,
+    component: &str,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
+    let key = format!(
+        "{}/{}/{}/{reason}/{message}",
+        obj.kind.as_deref().unwrap_or(""),
+        obj.namespace.as_deref().unwrap_or(""),
+        obj.name.as_deref().unwrap_or("")
+    );
+    {
+        let mut recent = ctx.recent_events.lock();
+        let t = Instant::now();
+        if recent
+            .get(&key)
+            .is_some_and(|at| t.duration_since(*at) < Duration::from_secs(600))
+        {
+            return;
+        }
+        if recent.len() >= 4096 {
+            recent.clear();
+        }
+        recent.insert(key, t);
+    }
+    let ns = obj
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let at = ctx.clock.now();
+    let stamp = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at);
+    let ev = k8s_openapi::api::core::v1::Event {
+        metadata: ObjectMeta {
+            name: Some(format!(
+                "{}.{:x}",
+                obj.name.as_deref().unwrap_or("object"),
+                at.as_nanosecond()
+            )),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: obj,
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some(type_.into()),
+        count: Some(1),
+        first_timestamp: Some(stamp.clone()),
+        last_timestamp: Some(stamp),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some(component.into()),
+            host: None,
+        }),
+        reporting_component: Some(component.into()),
+        ..Default::default()
+    };
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Err(e) = api.create(&PostParams::default(), &ev).await {
+        tracing::debug!(reason, error = %e, "event not recorded");
+    }
+}
+
+/// A reference to an object for an Event.
+fn object_ref(
+    api_version: &str,
+    kind: &str,
+    meta: &ObjectMeta,
+) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..Default::default()
+    }
+}
+
 // === /metrics ===
 
 async fn serve_metrics(listener: tokio::net::TcpListener, ctx: Arc<Ctx>) {
@@ -1573,15 +1819,7 @@ impl Ctx {
     fn metrics(&self) -> String {
         let mut out = String::new();
         out.push_str("# TYPE workqueue_depth gauge\n# TYPE controller_reconcile_total counter\n");
-        for lane in [
-            &self.rs,
-            &self.deploy,
-            &self.job,
-            &self.ns,
-            &self.sa,
-            &self.eps_lane,
-            &self.gc,
-        ] {
+        for lane in self.lanes() {
             if !lane.on {
                 continue;
             }
