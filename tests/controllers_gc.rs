@@ -48,12 +48,20 @@ fn namespace_accounts_endpoints_and_deletion() {
     let Some(c) = Cluster::start("*") else { return };
     c.k(&["create", "namespace", "demo"]);
     // Every namespace gets a default ServiceAccount and the root CA.
-    wait_for("default service account", 30, || c.exists(&["serviceaccount", "default", "-n", "demo"]).then_some(()));
+    wait_for("default service account", 30, || {
+        c.exists(&["serviceaccount", "default", "-n", "demo"])
+            .then_some(())
+    });
     let cm = wait_for("kube-root-ca.crt", 30, || {
         c.exists(&["configmap", "kube-root-ca.crt", "-n", "demo"])
             .then(|| c.json(&["configmap", "kube-root-ca.crt", "-n", "demo"]))
     });
-    assert!(cm["data"]["ca.crt"].as_str().unwrap_or("").contains("BEGIN CERTIFICATE"));
+    assert!(
+        cm["data"]["ca.crt"]
+            .as_str()
+            .unwrap_or("")
+            .contains("BEGIN CERTIFICATE")
+    );
 
     c.apply(APP);
     let pods = wait_for("2 pods", 30, || {
@@ -65,7 +73,11 @@ fn namespace_accounts_endpoints_and_deletion() {
     }
     // The Service's endpoints list both pods on the resolved named port.
     let slices = wait_for("endpoint slices", 30, || {
-        let s = c.items("endpointslices", "demo", &["-l", "kubernetes.io/service-name=web"]);
+        let s = c.items(
+            "endpointslices",
+            "demo",
+            &["-l", "kubernetes.io/service-name=web"],
+        );
         let ready = s
             .iter()
             .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
@@ -74,7 +86,10 @@ fn namespace_accounts_endpoints_and_deletion() {
         (ready == 2).then_some(s)
     });
     assert_eq!(slices[0]["ports"][0]["port"], 8080);
-    assert_eq!(slices[0]["metadata"]["ownerReferences"][0]["kind"], "Service");
+    assert_eq!(
+        slices[0]["metadata"]["ownerReferences"][0]["kind"],
+        "Service"
+    );
     wait_for("endpoints", 30, || {
         let e = c.json(&["endpoints", "web", "-n", "demo"]);
         (e["subsets"][0]["addresses"].as_array().map(Vec::len) == Some(2)).then_some(())
@@ -82,8 +97,14 @@ fn namespace_accounts_endpoints_and_deletion() {
 
     // Deleting the namespace deletes everything in it, then the namespace.
     c.k(&["delete", "namespace", "demo", "--wait=false"]);
-    wait_for("the namespace to go", 60, || (!c.exists(&["namespace", "demo"])).then_some(()));
-    let left = c.json(&["pods,deployments,replicasets,services,configmaps", "-n", "demo"]);
+    wait_for("the namespace to go", 60, || {
+        (!c.exists(&["namespace", "demo"])).then_some(())
+    });
+    let left = c.json(&[
+        "pods,deployments,replicasets,services,configmaps",
+        "-n",
+        "demo",
+    ]);
     assert_eq!(left["items"].as_array().map(Vec::len), Some(0), "{left}");
 }
 
@@ -98,8 +119,16 @@ fn rs_and_pods(c: &Cluster) -> (Vec<Value>, Vec<Value>) {
 fn background_orphan_and_foreground_deletion() {
     let Some(c) = Cluster::start("*") else { return };
     // Background (kubectl's default): the Deployment goes, then its ReplicaSet and pods.
-    c.k(&["create", "deployment", "web", "--image=busybox", "--replicas=2"]);
-    wait_for("2 pods", 30, || (rs_and_pods(&c).1.len() == 2).then_some(()));
+    c.k(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=2",
+    ]);
+    wait_for("2 pods", 30, || {
+        (rs_and_pods(&c).1.len() == 2).then_some(())
+    });
     c.k(&["delete", "deployment", "web"]);
     wait_for("dependents collected", 30, || {
         let (rs, pods) = rs_and_pods(&c);
@@ -107,10 +136,20 @@ fn background_orphan_and_foreground_deletion() {
     });
 
     // Orphan: the Deployment goes, its ReplicaSet and pods stay, without owner references.
-    c.k(&["create", "deployment", "web", "--image=busybox", "--replicas=2"]);
-    wait_for("2 pods", 30, || (rs_and_pods(&c).1.len() == 2).then_some(()));
+    c.k(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=2",
+    ]);
+    wait_for("2 pods", 30, || {
+        (rs_and_pods(&c).1.len() == 2).then_some(())
+    });
     c.k(&["delete", "deployment", "web", "--cascade=orphan"]);
-    wait_for("the deployment to go", 30, || (!c.exists(&["deployment", "web"])).then_some(()));
+    wait_for("the deployment to go", 30, || {
+        (!c.exists(&["deployment", "web"])).then_some(())
+    });
     let rs = wait_for("the orphaned ReplicaSet", 30, || {
         let (rs, _) = rs_and_pods(&c);
         (rs.len() == 1 && rs[0]["metadata"]["ownerReferences"].is_null()).then(|| rs[0].clone())
@@ -120,12 +159,20 @@ fn background_orphan_and_foreground_deletion() {
     assert_eq!((rss.len(), pods.len()), (1, 2), "orphans are kept");
     let name = rs["metadata"]["name"].as_str().unwrap().to_string();
     assert!(
-        pods.iter().all(|p| !terminating(p) && p["metadata"]["ownerReferences"][0]["name"] == name.as_str()),
+        pods.iter().all(
+            |p| !terminating(p) && p["metadata"]["ownerReferences"][0]["name"] == name.as_str()
+        ),
         "the pods still belong to the ReplicaSet"
     );
 
     // Foreground: the ReplicaSet waits (foregroundDeletion finalizer) until its pods are gone.
-    c.k(&["delete", "replicaset", &name, "--cascade=foreground", "--wait=false"]);
+    c.k(&[
+        "delete",
+        "replicaset",
+        &name,
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
     wait_for("foreground deletion", 30, || {
         let (rs, pods) = rs_and_pods(&c);
         if let Some(r) = rs.first() {

@@ -26,15 +26,26 @@ fn live(pods: &[Value]) -> Vec<&Value> {
 #[test]
 fn deployment_scale_rollout_and_undo() {
     let Some(c) = Cluster::start("*") else { return };
-    c.k(&["create", "deployment", "web", "--image=busybox", "--replicas=3"]);
+    c.k(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=3",
+    ]);
     // A ReplicaSet with 3 pods appears.
     let rs = wait_for("the ReplicaSet", 30, || {
         let rs = c.items("replicasets", "default", &["-l", "app=web"]);
         (rs.len() == 1 && rs[0]["spec"]["replicas"] == 3).then(|| rs[0].clone())
     });
     assert_eq!(rs["metadata"]["ownerReferences"][0]["kind"], "Deployment");
-    assert_eq!(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
-    wait_for("3 pods", 30, || (live(&web_pods(&c)).len() == 3).then_some(()));
+    assert_eq!(
+        rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "1"
+    );
+    wait_for("3 pods", 30, || {
+        (live(&web_pods(&c)).len() == 3).then_some(())
+    });
     ready_all(&c, &web_pods(&c));
     wait_for("3 available", 30, || {
         let d = c.json(&["deployment", "web"]);
@@ -43,9 +54,13 @@ fn deployment_scale_rollout_and_undo() {
 
     // Scale up and back down.
     c.k(&["scale", "deployment", "web", "--replicas=10"]);
-    wait_for("10 pods", 30, || (live(&web_pods(&c)).len() == 10).then_some(()));
+    wait_for("10 pods", 30, || {
+        (live(&web_pods(&c)).len() == 10).then_some(())
+    });
     c.k(&["scale", "deployment", "web", "--replicas=3"]);
-    wait_for("3 pods again", 30, || (live(&web_pods(&c)).len() == 3).then_some(()));
+    wait_for("3 pods again", 30, || {
+        (live(&web_pods(&c)).len() == 3).then_some(())
+    });
     ready_all(&c, &web_pods(&c));
     wait_for("3 available again", 30, || {
         let d = c.json(&["deployment", "web"]);
@@ -68,8 +83,15 @@ fn deployment_scale_rollout_and_undo() {
         let pods = web_pods(&c);
         let live = live(&pods);
         let ready = live.iter().filter(|p| is_ready(p)).count();
-        assert!(live.len() <= 4, "more than replicas + maxSurge pods: {}", live.len());
-        assert!(ready >= 2, "fewer than replicas - maxUnavailable ready: {ready}");
+        assert!(
+            live.len() <= 4,
+            "more than replicas + maxSurge pods: {}",
+            live.len()
+        );
+        assert!(
+            ready >= 2,
+            "fewer than replicas - maxUnavailable ready: {ready}"
+        );
         if let Some((i, p)) = live.iter().enumerate().find(|(_, p)| !is_ready(p)) {
             c.make_ready("default", p, &format!("10.2.0.{}", observations * 10 + i));
         }
@@ -78,13 +100,18 @@ fn deployment_scale_rollout_and_undo() {
             && d["status"]["availableReplicas"] == 3
             && d["status"]["replicas"] == 3
             && live.len() == 3
-            && live.iter().all(|p| image(p) == "busybox:1.36" && is_ready(p));
+            && live
+                .iter()
+                .all(|p| image(p) == "busybox:1.36" && is_ready(p));
         done.then_some(())
     });
     let out = c.k(&["rollout", "status", "deployment/web", "--timeout=30s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
     let hist = c.k(&["rollout", "history", "deployment/web"]);
-    assert!(hist.lines().any(|l| l.starts_with('1')) && hist.lines().any(|l| l.starts_with('2')), "{hist}");
+    assert!(
+        hist.lines().any(|l| l.starts_with('1')) && hist.lines().any(|l| l.starts_with('2')),
+        "{hist}"
+    );
 
     // Undo: the first template comes back as revision 3.
     c.k(&["rollout", "undo", "deployment/web"]);
@@ -103,10 +130,20 @@ fn deployment_scale_rollout_and_undo() {
     let rss = c.items("replicasets", "default", &["-l", "app=web"]);
     assert_eq!(rss.len(), 2, "two templates, two ReplicaSets");
     let d = c.json(&["deployment", "web"]);
-    let conds = d["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    assert!(conds.iter().any(|c| c["type"] == "Available" && c["status"] == "True"), "{conds:?}");
+    let conds = d["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
-        conds.iter().any(|c| c["type"] == "Progressing" && c["reason"] == "NewReplicaSetAvailable"),
+        conds
+            .iter()
+            .any(|c| c["type"] == "Available" && c["status"] == "True"),
+        "{conds:?}"
+    );
+    assert!(
+        conds
+            .iter()
+            .any(|c| c["type"] == "Progressing" && c["reason"] == "NewReplicaSetAvailable"),
         "{conds:?}"
     );
 }
@@ -135,7 +172,10 @@ fn job_of_ten_completions_with_parallelism_three() {
         let pods = c.items("pods", "default", &["-l", "job-name=pi"]);
         let active: Vec<&Value> = pods
             .iter()
-            .filter(|p| !terminating(p) && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+            .filter(|p| {
+                !terminating(p)
+                    && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            })
             .collect();
         assert!(active.len() <= 3, "parallelism exceeded: {}", active.len());
         peak = peak.max(active.len());
@@ -143,9 +183,10 @@ fn job_of_ten_completions_with_parallelism_three() {
             c.finish("default", p, "Succeeded");
         }
         let j = c.json(&["job", "pi"]);
-        let complete = j["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Complete" && c["status"] == "True"));
+        let complete = j["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Complete" && c["status"] == "True")
+        });
         (complete && j["status"]["succeeded"] == 10).then_some(())
     });
     assert_eq!(peak, 3, "the controller keeps 3 pods running");
@@ -155,6 +196,11 @@ fn job_of_ten_completions_with_parallelism_three() {
         .filter(|p| p["status"]["phase"] == "Succeeded")
         .count();
     assert_eq!(succeeded, 10, "exactly 10 pods ran");
-    let out = c.k(&["wait", "--for=condition=complete", "job/pi", "--timeout=10s"]);
+    let out = c.k(&[
+        "wait",
+        "--for=condition=complete",
+        "job/pi",
+        "--timeout=10s",
+    ]);
     assert!(out.contains("condition met"), "{out}");
 }

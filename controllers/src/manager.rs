@@ -60,6 +60,7 @@ pub const CONTROLLERS: &[&str] = &[
     "cronjob",
     "ttl-after-finished",
     "replicationcontroller",
+    "disruption",
 ];
 
 /// Bound of every work queue (distinct keys).
@@ -770,6 +771,7 @@ impl Ctx {
         if !deleted {
             self.nodes.on_pod(&pod);
         }
+        self.apps.on_any_pod(&ns);
         if deleted {
             self.gc_remove(&pod.metadata);
         } else {
@@ -1609,9 +1611,15 @@ impl GarbageCollector {
         let Some(value) = f(&cur) else {
             return Ok(());
         };
+        // An emptied list is removed, as a Go client's omitempty would leave it.
+        let op = if value.as_array().is_some_and(Vec::is_empty) {
+            json!({"op": "remove", "path": path})
+        } else {
+            json!({"op": "replace", "path": path, "value": value})
+        };
         let patch = json!([
             {"op": "test", "path": "/metadata/resourceVersion", "value": cur.metadata.resource_version},
-            {"op": "replace", "path": path, "value": value}
+            op
         ]);
         match api
             .patch(

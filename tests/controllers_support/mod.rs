@@ -42,7 +42,10 @@ impl Cluster {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn controller-manager");
-        Some(Self { server, cm: Some(cm) })
+        Some(Self {
+            server,
+            cm: Some(cm),
+        })
     }
 
     /// kubectl that must succeed; stdout.
@@ -67,7 +70,10 @@ impl Cluster {
     pub fn items(&self, what: &str, ns: &str, extra: &[&str]) -> Vec<Value> {
         let mut a = vec![what, "-n", ns];
         a.extend_from_slice(extra);
-        self.json(&a)["items"].as_array().cloned().unwrap_or_default()
+        self.json(&a)["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Whether `kubectl get` finds the object.
@@ -79,7 +85,10 @@ impl Cluster {
             return true;
         }
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("NotFound") || err.contains("not found"), "kubectl get {args:?}: {err}");
+        assert!(
+            err.contains("NotFound") || err.contains("not found"),
+            "kubectl get {args:?}: {err}"
+        );
         false
     }
 
@@ -91,11 +100,21 @@ impl Cluster {
         );
         let body = json!({"status": status}).to_string();
         let (code, out) = support::curl(
-            &["-X", "PATCH", "-H", "Content-Type: application/merge-patch+json", "--data", &body],
+            &[
+                "-X",
+                "PATCH",
+                "-H",
+                "Content-Type: application/merge-patch+json",
+                "--data",
+                &body,
+            ],
             &url,
         );
         // A pod deleted meanwhile is fine; anything else is a harness bug.
-        assert!(code == 200 || code == 404, "patch status of {ns}/{name}: {code} {out}");
+        assert!(
+            code == 200 || code == 404,
+            "patch status of {ns}/{name}: {code} {out}"
+        );
     }
 
     /// Marks a pod Running and Ready with an IP.
@@ -128,7 +147,10 @@ impl Drop for Cluster {
 
 /// RFC 3339 "now" without a date crate: `date -u`.
 pub fn chrono_now() -> String {
-    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().expect("date");
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -139,16 +161,20 @@ pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 /// Whether a pod JSON is Ready.
 pub fn is_ready(p: &Value) -> bool {
-    p["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    p["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 /// Whether a pod JSON is being deleted.
@@ -158,5 +184,8 @@ pub fn terminating(p: &Value) -> bool {
 
 /// The image of a pod's first container.
 pub fn image(p: &Value) -> String {
-    p["spec"]["containers"][0]["image"].as_str().unwrap_or("").to_string()
+    p["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }

@@ -52,46 +52,69 @@ fn run(kind: &str, n: i32) -> f64 {
         .expect("runtime");
     let secs = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let controllers = if kind == "deployment" { "deployment,replicaset" } else { "replicaset" };
-        let manager = tokio::spawn(controllers::manager::run(
-            controllers::manager::Options {
-                kubeconfig: kubeconfig.clone(),
-                controllers: controllers.into(),
-                metrics_port: None,
-                leader_elect: false,
-                identity: "bench".into(),
-            },
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
+        let controllers = if kind == "deployment" {
+            "deployment,replicaset"
+        } else {
+            "replicaset"
+        };
+        let mut opts = controllers::manager::Options::new(kubeconfig.clone());
+        opts.controllers = controllers.into();
+        let manager = tokio::spawn(controllers::manager::run(opts, async move {
+            let _ = stop_rx.await;
+        }));
         let client = Client::from_kubeconfig(&kubeconfig).expect("client");
-        let (pods, inf) = Informer::new(Api::<Pod>::namespaced(client.clone(), "default"), ListParams::default());
+        let (pods, inf) = Informer::new(
+            Api::<Pod>::namespaced(client.clone(), "default"),
+            ListParams::default(),
+        );
         let informer = tokio::spawn(inf.run(|_| {}));
         pods.wait_until_synced().await;
         // Let the manager's caches sync before the clock starts.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let meta = ObjectMeta { name: Some("bench".into()), ..Default::default() };
+        let meta = ObjectMeta {
+            name: Some("bench".into()),
+            ..Default::default()
+        };
         let start = Instant::now();
         if kind == "deployment" {
             let d = Deployment {
                 metadata: meta,
-                spec: Some(DeploymentSpec { replicas: Some(n), selector: selector(), template: template(), ..Default::default() }),
+                spec: Some(DeploymentSpec {
+                    replicas: Some(n),
+                    selector: selector(),
+                    template: template(),
+                    ..Default::default()
+                }),
                 status: None,
             };
-            Api::<Deployment>::namespaced(client.clone(), "default").create(&PostParams::default(), &d).await.expect("create deployment");
+            Api::<Deployment>::namespaced(client.clone(), "default")
+                .create(&PostParams::default(), &d)
+                .await
+                .expect("create deployment");
         } else {
             let rs = ReplicaSet {
                 metadata: meta,
-                spec: Some(ReplicaSetSpec { replicas: Some(n), selector: selector(), template: Some(template()), min_ready_seconds: None }),
+                spec: Some(ReplicaSetSpec {
+                    replicas: Some(n),
+                    selector: selector(),
+                    template: Some(template()),
+                    min_ready_seconds: None,
+                }),
                 status: None,
             };
-            Api::<ReplicaSet>::namespaced(client.clone(), "default").create(&PostParams::default(), &rs).await.expect("create rs");
+            Api::<ReplicaSet>::namespaced(client.clone(), "default")
+                .create(&PostParams::default(), &rs)
+                .await
+                .expect("create rs");
         }
         let want = usize::try_from(n).expect("n");
         let deadline = start + Duration::from_secs(600);
         while pods.len() < want {
-            assert!(Instant::now() < deadline, "only {} of {want} pods after 600 s", pods.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} pods after 600 s",
+                pods.len()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let secs = start.elapsed().as_secs_f64();
@@ -113,11 +136,17 @@ fn main() {
     let mut times: Vec<f64> = (0..runs)
         .map(|i| {
             let s = run(&kind, n);
-            println!("run {i}: {n} pods in {s:.3} s = {:.0} pods/s", f64::from(n) / s);
+            println!(
+                "run {i}: {n} pods in {s:.3} s = {:.0} pods/s",
+                f64::from(n) / s
+            );
             s
         })
         .collect();
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    println!("{kind} N={n}: median {median:.3} s, {:.0} pods/s", f64::from(n) / median);
+    println!(
+        "{kind} N={n}: median {median:.3} s, {:.0} pods/s",
+        f64::from(n) / median
+    );
 }

@@ -12,7 +12,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Node, PersistentVolumeClaim, Pod, ReplicationController, ReplicationControllerStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use serde_json::json;
 
 use super::{
@@ -22,7 +23,7 @@ use crate::expectations::{EXPECTATIONS_TIMEOUT, Expectations};
 use crate::history::{self, Owner};
 use crate::runtime::{Action, Controller, ReconcileError, run_workers};
 use crate::util::{ObjectKey, controller_ref, new_controller_ref};
-use crate::{daemonset, replicaset, statefulset};
+use crate::{daemonset, disruption, replicaset, statefulset};
 
 /// Caches, queues and expectations of the app controllers.
 pub(super) struct Apps {
@@ -31,11 +32,13 @@ pub(super) struct Apps {
     crs: Store<ControllerRevision>,
     pvcs: Store<PersistentVolumeClaim>,
     rcs: Store<ReplicationController>,
+    pdbs: Store<PodDisruptionBudget>,
     ds_exp: Expectations<ObjectKey>,
     rc_exp: Expectations<ObjectKey>,
     ds: Lane,
     sts: Lane,
     rc: Lane,
+    pdb: Lane,
 }
 
 /// The informers behind [`Apps`], until spawned.
@@ -45,6 +48,7 @@ pub(super) struct AppsInformers {
     cr: Informer<ControllerRevision>,
     pvc: Informer<PersistentVolumeClaim>,
     rc: Informer<ReplicationController>,
+    pdb: Informer<PodDisruptionBudget>,
 }
 
 impl Apps {
@@ -55,6 +59,7 @@ impl Apps {
         let (crs, cr) = super::informer::<ControllerRevision>(client);
         let (pvcs, pvc) = super::informer::<PersistentVolumeClaim>(client);
         let (rcs, rc) = super::informer::<ReplicationController>(client);
+        let (pdbs, pdb) = super::informer::<PodDisruptionBudget>(client);
         (
             Self {
                 dss,
@@ -62,11 +67,13 @@ impl Apps {
                 crs,
                 pvcs,
                 rcs,
+                pdbs,
                 ds_exp: Expectations::default(),
                 rc_exp: Expectations::default(),
                 ds: Lane::new("daemonset", on("daemonset")),
                 sts: Lane::new("statefulset", on("statefulset")),
                 rc: Lane::new("replicationcontroller", on("replicationcontroller")),
+                pdb: Lane::new("disruption", on("disruption")),
             },
             AppsInformers {
                 ds,
@@ -74,6 +81,7 @@ impl Apps {
                 cr,
                 pvc,
                 rc,
+                pdb,
             },
         )
     }
@@ -84,10 +92,24 @@ impl Apps {
         self.crs.wait_until_synced().await;
         self.pvcs.wait_until_synced().await;
         self.rcs.wait_until_synced().await;
+        self.pdbs.wait_until_synced().await;
     }
 
-    pub(super) fn lanes(&self) -> [&Lane; 3] {
-        [&self.ds, &self.sts, &self.rc]
+    pub(super) fn lanes(&self) -> [&Lane; 4] {
+        [&self.ds, &self.sts, &self.rc, &self.pdb]
+    }
+
+    /// Any pod of `ns` changed: its PDBs recount.
+    pub(super) fn on_any_pod(&self, ns: &str) {
+        if !self.pdb.on {
+            return;
+        }
+        for p in self
+            .pdbs
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+        {
+            self.pdb.add(key_of(&p.metadata));
+        }
     }
 
     pub(super) fn resync(&self) {
@@ -99,6 +121,9 @@ impl Apps {
         }
         for r in self.rcs.list() {
             self.rc.add(key_of(&r.metadata));
+        }
+        for p in self.pdbs.list() {
+            self.pdb.add(key_of(&p.metadata));
         }
     }
 
@@ -146,6 +171,12 @@ impl AppsInformers {
         tasks.spawn(self.pvc.run(move |ev| c.on_claim(ev)));
         let c = ctx.clone();
         tasks.spawn(self.rc.run(move |ev| c.on_rc(ev)));
+        let c = ctx.clone();
+        tasks.spawn(self.pdb.run(move |ev| {
+            if let Some((p, _)) = split(ev) {
+                c.apps.pdb.add(key_of(&p.metadata));
+            }
+        }));
     }
 }
 
@@ -166,6 +197,14 @@ pub(super) fn spawn_workers(tasks: &mut tokio::task::JoinSet<()>, ctx: &Arc<Ctx>
             a.sts.queue.clone(),
             4,
             a.sts.stats.clone(),
+        ));
+    }
+    if a.pdb.on {
+        tasks.spawn(run_workers(
+            Arc::new(DisruptionController(ctx.clone())),
+            a.pdb.queue.clone(),
+            2,
+            a.pdb.stats.clone(),
         ));
     }
     if a.rc.on {
@@ -660,6 +699,84 @@ impl Controller for ReplicationControllerController {
         } else {
             Action::RequeueAfter(EXPECTATIONS_TIMEOUT + Duration::from_secs(1))
         })
+    }
+}
+
+// === PodDisruptionBudget status ===
+
+struct DisruptionController(Arc<Ctx>);
+
+impl DisruptionController {
+    /// The scale of a pod's controller (a Deployment's for its ReplicaSets), uid-checked.
+    fn scale_of(&self, ns: &str, r: &OwnerReference) -> Option<i32> {
+        let c = &self.0;
+        let same = |uid: Option<&String>| uid == Some(&r.uid);
+        match r.kind.as_str() {
+            "ReplicaSet" => {
+                let rs = c
+                    .rss
+                    .get(ns, &r.name)
+                    .filter(|x| same(x.metadata.uid.as_ref()))?;
+                if let Some(d) = controller_ref(&rs.metadata).filter(|o| o.kind == "Deployment") {
+                    let dep = c.deploys.get(ns, &d.name)?;
+                    return Some(dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
+                }
+                Some(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+            }
+            "StatefulSet" => {
+                let s = c
+                    .apps
+                    .stss
+                    .get(ns, &r.name)
+                    .filter(|x| same(x.metadata.uid.as_ref()))?;
+                Some(s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+            }
+            "ReplicationController" => {
+                let s = c
+                    .apps
+                    .rcs
+                    .get(ns, &r.name)
+                    .filter(|x| same(x.metadata.uid.as_ref()))?;
+                Some(s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Controller for DisruptionController {
+    fn name(&self) -> &'static str {
+        "disruption"
+    }
+
+    async fn reconcile(&self, key: ObjectKey) -> Result<Action, ReconcileError> {
+        let c = &self.0;
+        let Some(pdb) = c.apps.pdbs.get(&key.namespace, &key.name) else {
+            return Ok(Action::Done);
+        };
+        let pods = c.pods_in(&key.namespace);
+        let st = disruption::status(
+            &pdb,
+            pods.iter().map(AsRef::as_ref),
+            |r| self.scale_of(&key.namespace, r),
+            c.clock.now(),
+        );
+        if pdb.status.as_ref() != Some(&st) {
+            let api: Api<PodDisruptionBudget> = Api::namespaced(c.client.clone(), &key.namespace);
+            match api
+                .patch_status(
+                    &key.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": st})),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(api_err(e)),
+            }
+        }
+        Ok(Action::Done)
     }
 }
 
