@@ -82,13 +82,8 @@ pub(crate) async fn run(
         }),
     ));
 
-    let cm = controllers::manager::Options {
-        kubeconfig: kubeconfig.clone(),
-        controllers: "*".into(),
-        metrics_port: None,
-        leader_elect: false,
-        identity: format!("{host}_{}", std::process::id()),
-    };
+    let mut cm = controllers::manager::Options::new(kubeconfig.clone());
+    cm.identity = format!("{host}_{}", std::process::id());
     let s = stop.clone();
     tasks.push((
         "controller-manager",
