@@ -146,6 +146,27 @@ async fn exec_sync_joins_the_container() {
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(10));
+    // The same runtime as the probes' exec.
+    use node::probe::ExecProber;
+    let (code, out) = ExecProber::exec(
+        &e.rt,
+        &e.container,
+        &argv(&["sh", "-c", "echo ok; exit 2"]),
+        t,
+    )
+    .await
+    .unwrap();
+    assert_eq!((code, out.as_slice()), (2, &b"ok\n"[..]));
+    let (code, out) = ExecProber::exec(
+        &e.rt,
+        &e.container,
+        &argv(&["sleep", "30"]),
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 124);
+    assert!(String::from_utf8_lossy(&out).contains("timed out"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ps =
         e.rt.exec_sync(&e.container, &argv(&["ps"]), t)

@@ -310,3 +310,34 @@ impl AsyncRead for PtyReader {
         }
     }
 }
+
+/// Most bytes of output an exec probe keeps (upstream's limit).
+const PROBE_OUTPUT_MAX: usize = 10 * 1024;
+
+/// Exec probes over [`Runtime::exec_sync`]: the exit code and stdout then stderr (at most
+/// 10 KiB). A probe past its timeout is killed and reported as exit code 124 with
+/// upstream's `command ... timed out` message (a failure, as upstream counts it); a command
+/// that cannot start at all is an error (an `Unknown` result).
+#[async_trait::async_trait]
+impl crate::probe::ExecProber for Runtime {
+    async fn exec(
+        &self,
+        container_id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(i32, Vec<u8>), String> {
+        match self.exec_sync(container_id, argv, timeout).await {
+            Ok(out) => {
+                let mut b = out.stdout;
+                b.extend_from_slice(&out.stderr);
+                b.truncate(PROBE_OUTPUT_MAX);
+                Ok((out.exit_code, b))
+            }
+            Err(RuntimeError::Timeout(_)) => Ok((
+                124,
+                format!("command {:?} timed out", argv.join(" ")).into_bytes(),
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
