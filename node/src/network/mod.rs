@@ -580,6 +580,21 @@ impl Wiring {
 mod tests {
     use super::*;
 
+    /// The kubelet shares one `PodNetwork` between pod workers spawned on a multi-threaded
+    /// runtime: the value must be `Send + Sync` and its futures `Send`.
+    #[test]
+    fn shareable_across_tasks() {
+        fn is_send_sync<T: Send + Sync>() {}
+        fn is_send<T: Send>(_: &T) {}
+        is_send_sync::<PodNetwork>();
+        fn futures(n: &PodNetwork) {
+            is_send(&n.setup("a", Path::new("/"), &[]));
+            is_send(&n.teardown("a"));
+            is_send(&n.set_peer_routes(&[]));
+        }
+        let _ = futures;
+    }
+
     #[test]
     fn names_and_macs() {
         let n = host_veth_name("0123456789abcdef0123456789abcdef");

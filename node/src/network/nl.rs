@@ -258,7 +258,15 @@ pub(crate) async fn ensure_bridge(
         }
     }
     ensure_addr(h, idx, gw).await?;
-    set_up(h, idx).await?;
+    // An adopted bridge gets the configured MTU too.
+    bounded(
+        "bridge up",
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).mtu(mtu).up().build())
+            .execute(),
+    )
+    .await?
+    .map_err(nl_err(format!("set {name} up")))?;
     Ok(idx)
 }
 
