@@ -336,6 +336,25 @@ fn kubectl_logs_exec_port_forward() {
 
     python_exec_and_port_forward(s);
 
+    // exec -it on a terminal (util-linux `script` gives kubectl one): a pty in the container.
+    if std::path::Path::new("/usr/bin/script").exists() {
+        for minor in [33u32, 27] {
+            let cmd = format!(
+                "{} --kubeconfig {} --cache-dir {} exec -it web -- sh -c 'test -t 0 && echo tty-yes; stty size'",
+                kubectl_path(minor).display(),
+                s.kubeconfig().display(),
+                s.dir.join(format!("tty-cache-{minor}")).display()
+            );
+            let out = Command::new("script")
+                .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("tty-yes"), "1.{minor}: {text} {out:?}");
+        }
+    }
+
     for minor in [33u32, 27] {
         if !kubectl_path(minor).exists() {
             continue;
