@@ -147,6 +147,12 @@ pub fn plan(cj: &CronJob, jobs: &[&Job], now: Timestamp, local: &TimeZone) -> Pl
     for j in jobs {
         let uid = j.metadata.uid.as_deref().unwrap_or("");
         let found = active.iter().any(|a| a.uid.as_deref() == Some(uid));
+        if !found && !is_finished(j) && !is_deleting(&j.metadata) {
+            // A running Job of ours missing from the list (a status write lost to a conflict
+            // after the create): it is active. Upstream only warns (UnexpectedJob) and would
+            // never list it again.
+            active.push(reference(j));
+        }
         if found && is_finished(j) {
             active.retain(|a| a.uid.as_deref() != Some(uid));
             let cond = if job_condition(j, "Complete") {
@@ -544,6 +550,21 @@ mod tests {
         );
         let p = plan(&c, &[], at("2026-01-01T08:00:10Z"), &TimeZone::UTC);
         assert!(p.create.is_some());
+    }
+
+    #[test]
+    fn a_running_job_missing_from_the_list_is_listed() {
+        let j = running("tick-1");
+        let c = cj("0 0 1 1 *", None);
+        let p = plan(&c, &[&j], at("2026-01-01T00:10:00Z"), &TimeZone::UTC);
+        let names: Vec<String> = p
+            .status
+            .active
+            .unwrap()
+            .into_iter()
+            .filter_map(|a| a.name)
+            .collect();
+        assert_eq!(names, ["tick-1"]);
     }
 
     #[test]

@@ -131,13 +131,28 @@ impl Controller for CronJobController {
             return Ok(Action::Done);
         };
         let uid = cj.metadata.uid.clone().unwrap_or_default();
-        let jobs = c.jobs.filter(|j| {
+        let mut jobs = c.jobs.filter(|j| {
             j.metadata.namespace.as_deref() == Some(key.namespace.as_str())
                 && controller_ref(&j.metadata).is_some_and(|o| o.uid == uid)
         });
+        let japi: Api<Job> = Api::namespaced(c.client.clone(), &key.namespace);
+        // An active Job the Job cache does not hold yet is looked up live before the core
+        // calls it missing (the caches of two kinds lag each other), as upstream does.
+        for a in cj.status.iter().flat_map(|s| s.active.iter().flatten()) {
+            if jobs.iter().any(|j| j.metadata.uid == a.uid) {
+                continue;
+            }
+            let Some(name) = a.name.as_deref() else {
+                continue;
+            };
+            if let Some(j) = japi.get_opt(name).await.map_err(api_err)?
+                && j.metadata.uid == a.uid
+            {
+                jobs.push(Arc::new(j));
+            }
+        }
         let refs: Vec<&Job> = jobs.iter().map(AsRef::as_ref).collect();
         let mut plan = cronjob::plan(&cj, &refs, c.clock.now(), &b.local);
-        let japi: Api<Job> = Api::namespaced(c.client.clone(), &key.namespace);
         for (name, juid) in &plan.delete {
             let dp = DeleteParams {
                 propagation_policy: Some(PropagationPolicy::Background),
@@ -184,17 +199,20 @@ impl Controller for CronJobController {
             }
         }
         if cj.status.as_ref() != Some(&plan.status) {
-            let mut st = serde_json::to_value(&plan.status).unwrap_or_else(|_| json!({}));
-            // A merge patch keeps fields it does not name: clear the active list explicitly.
-            if plan.status.active.is_none() {
-                st["active"] = serde_json::Value::Null;
-            }
+            // The status accumulates (active Jobs, last schedule time): write it only over the
+            // version this plan was made from, so a reconcile on a stale cache cannot undo a
+            // newer write; a conflict retries on a fresher cache (upstream's UpdateStatus).
+            let st = serde_json::to_value(&plan.status).unwrap_or_else(|_| json!({}));
+            let patch = json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": cj.metadata.resource_version},
+                {"op": "add", "path": "/status", "value": st}
+            ]);
             let capi: Api<CronJob> = Api::namespaced(c.client.clone(), &key.namespace);
             match capi
                 .patch_status(
                     &key.name,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"status": st})),
+                    &Patch::<()>::Json(patch),
                 )
                 .await
             {
