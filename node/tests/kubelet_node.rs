@@ -19,7 +19,14 @@ fn registers_node_renews_lease_and_reports_ready() {
     let server = Server::start();
     rt().block_on(async {
         let client = server.client();
-        let k = RunningKubelet::start(dir.config("node-a", Some(&server.kubeconfig)));
+        let mut cfg = dir.config("node-a", Some(&server.kubeconfig));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        cfg.kubelet_port = port;
+        let k = RunningKubelet::start(cfg);
         let nodes: Api<Node> = Api::all(client.clone());
         let deadline = Instant::now() + Duration::from_secs(20);
         let node = loop {
@@ -93,7 +100,14 @@ fn registers_node_renews_lease_and_reports_ready() {
         );
         assert_eq!(
             st.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port,
-            10250
+            i32::from(port)
+        );
+        // The kubelet API (node::server) listens there.
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok(),
+            "kubelet API not listening"
         );
         let images = st.images.unwrap_or_default();
         assert!(

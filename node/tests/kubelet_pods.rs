@@ -104,6 +104,24 @@ fn pods_run_exit_restart_and_report_status() {
         )
         .await;
 
+        create(
+            &client,
+            &pod(n, json!({"metadata": {"name": "execprobe", "namespace": "default"},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": IMAGE,
+                    "command": ["sh", "-c", "sleep 4; touch /tmp/ready; sleep 3600"],
+                    "readinessProbe": {"exec": {"command": ["sh", "-c", "test -f /tmp/ready"]}, "periodSeconds": 1}}]}})),
+        )
+        .await;
+
+        // An exec readiness probe (through the runtime's exec) gates Ready.
+        let p = wait_pod(&client, "execprobe", 60, "Running", |p| (phase(p) == "Running").then(|| p.clone())).await;
+        let early_ready = condition(&p, "Ready");
+        wait_pod(&client, "execprobe", 30, "Ready via the exec probe", |p| {
+            (condition(p, "Ready").as_deref() == Some("True")).then_some(())
+        })
+        .await;
+        assert_eq!(early_ready.as_deref(), Some("False"), "Ready before /tmp/ready existed");
+
         // Two long-running containers: Running, both ready, conditions and ids.
         let p = wait_pod(&client, "two", 60, "two Running and Ready", |p| {
             (phase(p) == "Running" && condition(p, "Ready").as_deref() == Some("True")).then(|| p.clone())

@@ -252,6 +252,9 @@ impl Kubelet {
         tracing::info!(node = %ctx.cfg.node_name, ip = %ctx.host_ip, "kubelet starting");
         let dirty = Arc::new(Notify::new());
         let mut tasks = Vec::new();
+        if let Some(t) = start_server(&ctx).await {
+            tasks.push(t);
+        }
         if let Some(inf) = informer {
             let d = dirty.clone();
             tasks.push(tokio::spawn(inf.run(move |ev: Event<Pod>| {
@@ -270,6 +273,39 @@ impl Kubelet {
         }
         tracing::info!(node = %ctx.cfg.node_name, "kubelet stopped");
         result
+    }
+}
+
+/// Starts the kubelet API (`node::server`: logs, exec, attach, port-forward) on the node's
+/// address and `kubelet_port` (0: not served). Clients must present a certificate of the
+/// cluster CA (the kubeconfig's), as the apiserver's kubelet client certificate is.
+async fn start_server(ctx: &Ctx) -> Option<tokio::task::JoinHandle<()>> {
+    if ctx.cfg.kubelet_port == 0 {
+        return None;
+    }
+    let ip: IpAddr = ctx.host_ip.parse().ok()?;
+    let mut scfg =
+        crate::server::ServerConfig::new(std::net::SocketAddr::new(ip, ctx.cfg.kubelet_port));
+    scfg.hostnames.push(ctx.cfg.node_name.clone());
+    scfg.hostnames.push(ctx.host_ip.clone());
+    if let Some(k) = &ctx.cfg.kubeconfig
+        && let Ok(cc) = api::client::ClientConfig::from_kubeconfig(k)
+    {
+        scfg.client_ca_pem = cc.ca_pem.map(|c| String::from_utf8_lossy(&c).into_owned());
+    }
+    match crate::server::KubeletServer::bind(scfg, ctx.runtime.clone()).await {
+        Ok(s) => {
+            tracing::info!(node = %ctx.cfg.node_name, port = ctx.cfg.kubelet_port, "kubelet API listening");
+            Some(tokio::spawn(async move {
+                if let Err(e) = s.run(std::future::pending::<()>()).await {
+                    tracing::warn!("kubelet API stopped: {e}");
+                }
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(node = %ctx.cfg.node_name, "kubelet API not started: {e}");
+            None
+        }
     }
 }
 

@@ -59,19 +59,25 @@ struct ProbeDone {
 /// Probe results in flight to one worker (each container has at most three probes running).
 const PROBE_RESULTS: usize = 64;
 
-/// Exec probes run through the runtime's exec, which this node does not have yet: they come
-/// back as errors, i.e. `Unknown` results that count neither way.
-struct RuntimeExec;
+/// Exec probes through the runtime's `exec_sync` (stdout then stderr as the output).
+struct RuntimeExec(Arc<crate::runtime::Runtime>);
 
 #[async_trait::async_trait]
 impl ExecProber for RuntimeExec {
     async fn exec(
         &self,
-        _id: &str,
-        _argv: &[String],
-        _timeout: Duration,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
     ) -> Result<(i32, Vec<u8>), String> {
-        Err("exec probes need the runtime's exec, which this node does not have yet".into())
+        let out = self
+            .0
+            .exec_sync(id, argv, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut all = out.stdout;
+        all.extend_from_slice(&out.stderr);
+        Ok((out.exit_code, all))
     }
 }
 
@@ -1241,9 +1247,10 @@ impl Worker {
                     continue;
                 };
                 let (tx, c2, id2) = (self.probe_tx.clone(), c.clone(), id.clone());
+                let rt = self.ctx.runtime.clone();
                 tokio::spawn(async move {
                     let result =
-                        crate::probe::probe_container(&probe, &c2, pod_ip, &id2, &RuntimeExec)
+                        crate::probe::probe_container(&probe, &c2, pod_ip, &id2, &RuntimeExec(rt))
                             .await;
                     let _ = tx
                         .send(ProbeDone {
@@ -1323,7 +1330,7 @@ impl Worker {
             let pref = pod_ref(pod);
             stops.push(async move {
                 if let Some(h) = hook {
-                    let run = run_pre_stop(&h, ip.as_deref(), &ports);
+                    let run = run_pre_stop(&h, ip.as_deref(), &ports, &rt, &id);
                     if tokio::time::timeout_at(deadline, run).await.is_err() {
                         tracing::info!(pod = %pref, container = %name, "preStop hook did not finish within the grace period");
                     }
@@ -1426,11 +1433,13 @@ fn qos_class(spec: &PodSpec) -> &'static str {
     }
 }
 
-/// Runs a preStop hook: httpGet and sleep here; exec needs the runtime's exec (not yet).
+/// Runs a preStop hook (exec, httpGet or sleep); the caller bounds it by the grace period.
 async fn run_pre_stop(
     h: &k8s_openapi::api::core::v1::LifecycleHandler,
     pod_ip: Option<&str>,
     ports: &[k8s_openapi::api::core::v1::ContainerPort],
+    rt: &crate::runtime::Runtime,
+    id: &str,
 ) {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     if let Some(s) = &h.sleep {
@@ -1456,10 +1465,19 @@ async fn run_pre_stop(
         }
         return;
     }
-    if h.exec.is_some() {
-        tracing::warn!(
-            "preStop exec hooks need the runtime's exec, which this node does not have yet; skipped"
-        );
+    if let Some(e) = &h.exec {
+        let argv = e.command.clone().unwrap_or_default();
+        if argv.is_empty() {
+            return;
+        }
+        // Bounded by the grace period by the caller's timeout.
+        match rt.exec_sync(id, &argv, Duration::from_secs(3600)).await {
+            Ok(o) if o.exit_code != 0 => {
+                tracing::info!(container = %id, "preStop exec exited with {}", o.exit_code)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::info!(container = %id, "preStop exec failed: {e}"),
+        }
     }
 }
 

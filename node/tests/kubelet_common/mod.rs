@@ -114,6 +114,8 @@ impl NodeDir {
         cfg.backoff_base = Duration::from_secs(2);
         cfg.backoff_max = Duration::from_secs(8);
         cfg.pod_network = false;
+        // Several kubelets run at once: no kubelet API unless a test asks for it.
+        cfg.kubelet_port = 0;
         cfg
     }
 
