@@ -19,7 +19,7 @@ use super::quantity;
 use super::static_pods;
 use super::status::{self, Backoff, Summary};
 use crate::cgroup::Resources;
-use crate::probe::{ExecProber, ProbeEvent, ProbeKind, ProbeResult, ProbeState};
+use crate::probe::{ProbeEvent, ProbeKind, ProbeResult, ProbeState};
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, RuntimeError, SandboxConfig,
 };
@@ -58,28 +58,6 @@ struct ProbeDone {
 
 /// Probe results in flight to one worker (each container has at most three probes running).
 const PROBE_RESULTS: usize = 64;
-
-/// Exec probes through the runtime's `exec_sync` (stdout then stderr as the output).
-struct RuntimeExec(Arc<crate::runtime::Runtime>);
-
-#[async_trait::async_trait]
-impl ExecProber for RuntimeExec {
-    async fn exec(
-        &self,
-        id: &str,
-        argv: &[String],
-        timeout: Duration,
-    ) -> Result<(i32, Vec<u8>), String> {
-        let out = self
-            .0
-            .exec_sync(id, argv, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut all = out.stdout;
-        all.extend_from_slice(&out.stderr);
-        Ok((out.exit_code, all))
-    }
-}
 
 /// The runtime state of a container as the status needs it.
 #[derive(Debug, Clone)]
@@ -1250,8 +1228,7 @@ impl Worker {
                 let rt = self.ctx.runtime.clone();
                 tokio::spawn(async move {
                     let result =
-                        crate::probe::probe_container(&probe, &c2, pod_ip, &id2, &RuntimeExec(rt))
-                            .await;
+                        crate::probe::probe_container(&probe, &c2, pod_ip, &id2, &*rt).await;
                     let _ = tx
                         .send(ProbeDone {
                             name: c2.name.clone(),
