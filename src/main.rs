@@ -144,6 +144,23 @@ struct ServerArgs {
     etcd_servers: Vec<String>,
 }
 
+/// Resolves on SIGTERM or SIGINT (never, if the handlers cannot be installed).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
 fn default_data_dir() -> std::path::PathBuf {
     std::env::var_os("HOME")
         .map(std::path::PathBuf::from)
@@ -435,10 +452,31 @@ struct NodeArgs {
     /// Static pod manifests (default: DATA_DIR/manifests).
     #[arg(long)]
     pod_manifest_path: Option<std::path::PathBuf>,
+    /// Run N simulated (hollow) kubelets instead: real API traffic, no containers.
+    #[arg(long)]
+    hollow: Option<usize>,
+    /// Hollow nodes' names are PREFIX<index>.
+    #[arg(long, default_value = "hollow-node-")]
+    hollow_prefix: String,
+    /// Index of the first hollow node (to split a fleet over several processes).
+    #[arg(long, default_value_t = 0)]
+    hollow_first_index: usize,
 }
 
-/// Runs a kubelet until SIGTERM or SIGINT; its pods keep running.
+/// Runs a kubelet (or N hollow ones) until SIGTERM or SIGINT; its pods keep running.
 fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    if let Some(count) = args.hollow {
+        let mut cfg = node::hollow::HollowConfig::new(args.kubeconfig, count);
+        cfg.name_prefix = args.hollow_prefix;
+        cfg.first_index = args.hollow_first_index;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(async {
+            node::hollow::run(cfg, stop_signal()).await?;
+            anyhow::Ok(())
+        });
+    }
     let name = match args.node_name {
         Some(n) => n,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")?

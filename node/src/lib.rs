@@ -33,6 +33,7 @@
 //! single-threaded shim); io_uring itself is `shards::uring`.
 
 pub mod cgroup;
+pub mod hollow;
 pub mod image;
 pub mod kubelet;
 pub mod logs;
