@@ -7,6 +7,7 @@
 //!   resolves `kubernetes.default` through the cluster DNS at 10.96.0.10; a Deployment's pods
 //!   get addresses from the node's podCIDR and are reached through their Service's ClusterIP
 //!   from another pod; the host resolves through the kube-dns VIP too.
+//! - `kubectl logs` and `kubectl exec` reach the pods through the apiserver and the kubelet.
 //! - SIGTERM stops everything cleanly.
 
 #[path = "support/api_server.rs"]
@@ -240,13 +241,22 @@ fn up_runs_the_control_plane_and_cluster_dns() {
             "sh",
             "-c",
             "grep -q 'nameserver 10.96.0.10' /etc/resolv.conf && \
-             nslookup kubernetes.default.svc.cluster.local | grep -q 'Address: 10.96.0.1$'",
+             nslookup kubernetes.default.svc.cluster.local | tee /dev/stderr | \
+             grep -q 'Address: 10.96.0.1$'",
         ],
     );
     let pod = wait_phase(&s, "resolver", "Succeeded", Duration::from_secs(60));
     assert_eq!(
         pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
         0
+    );
+    // Its output through the apiserver and the kubelet's API.
+    let logs = s.ok(KUBECTL_MINOR, &["logs", "resolver"]);
+    assert!(
+        logs.contains("Name:\tkubernetes.default.svc.cluster.local")
+            || logs.contains("Name:     kubernetes.default.svc.cluster.local")
+            || logs.contains("kubernetes.default.svc.cluster.local"),
+        "{logs}"
     );
 
     // The Deployment's pods run with addresses from the node's podCIDR.
@@ -264,6 +274,24 @@ fn up_runs_the_control_plane_and_cluster_dns() {
         assert!(ip.starts_with("10.244."), "{pod_ips:?}");
     }
     assert_ne!(pod_ips[0], pod_ips[1]);
+
+    // kubectl exec runs a process inside a running pod's container.
+    let web_pod = s.ok(
+        KUBECTL_MINOR,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    );
+    let out = s.ok(
+        KUBECTL_MINOR,
+        &["exec", &web_pod, "--", "cat", "/tmp/index.html"],
+    );
+    assert_eq!(out.trim(), "ok");
 
     // A Service in front of them, reached by its ClusterIP from another pod through the proxy.
     s.ok(
@@ -294,8 +322,11 @@ fn up_runs_the_control_plane_and_cluster_dns() {
         );
         (out.split_whitespace().count() == 2).then_some(())
     });
+    // Retried for up to 10 s: the proxy programs a new Service asynchronously, as upstream's.
     let script = format!(
-        "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc {cluster_ip} 80 | grep -q '^ok'"
+        "i=0; while [ $i -lt 40 ]; do \
+           printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc {cluster_ip} 80 | grep -q '^ok' && exit 0; \
+           i=$((i+1)); sleep 0.25; done; exit 1"
     );
     s.ok(
         KUBECTL_MINOR,
