@@ -1,0 +1,236 @@
+//! Pod startup latency through the API, as upstream's SLO measures it: pods created through
+//! an in-process apiserver with `spec.nodeName` set, run by an in-process kubelet (image
+//! present), time from the create call to `phase: Running` as seen through the API (a list polled every 5 ms). One pod at a
+//! time (20 runs), then 100 pods at once (3 rounds); prints p50/p99. Needs root and
+//! busybox-static. Upstream's SLO: p99 < 5 s.
+//!
+//! `cargo run --release -p kubeshard-benches --bin pod_startup`
+//!
+//! The binary is its own shim (it re-executes itself), like the `kubeshard` binary.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::client::{Api, Client, DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use node::image::oci::Digest;
+use node::kubelet::{Kubelet, KubeletConfig};
+use parking_lot::Mutex;
+
+fn busybox_layout(dir: &Path) -> std::path::PathBuf {
+    let layout = dir.join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let bb = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(bb.len() as u64);
+    b.append_data(&mut h, "bin/busybox", &bb[..]).unwrap();
+    for a in ["sh", "sleep", "true"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        b.append_link(&mut h, format!("bin/{a}"), "busybox")
+            .unwrap();
+    }
+    let layer = b.into_inner().unwrap();
+    let put = |bytes: &[u8]| {
+        let d = Digest::of(bytes);
+        std::fs::write(layout.join("blobs/sha256").join(d.hex()), bytes).unwrap();
+        d
+    };
+    let ld = put(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [ld.to_string()]}
+    }))
+    .unwrap();
+    let cd = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld.to_string(), "size": layer.len()}]
+    }))
+    .unwrap();
+    let md = put(&manifest);
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.to_string(),
+            "size": manifest.len(), "annotations": {"io.containerd.image.name": "bench/busybox:1"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    layout
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "labels": {"bench": "startup"}},
+        "spec": {"nodeName": "bench-node", "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "c", "image": "bench/busybox:1", "command": ["sleep", "1000"]}]}
+    }))
+    .unwrap()
+}
+
+/// Creates `names` at once; returns each pod's create-to-Running latency.
+async fn round(
+    pods: &Api<Pod>,
+    running: &Arc<Mutex<HashMap<String, Instant>>>,
+    names: &[String],
+) -> Vec<Duration> {
+    let mut created = HashMap::new();
+    let futs = names.iter().map(|n| {
+        let pods = pods.clone();
+        let n = n.clone();
+        async move {
+            let t = Instant::now();
+            pods.create(&PostParams::default(), &pod(&n))
+                .await
+                .expect("create");
+            (n, t)
+        }
+    });
+    for (n, t) in futures::future::join_all(futs).await {
+        created.insert(n, t);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = {
+            let r = running.lock();
+            names.iter().all(|n| r.contains_key(n))
+        };
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pods not Running within 120 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = running.lock();
+    let out = names
+        .iter()
+        .map(|n| r[n].duration_since(created[n]))
+        .collect();
+    drop(r);
+    // Clean up: delete (grace 0) and wait until the kubelet has torn them down.
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    futures::future::join_all(names.iter().map(|n| pods.delete(n, &dp))).await;
+    out
+}
+
+fn main() {
+    node::shim::run_if_requested();
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("pod_startup needs root");
+        std::process::exit(1);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    node::image::ImageStore::open(&data)
+        .unwrap()
+        .import(&busybox_layout(tmp.path()))
+        .unwrap();
+    let mut scfg = store::EngineConfig::in_memory();
+    scfg.shards = 1;
+    let engine = store::Engine::open(scfg).unwrap();
+    let mut opts = api::server::ServerOptions::new(tmp.path());
+    opts.port = 0;
+    let server = api::server::start(opts, engine.clone()).expect("apiserver");
+    let kubeconfig = server.kubeconfig.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut cfg =
+            KubeletConfig::new("bench-node", data.clone(), std::env::current_exe().unwrap());
+        cfg.kubeconfig = Some(kubeconfig.clone());
+        cfg.node_ip = Some("127.0.0.1".parse().unwrap());
+        cfg.pod_network = false;
+        cfg.cgroups = Some(
+            node::cgroup::CgroupDriver::detect(&format!("kubeshard-bench-{}", std::process::id()))
+                .unwrap(),
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let kubelet = tokio::spawn(Kubelet::run(cfg, async move {
+            let _ = stop_rx.await;
+        }));
+        let client = Client::from_kubeconfig(&kubeconfig).unwrap();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        // The watch that sees phase Running (as the SLO's measurement does).
+        let running: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        // Running as the API reports it, polled every 5 ms (list by label).
+        let r2 = running.clone();
+        let p2 = pods.clone();
+        let watcher = tokio::spawn(async move {
+            loop {
+                if let Ok(l) = p2.list(&ListParams::default().labels("bench=startup")).await {
+                    let now = Instant::now();
+                    let mut r = r2.lock();
+                    for p in l.items {
+                        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                            r.entry(p.metadata.name.clone().unwrap_or_default()).or_insert(now);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        // Warm-up (unpacks the layer, registers the node).
+        round(&pods, &running, &["warm".to_string()]).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut one = Vec::new();
+        for i in 0..20 {
+            one.extend(round(&pods, &running, &[format!("one-{i}")]).await);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "1 pod at a time (20 runs): p50 {:.0} ms, p99 {:.0} ms",
+            pct(&mut one, 0.5).as_secs_f64() * 1e3,
+            pct(&mut one, 0.99).as_secs_f64() * 1e3
+        );
+        let mut hundred = Vec::new();
+        for r in 0..3 {
+            let names: Vec<String> = (0..100).map(|i| format!("batch{r}-{i}")).collect();
+            hundred.extend(round(&pods, &running, &names).await);
+            // Let the kubelet tear the batch down before the next one.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        println!(
+            "100 pods at once (3 rounds): p50 {:.0} ms, p99 {:.0} ms (upstream SLO: p99 < 5000 ms)",
+            pct(&mut hundred, 0.5).as_secs_f64() * 1e3,
+            pct(&mut hundred, 0.99).as_secs_f64() * 1e3
+        );
+        watcher.abort();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let _ = stop_tx.send(());
+        let _ = kubelet.await;
+        // Whatever is left (pods still being torn down) goes with the sandboxes.
+        let mut rcfg =
+            node::runtime::RuntimeConfig::new(&data, std::env::current_exe().unwrap()).unwrap();
+        rcfg.cgroups =
+            node::cgroup::CgroupDriver::detect(&format!("kubeshard-bench-{}", std::process::id()))
+                .unwrap();
+        let runtime = node::runtime::Runtime::new(rcfg).unwrap();
+        for sb in runtime.list_sandboxes().unwrap_or_default() {
+            let _ = runtime.remove_sandbox(&sb.id).await;
+        }
+    });
+    server.shutdown();
+    engine.close();
+}
