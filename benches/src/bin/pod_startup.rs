@@ -179,12 +179,16 @@ fn main() {
         let p2 = pods.clone();
         let watcher = tokio::spawn(async move {
             loop {
-                if let Ok(l) = p2.list(&ListParams::default().labels("bench=startup")).await {
+                if let Ok(l) = p2
+                    .list(&ListParams::default().labels("bench=startup"))
+                    .await
+                {
                     let now = Instant::now();
                     let mut r = r2.lock();
                     for p in l.items {
                         if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
-                            r.entry(p.metadata.name.clone().unwrap_or_default()).or_insert(now);
+                            r.entry(p.metadata.name.clone().unwrap_or_default())
+                                .or_insert(now);
                         }
                     }
                 }
