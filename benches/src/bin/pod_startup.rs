@@ -24,16 +24,21 @@ fn busybox_layout(dir: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     let mut b = tar::Builder::new(Vec::new());
     let bb = std::fs::read("/bin/busybox").expect("busybox-static installed");
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o755);
-    h.set_size(bb.len() as u64);
+    // Every numeric header field set, as real image layers have them.
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(size);
+        h
+    };
+    let mut h = header(tar::EntryType::Regular, 0o755, bb.len() as u64);
     b.append_data(&mut h, "bin/busybox", &bb[..]).unwrap();
     for a in ["sh", "sleep", "true"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_size(0);
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, format!("bin/{a}"), "busybox")
             .unwrap();
     }
@@ -113,7 +118,18 @@ async fn round(
         if done {
             break;
         }
-        assert!(Instant::now() < deadline, "pods not Running within 120 s");
+        if Instant::now() >= deadline {
+            // Say why: the pods' statuses as the kubelet reported them.
+            for n in names.iter().take(3) {
+                if let Ok(p) = pods.get(n).await {
+                    eprintln!(
+                        "{n}: {}",
+                        serde_json::to_string(&p.status).unwrap_or_default()
+                    );
+                }
+            }
+            panic!("pods not Running within 120 s");
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let r = running.lock();
