@@ -29,8 +29,8 @@ const DNS_PORT: u16 = 53;
 /// What `up` adds to the server's flags.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ComponentArgs {
-    /// The node's address (NodePorts, cluster DNS); default: the source address of the
-    /// default route, else 127.0.0.1.
+    /// The node's address (NodePorts, cluster DNS); default: the kubelet's choice (the first
+    /// global IPv4 address of an interface that is up), else 127.0.0.1.
     #[arg(long)]
     pub(crate) node_ip: Option<IpAddr>,
     /// The local node's pod CIDR until the controllers' node IPAM assigns one.
@@ -66,7 +66,10 @@ pub(crate) async fn run(
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_ascii_lowercase())
         .unwrap_or_else(|_| "localhost".into());
-    let node_ip = args.node_ip.unwrap_or_else(default_node_ip);
+    // The kubelet's own choice, so the node, NodePorts and DNS agree on one address.
+    let node_ip = args
+        .node_ip
+        .unwrap_or_else(node::kubelet::machine::default_node_ip);
     let root = nix_is_root();
     let mut tasks = Vec::new();
 
@@ -170,20 +173,6 @@ pub(crate) async fn run(
             tracing::warn!(component = name, "did not stop within 10 s");
         }
     }
-}
-
-/// The source address of the default route (connecting a UDP socket sends nothing), else
-/// loopback.
-pub(crate) fn default_node_ip() -> IpAddr {
-    std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| {
-            s.connect("203.0.113.1:9")?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .ok()
-        .filter(|ip| !ip.is_unspecified())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 fn nix_is_root() -> bool {

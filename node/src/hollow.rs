@@ -34,7 +34,8 @@ use tokio::sync::Notify;
 use crate::kubelet::KUBELET_VERSION;
 use crate::kubelet::machine::{MachineInfo, Pressure};
 use crate::kubelet::node_status::{
-    LEASE_DURATION_SECS, LEASE_NAMESPACE, conditions, node_labels, resources,
+    LEASE_DURATION_SECS, LEASE_NAMESPACE, conditions, node_labels, now_micro, now_rfc3339,
+    resources,
 };
 
 /// Streams one pooled connection carries before the next is used (the server allows 1,000).
@@ -161,10 +162,6 @@ fn node_ip(i: usize) -> Ipv4Addr {
 fn default_pod_cidr(i: usize) -> String {
     let base = u32::from(Ipv4Addr::new(10, 128, 0, 0)) + ((i as u32 % 32_768) << 8);
     format!("{}/24", Ipv4Addr::from(base))
-}
-
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// One simulated kubelet.
@@ -356,7 +353,7 @@ impl HollowNode {
     }
 
     async fn renew_lease(&self, leases: &Api<Lease>, node_uid: &str) -> Result<(), ClientError> {
-        let renew = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let renew = now_micro();
         let patch = json!({"spec": {"holderIdentity": self.name,
             "leaseDurationSeconds": LEASE_DURATION_SECS, "renewTime": renew}});
         match leases

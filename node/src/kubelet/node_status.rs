@@ -19,11 +19,13 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// `leaseDurationSeconds` of the Lease (upstream's 40 s).
 pub const LEASE_DURATION_SECS: i32 = 40;
 
-fn now_rfc3339() -> String {
+/// Now, as the API's second-precision timestamps.
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn now_micro() -> String {
+/// Now, as a MicroTime (Lease renewTime).
+pub(crate) fn now_micro() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
