@@ -73,12 +73,13 @@ async fn round(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let r = running.lock();
-    let out = names
-        .iter()
-        .map(|n| r[n].duration_since(created[n]))
-        .collect();
-    drop(r);
+    let out = {
+        let r = running.lock();
+        names
+            .iter()
+            .map(|n| r[n].duration_since(created[n]))
+            .collect()
+    };
     // Clean up: delete (grace 0) and wait until the kubelet has torn them down.
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
