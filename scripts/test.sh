@@ -34,4 +34,5 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 # Benches are measured with `cargo bench`; here they only have to compile.
 cargo check -p kubeshard-benches --benches
 
-cargo test --workspace "$@"
+# --no-fail-fast: one red test binary must not hide the state of the others.
+cargo test --workspace --no-fail-fast "$@"
