@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod quantity;
 pub mod registry;
 pub mod status;
 pub mod table;

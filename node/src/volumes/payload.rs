@@ -348,71 +348,7 @@ pub fn resource_value(
 /// Parses a Kubernetes quantity (`100m`, `1.5Gi`, `2e3`) into thousandths of its unit,
 /// rounding up as `Quantity.MilliValue()` does.
 pub fn parse_milli(s: &str) -> Result<i64, VolumeError> {
-    let bad = || VolumeError::DownwardApi(format!("invalid quantity {s:?}"));
-    let s = s.trim();
-    if s.is_empty() || s.len() > 64 {
-        return Err(bad());
-    }
-    let (neg, body) = match s.as_bytes()[0] {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let num_end = body
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(body.len());
-    let (num, suffix) = body.split_at(num_end);
-    if num.is_empty() || num == "." {
-        return Err(bad());
-    }
-    let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
-    if frac_part.contains('.') || int_part.len() + frac_part.len() > 30 {
-        return Err(bad());
-    }
-    let digits = format!("{int_part}{frac_part}");
-    let mantissa: i128 = digits.parse().map_err(|_| bad())?;
-    let mut dec_exp: i32 = -(frac_part.len() as i32);
-    let mut bin_mult: i128 = 1;
-    match suffix {
-        "" => {}
-        "n" => dec_exp -= 9,
-        "u" => dec_exp -= 6,
-        "m" => dec_exp -= 3,
-        "k" => dec_exp += 3,
-        "M" => dec_exp += 6,
-        "G" => dec_exp += 9,
-        "T" => dec_exp += 12,
-        "P" => dec_exp += 15,
-        "E" => dec_exp += 18,
-        "Ki" => bin_mult = 1 << 10,
-        "Mi" => bin_mult = 1 << 20,
-        "Gi" => bin_mult = 1 << 30,
-        "Ti" => bin_mult = 1 << 40,
-        "Pi" => bin_mult = 1 << 50,
-        "Ei" => bin_mult = 1 << 60,
-        other => {
-            let exp = other
-                .strip_prefix('e')
-                .or_else(|| other.strip_prefix('E'))
-                .ok_or_else(bad)?;
-            let e: i32 = exp.parse().map_err(|_| bad())?;
-            if !(-30..=30).contains(&e) {
-                return Err(bad());
-            }
-            dec_exp += e;
-        }
-    }
-    let e = dec_exp + 3;
-    let base = mantissa.checked_mul(bin_mult).ok_or_else(bad)?;
-    let milli = if e >= 0 {
-        base.checked_mul(10i128.checked_pow(e as u32).ok_or_else(bad)?)
-            .ok_or_else(bad)?
-    } else {
-        let d = 10i128.checked_pow((-e) as u32).ok_or_else(bad)?;
-        (base + d - 1) / d
-    };
-    let milli = if neg { -milli } else { milli };
-    i64::try_from(milli).map_err(|_| bad())
+    api::quantity::parse_milli(s).map_err(|e| VolumeError::DownwardApi(e.to_string()))
 }
 
 #[cfg(test)]
