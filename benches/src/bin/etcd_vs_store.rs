@@ -7,13 +7,13 @@
 //! `BENCH_SECS` sets the seconds per throughput cell (default 3). Every loop is bounded in
 //! count and time.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kubeshard_benches::server_proc::kubeshard_bin;
 use store::conformance::etcd_process::{EtcdProcess, free_port};
 use store::proto::etcdserverpb as pb;
 use store::proto::etcdserverpb::kv_client::KvClient;
@@ -45,26 +45,6 @@ impl Drop for StoreChild {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn kubeshard_bin() -> Result<PathBuf, BoxError> {
-    if let Some(p) = std::env::var_os("KUBESHARD_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = root.join("target/release/kubeshard");
-    if !bin.is_file() {
-        eprintln!("building target/release/kubeshard ...");
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--bin", "kubeshard"])
-            .current_dir(&root)
-            .status()?
-            .success();
-        if !ok {
-            return Err("cargo build --release --bin kubeshard failed".into());
-        }
-    }
-    Ok(bin)
 }
 
 fn start_store() -> Result<Server, BoxError> {

@@ -10,64 +10,13 @@
 //! `HOLLOW_SETTLE_SECS` sets how long the fleet runs before memory is read, default 25).
 //! Every wait is bounded.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use api::client::{Api, Client, ListParams};
 use k8s_openapi::api::core::v1::Node;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Kills the child on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kubeshard_bin() -> Result<PathBuf, BoxError> {
-    if let Some(p) = std::env::var_os("KUBESHARD_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin = root.join("target/release/kubeshard");
-    if !bin.is_file() {
-        eprintln!("building target/release/kubeshard ...");
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--bin", "kubeshard"])
-            .current_dir(&root)
-            .status()?
-            .success();
-        if !ok {
-            return Err("cargo build --release --bin kubeshard failed".into());
-        }
-    }
-    Ok(bin)
-}
-
-/// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use kubeshard_benches::server_proc::{BoxError, env_or, kubeshard_bin, rss_kib, start_server};
 
 fn main() -> Result<(), BoxError> {
     let count: usize = env_or("HOLLOW_NODES", 1000);
@@ -75,31 +24,13 @@ fn main() -> Result<(), BoxError> {
     let bin = kubeshard_bin()?;
     let dir = tempfile::tempdir()?;
 
-    let mut server = Command::new(&bin)
-        .args(["server", "--data-dir"])
-        .arg(dir.path())
-        .args(["--port", "0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = server.stdout.take().ok_or("server stdout")?;
-    let server = Proc(server);
-    let mut lines = BufReader::new(stdout).lines();
-    let started = Instant::now();
-    loop {
-        let line = lines.next().ok_or("server exited")??;
-        if line.starts_with("kubeshard server listening") {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err("server did not start".into());
-        }
-    }
-    let kubeconfig = dir.path().join("kubeconfig");
-    let server_rss_before = rss_kib(server.0.id());
+    let started = start_server(&bin, dir.path(), false)?;
+    let server = started.proc;
+    let kubeconfig = started.kubeconfig;
+    let server_rss_before = rss_kib(server.id());
 
     let t0 = Instant::now();
-    let node = Proc(
+    let node = kubeshard_benches::server_proc::Proc(
         Command::new(&bin)
             .args(["node", "--kubeconfig"])
             .arg(&kubeconfig)
@@ -145,8 +76,8 @@ fn main() -> Result<(), BoxError> {
         }
     })?;
     std::thread::sleep(settle);
-    let node_rss = rss_kib(node.0.id());
-    let server_rss = rss_kib(server.0.id());
+    let node_rss = rss_kib(node.id());
+    let server_rss = rss_kib(server.id());
     let per_node_kib = node_rss as f64 / count as f64;
     println!("hollow nodes: {count}");
     println!(

@@ -1,0 +1,510 @@
+//! The apiserver under concurrent load, as issue 4's benchmarks ask: create throughput, memory
+//! per stored pod, single-object GET throughput and p50/p99 (closed loop and paced), LIST of
+//! every pod (full and paged), and a watch fan-out where each of many watchers is filtered to
+//! its own node's pods while pods are bound (bind-to-delivery p99).
+//!
+//! `kubeshard server` (the durable embedded store: every write is fdatasync'ed before it is
+//! acknowledged) runs as a child process; the load generator is this process, HTTP/2 over the
+//! server's plain loopback port (h2c), so TLS is not in the figures. Both share the machine's
+//! cores: the server's own CPU seconds per phase are printed so the cost is visible whatever
+//! the load.
+//!
+//! Command: `cargo run --release -p kubeshard-benches --bin api_load`
+//! (builds `target/release/kubeshard` first when missing; `KUBESHARD_BIN` overrides).
+//! Knobs: `API_PODS` (stored pods, default 100000), `API_SECS` (seconds per GET cell, 5),
+//! `API_GET_RATE` (paced GET rate, 50000/s), `API_WATCHERS` (10000), `API_LISTS` (5).
+//! Every phase is bounded in count and time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kubeshard_benches::server_proc::{
+    BoxError, cpu_secs, env_or, kubeshard_bin, quantile, rss_kib, start_server,
+};
+use parking_lot::Mutex;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Most requests in flight at once in any phase (bounds the client's memory).
+const MAX_IN_FLIGHT: usize = 4096;
+/// Streams per HTTP/2 connection for the watchers (the server allows 1,000).
+const WATCHES_PER_CONN: usize = 500;
+
+/// A pool of HTTP/2 connections to the server's plain port, used round-robin.
+struct Pool {
+    senders: Vec<Sender>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    async fn connect(port: u16, conns: usize) -> Result<Pool, BoxError> {
+        let mut senders = Vec::with_capacity(conns);
+        for _ in 0..conns {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            tcp.set_nodelay(true)?;
+            let (s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(8 << 20)
+                .initial_connection_window_size(32 << 20)
+                .max_concurrent_reset_streams(1024)
+                .handshake(TokioIo::new(tcp))
+                .await?;
+            tokio::spawn(conn);
+            senders.push(s);
+        }
+        Ok(Pool {
+            senders,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn sender(&self) -> Sender {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
+        self.senders[i].clone()
+    }
+}
+
+/// Sends one request and reads the whole body: (status, body bytes).
+async fn request(
+    mut s: Sender,
+    method: &str,
+    path: &str,
+    body: Bytes,
+) -> Result<(u16, Bytes), BoxError> {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1{path}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(Full::new(body))?;
+    s.ready().await?;
+    let resp = s.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((status, bytes))
+}
+
+/// A pod shaped like scheduler_perf's (~1 KB of JSON), unbound unless `node` is given.
+fn pod_body(ns: &str, name: &str, node: Option<&str>) -> Bytes {
+    let node_name = node
+        .map(|n| format!(r#","nodeName":"{n}""#))
+        .unwrap_or_default();
+    Bytes::from(format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"{ns}","labels":{{"app":"bench","tier":"load","pod-template-hash":"7d9c6b5f8"}},"annotations":{{"bench.kubeshard.io/note":"a realistic annotation to carry some bytes"}}}},"spec":{{"containers":[{{"name":"app","image":"registry.k8s.io/pause:3.10","ports":[{{"containerPort":8080,"name":"http"}}],"resources":{{"requests":{{"cpu":"100m","memory":"500Mi"}},"limits":{{"cpu":"200m","memory":"500Mi"}}}},"env":[{{"name":"MODE","value":"bench"}}]}}],"restartPolicy":"Always","terminationGracePeriodSeconds":30{node_name}}}}}"#
+    ))
+}
+
+/// Runs `total` requests built by `make(i)` with at most `in_flight` at once; returns the
+/// latency of each successful one, the wall time, and the count of failures (non-2xx or
+/// transport errors).
+async fn run_closed<F>(
+    pool: &Arc<Pool>,
+    total: usize,
+    in_flight: usize,
+    deadline: Duration,
+    make: F,
+) -> (Vec<Duration>, Duration, u64)
+where
+    F: Fn(usize) -> (&'static str, String, Bytes) + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let next = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight.clamp(1, MAX_IN_FLIGHT) {
+        let (pool, make, next, failures) =
+            (pool.clone(), make.clone(), next.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || t0.elapsed() > deadline {
+                    break;
+                }
+                let (method, path, body) = make(i);
+                let start = Instant::now();
+                match request(pool.sender(), method, &path, body).await {
+                    Ok((code, _)) if (200..300).contains(&code) => lat.push(start.elapsed()),
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::with_capacity(total.min(1 << 22));
+    for t in tasks {
+        if let Ok(l) = t.await {
+            all.extend(l);
+        }
+    }
+    (all, t0.elapsed(), failures.load(Ordering::Relaxed))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn report(label: &str, lat: &mut [Duration], wall: Duration, failures: u64) {
+    let n = lat.len();
+    let p50 = quantile(lat, 0.5);
+    let p99 = quantile(lat, 0.99);
+    println!(
+        "{label}: {n} ok, {failures} failed in {:.2} s = {:.0}/s; p50 {:.3} ms, p99 {:.3} ms",
+        wall.as_secs_f64(),
+        n as f64 / wall.as_secs_f64().max(1e-9),
+        ms(p50),
+        ms(p99)
+    );
+}
+
+/// GETs paced at `rate` per second for `secs`, latency measured from each request's
+/// scheduled send time (so a stalled server is charged for the queue it causes).
+async fn run_paced(
+    pool: &Arc<Pool>,
+    pods: usize,
+    rate: u64,
+    secs: u64,
+) -> (Vec<Duration>, u64, u64) {
+    let sem = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity((rate * secs) as usize)));
+    let failures = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let total = rate * secs;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0u64;
+    let mut handles = Vec::new();
+    while sent < total && t0.elapsed() < Duration::from_secs(secs + 5) {
+        tick.tick().await;
+        // Requests due by now, at the paced rate.
+        let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        while sent < due {
+            let scheduled = t0 + Duration::from_secs_f64(sent as f64 / rate as f64);
+            let i = (sent as usize * 7919) % pods;
+            sent += 1;
+            let Ok(permit) = sem.clone().try_acquire_owned() else {
+                // The client's in-flight bound is full: the server is not keeping up.
+                dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let (pool, lat, failures) = (pool.clone(), lat.clone(), failures.clone());
+            handles.push(tokio::spawn(async move {
+                let path = format!("/api/v1/namespaces/load/pods/pod-{i}");
+                match request(pool.sender(), "GET", &path, Bytes::new()).await {
+                    Ok((200, _)) => lat.lock().push(scheduled.elapsed()),
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                drop(permit);
+            }));
+            if handles.len() >= 65_536 {
+                for h in handles.drain(..) {
+                    let _ = h.await;
+                }
+            }
+        }
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let v = std::mem::take(&mut *lat.lock());
+    (
+        v,
+        failures.load(Ordering::Relaxed),
+        dropped.load(Ordering::Relaxed),
+    )
+}
+
+/// What every watcher of the fan-out phase shares.
+struct WatchShared {
+    /// When the bind of pod `wpod-i` was sent, in nanoseconds since `t0`.
+    sent_at: Vec<AtomicU64>,
+    t0: Instant,
+    /// Bind-to-delivery delay of each delivered event.
+    delays: Mutex<Vec<Duration>>,
+    /// Watches whose response headers arrived.
+    opened: AtomicUsize,
+    deadline: Instant,
+}
+
+/// Reads node `node`'s filtered watch stream until its pod's event arrived or the deadline;
+/// records the delay since that pod's bind was sent. Returns the events seen (0 or 1).
+async fn watch_one(
+    sender: Sender,
+    node: usize,
+    rv: String,
+    w: Arc<WatchShared>,
+) -> Result<usize, BoxError> {
+    let path = format!(
+        "/api/v1/namespaces/watch/pods?watch=true&fieldSelector=spec.nodeName%3Dnode-{node}&resourceVersion={rv}"
+    );
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri(format!("http://127.0.0.1{path}"))
+        .header("accept", "application/json")
+        .body(Full::new(Bytes::new()))?;
+    let mut s = sender;
+    s.ready().await?;
+    let resp = s.send_request(req).await?;
+    if resp.status() != 200 {
+        return Err(format!("watch status {}", resp.status()).into());
+    }
+    w.opened.fetch_add(1, Ordering::Relaxed);
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut events = 0usize;
+    while events < 1 {
+        let left = w.deadline.saturating_duration_since(Instant::now());
+        let frame = match tokio::time::timeout(left, body.frame()).await {
+            Ok(Some(f)) => f?,
+            _ => break,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let now = w.t0.elapsed();
+            let ev: serde_json::Value = serde_json::from_slice(&line)?;
+            let name = ev
+                .pointer("/object/metadata/name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            if let Some(i) = name
+                .strip_prefix("wpod-")
+                .and_then(|i| i.parse::<usize>().ok())
+                && let Some(sent) = w.sent_at.get(i)
+            {
+                let sent = Duration::from_nanos(sent.load(Ordering::Relaxed));
+                w.delays.lock().push(now.saturating_sub(sent));
+                events += 1;
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn main() -> Result<(), BoxError> {
+    let pods: usize = env_or("API_PODS", 100_000);
+    let secs: u64 = env_or("API_SECS", 5);
+    let rate: u64 = env_or("API_GET_RATE", 50_000);
+    let watchers: usize = env_or("API_WATCHERS", 10_000);
+    let lists: usize = env_or("API_LISTS", 5);
+    let bin = kubeshard_bin()?;
+    let dir = tempfile::Builder::new().prefix("api-load-").tempdir()?;
+    let server = start_server(&bin, dir.path(), true)?;
+    let port = server.insecure_port.ok_or("no plain port")?;
+    let pid = server.proc.id();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let pool = Arc::new(Pool::connect(port, 8).await?);
+        for ns in ["load", "watch"] {
+            let body = Bytes::from(format!(r#"{{"metadata":{{"name":"{ns}"}}}}"#));
+            let (code, _) = request(pool.sender(), "POST", "/api/v1/namespaces", body).await?;
+            if code != 201 {
+                return Err(format!("create namespace {ns}: {code}").into());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss0 = rss_kib(pid);
+
+        // 1. Create throughput (and the data set of every later phase).
+        let cpu = cpu_secs(pid);
+        let (mut lat, wall, failed) = run_closed(&pool, pods, 256, Duration::from_secs(600), |i| {
+            (
+                "POST",
+                "/api/v1/namespaces/load/pods".to_string(),
+                pod_body("load", &format!("pod-{i}"), Some(&format!("node-{}", i % 5000))),
+            )
+        })
+        .await;
+        report("create pod (256 in flight)", &mut lat, wall, failed);
+        println!("  server CPU: {:.1} s", cpu_secs(pid) - cpu);
+        if failed > 0 || lat.len() < pods {
+            return Err(format!("only {} of {pods} pods created", lat.len()).into());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss1 = rss_kib(pid);
+        println!(
+            "memory: server RSS {:.1} MiB -> {:.1} MiB with {pods} pods = {:.2} KiB per stored pod",
+            rss0 as f64 / 1024.0,
+            rss1 as f64 / 1024.0,
+            rss1.saturating_sub(rss0) as f64 / pods as f64
+        );
+
+        // 2. Single-object GET, closed loop at two concurrencies, then paced.
+        for in_flight in [1usize, 64, 512] {
+            let cpu = cpu_secs(pid);
+            let (mut lat, wall, failed) =
+                run_closed(&pool, usize::MAX, in_flight, Duration::from_secs(secs), move |i| {
+                    let i = (i * 7919) % pods;
+                    ("GET", format!("/api/v1/namespaces/load/pods/pod-{i}"), Bytes::new())
+                })
+                .await;
+            report(&format!("GET one pod ({in_flight} in flight)"), &mut lat, wall, failed);
+            println!(
+                "  server CPU: {:.2} s = {:.1} us per GET",
+                cpu_secs(pid) - cpu,
+                (cpu_secs(pid) - cpu) * 1e6 / lat.len().max(1) as f64
+            );
+        }
+        let (mut lat, failed, dropped) = run_paced(&pool, pods, rate, secs).await;
+        let n = lat.len();
+        println!(
+            "GET one pod paced at {rate}/s for {secs} s: {n} ok ({:.0}/s), {failed} failed, {dropped} not sent (client bound full); from scheduled time p50 {:.3} ms, p99 {:.3} ms",
+            n as f64 / secs as f64,
+            ms(quantile(&mut lat, 0.5)),
+            ms(quantile(&mut lat, 0.99))
+        );
+
+        // 3. LIST every pod: full, then paged by 500 as kubectl does.
+        let mut full = Vec::new();
+        let mut bytes = 0usize;
+        let cpu = cpu_secs(pid);
+        for _ in 0..lists {
+            let t = Instant::now();
+            let (code, body) =
+                request(pool.sender(), "GET", "/api/v1/namespaces/load/pods", Bytes::new()).await?;
+            full.push(t.elapsed());
+            if code != 200 {
+                return Err(format!("list: {code}").into());
+            }
+            bytes = body.len();
+        }
+        println!(
+            "LIST {pods} pods, full: median {:.1} ms, {:.1} MB ({} runs; server CPU {:.0} ms per LIST)",
+            ms(quantile(&mut full, 0.5)),
+            bytes as f64 / 1e6,
+            lists,
+            (cpu_secs(pid) - cpu) * 1e3 / lists as f64
+        );
+        let mut paged = Vec::new();
+        let mut pages = 0usize;
+        for _ in 0..lists {
+            let t = Instant::now();
+            let mut cont = String::new();
+            pages = 0;
+            loop {
+                let path = if cont.is_empty() {
+                    "/api/v1/namespaces/load/pods?limit=500".to_string()
+                } else {
+                    format!("/api/v1/namespaces/load/pods?limit=500&continue={cont}")
+                };
+                let (code, body) = request(pool.sender(), "GET", &path, Bytes::new()).await?;
+                if code != 200 {
+                    return Err(format!("paged list: {code}").into());
+                }
+                pages += 1;
+                let v: serde_json::Value = serde_json::from_slice(&body)?;
+                cont = v
+                    .pointer("/metadata/continue")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                if cont.is_empty() || pages > pods / 500 + 2 {
+                    break;
+                }
+            }
+            paged.push(t.elapsed());
+        }
+        println!(
+            "LIST {pods} pods, paged by 500: median {:.1} ms ({pages} pages, {lists} runs)",
+            ms(quantile(&mut paged, 0.5))
+        );
+
+        // 4. Watch fan-out: one watcher per node, each filtered to its node's pods; one pod
+        //    bound to each node; bind-to-delivery delay.
+        let (code, body) =
+            request(pool.sender(), "GET", "/api/v1/namespaces/watch/pods?limit=1", Bytes::new())
+                .await?;
+        if code != 200 {
+            return Err(format!("list for rv: {code}").into());
+        }
+        let rv = serde_json::from_slice::<serde_json::Value>(&body)?
+            .pointer("/metadata/resourceVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or("0")
+            .to_string();
+        let watch_pool = Arc::new(Pool::connect(port, watchers.div_ceil(WATCHES_PER_CONN)).await?);
+        let t0 = Instant::now();
+        let w = Arc::new(WatchShared {
+            sent_at: (0..watchers).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            t0,
+            delays: Mutex::new(Vec::with_capacity(watchers)),
+            opened: AtomicUsize::new(0),
+            deadline: t0 + Duration::from_secs(300),
+        });
+        let mut watch_tasks = Vec::with_capacity(watchers);
+        for node in 0..watchers {
+            let sender = watch_pool.senders[node / WATCHES_PER_CONN].clone();
+            watch_tasks.push(tokio::spawn(watch_one(sender, node, rv.clone(), w.clone())));
+        }
+        let open_limit = Instant::now() + Duration::from_secs(120);
+        while w.opened.load(Ordering::Relaxed) < watchers && Instant::now() < open_limit {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let open_time = t0.elapsed();
+        println!(
+            "watch: {} of {watchers} filtered watches open after {:.2} s; server RSS {:.1} MiB",
+            w.opened.load(Ordering::Relaxed),
+            open_time.as_secs_f64(),
+            rss_kib(pid) as f64 / 1024.0
+        );
+        let (_, wall, failed) = run_closed(&pool, watchers, 256, Duration::from_secs(300), |i| {
+            (
+                "POST",
+                "/api/v1/namespaces/watch/pods".to_string(),
+                pod_body("watch", &format!("wpod-{i}"), None),
+            )
+        })
+        .await;
+        println!("  {watchers} unbound pods created in {:.2} s ({failed} failed)", wall.as_secs_f64());
+        let cpu = cpu_secs(pid);
+        let bind_start = t0.elapsed();
+        let sent = w.clone();
+        let (_, bind_wall, bind_failed) =
+            run_closed(&pool, watchers, 256, Duration::from_secs(300), move |i| {
+                sent.sent_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                (
+                    "POST",
+                    format!("/api/v1/namespaces/watch/pods/wpod-{i}/binding"),
+                    Bytes::from(format!(
+                        r#"{{"apiVersion":"v1","kind":"Binding","metadata":{{"name":"wpod-{i}"}},"target":{{"kind":"Node","name":"node-{i}"}}}}"#
+                    )),
+                )
+            })
+            .await;
+        let mut delivered = 0usize;
+        for t in watch_tasks {
+            if let Ok(Ok(n)) = t.await {
+                delivered += n;
+            }
+        }
+        let all_done = t0.elapsed().saturating_sub(bind_start);
+        let mut d = std::mem::take(&mut *w.delays.lock());
+        println!(
+            "watch fan-out: {watchers} binds in {:.2} s ({bind_failed} failed); {delivered} of {watchers} events delivered to their own watcher in {:.2} s = {:.0} events/s; bind-to-delivery p50 {:.1} ms, p99 {:.1} ms; server CPU {:.1} s",
+            bind_wall.as_secs_f64(),
+            all_done.as_secs_f64(),
+            delivered as f64 / all_done.as_secs_f64().max(1e-9),
+            ms(quantile(&mut d, 0.5)),
+            ms(quantile(&mut d, 0.99)),
+            cpu_secs(pid) - cpu
+        );
+        Ok::<(), BoxError>(())
+    })?;
+    drop(server);
+    Ok(())
+}
