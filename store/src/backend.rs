@@ -136,6 +136,12 @@ pub struct RangeRequest {
     pub limit: Option<u64>,
     pub keys_only: bool,
     pub count_only: bool,
+    /// With a `limit`, the backend may stop reading after the keys it returns: `count` is
+    /// then a lower bound and only `more` is exact. A Kubernetes LIST never needs the total,
+    /// and counting every key of the range made each page of a paged LIST cost the whole
+    /// range. The etcd face never sets it (etcd's `count` is exact); the etcd backend
+    /// ignores it.
+    pub skip_count: bool,
 }
 
 impl RangeRequest {
@@ -147,6 +153,7 @@ impl RangeRequest {
             limit: None,
             keys_only: false,
             count_only: false,
+            skip_count: false,
         }
     }
 

@@ -123,6 +123,38 @@ fn ranges_limits_and_order_across_shards() {
             .unwrap();
         assert_eq!((lim.kvs.len(), lim.more, lim.count), (7, true, 50));
         assert_eq!(&lim.kvs[0].key[..], b"/p/000");
+        // Without the total, pages hold the same keys and `more` stays exact (the three
+        // shards stop early, so `count` is only a lower bound).
+        for limit in [1, 7, 49, 50, 51] {
+            let counted = e
+                .range(RangeRequest {
+                    limit: Some(limit),
+                    ..RangeRequest::prefix(b("/p/"))
+                })
+                .await
+                .unwrap();
+            let skipped = e
+                .range(RangeRequest {
+                    limit: Some(limit),
+                    skip_count: true,
+                    ..RangeRequest::prefix(b("/p/"))
+                })
+                .await
+                .unwrap();
+            let keys = |r: &store::RangeResponse| -> Vec<Bytes> {
+                r.kvs.iter().map(|kv| kv.key.clone()).collect()
+            };
+            assert_eq!(keys(&skipped), keys(&counted), "limit {limit}");
+            assert_eq!(skipped.more, counted.more, "limit {limit}");
+            assert_eq!(skipped.more, limit < 50, "limit {limit}");
+            assert!(skipped.count <= counted.count && skipped.count >= skipped.kvs.len() as u64);
+            if limit < 40 {
+                assert!(
+                    skipped.count < 50,
+                    "limit {limit}: the scan did not stop early"
+                );
+            }
+        }
         assert_eq!(&lim.kvs[6].key[..], b"/p/006");
         let until = e
             .range(RangeRequest {

@@ -550,6 +550,7 @@ async fn list(
                 limit: (batch > 0).then_some(batch),
                 keys_only: false,
                 count_only: false,
+                skip_count: true,
             })
             .await
             .map_err(|e| match e {
@@ -1776,6 +1777,7 @@ async fn delete_collection(
                 limit: Some(500),
                 keys_only: false,
                 count_only: false,
+                skip_count: true,
             })
             .await?;
         for kv in &resp.kvs {

@@ -193,6 +193,7 @@ pub(crate) async fn serve(
                     limit: Some(INITIAL_PAGE),
                     keys_only: false,
                     count_only: false,
+                    skip_count: true,
                 })
                 .await?;
             at = Some(resp.revision);

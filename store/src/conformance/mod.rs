@@ -244,6 +244,7 @@ pub async fn range_prefix_limit_continuation(be: Arc<dyn Backend>) {
                 limit: Some(3),
                 keys_only: false,
                 count_only: false,
+                skip_count: false,
             })
             .await
             .unwrap();

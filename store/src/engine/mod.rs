@@ -490,6 +490,7 @@ impl Inner {
         limit: Option<u64>,
         keys_only: bool,
         count_only: bool,
+        skip_count: bool,
     ) -> Result<RangeResponse, StoreError> {
         let limit = limit
             .filter(|l| *l > 0)
@@ -523,6 +524,9 @@ impl Inner {
         }
         let mut found: Vec<Envelope> = Vec::new();
         let mut count = 0u64;
+        // Without a total to report, a shard's scan stops one key past the limit: that key
+        // proves `more`, and no shard's keys past it can be among the first `limit`.
+        let stop_after = limit.filter(|_| skip_count && !count_only);
         for s in self.shards_of(range) {
             let shard = self.shards[s].read();
             if rev < shard.compacted {
@@ -537,8 +541,9 @@ impl Inner {
                 if !count_only && limit.is_none_or(|l| taken < l) {
                     found.push(env.clone());
                     taken += 1;
+                    return true;
                 }
-                true
+                stop_after.is_none()
             });
         }
         found.sort_by(|a, b| a.key_ref().cmp(b.key_ref()));
@@ -587,7 +592,14 @@ impl Inner {
             });
         }
         let range = KeyRange::new(&req.key, &req.range_end);
-        let mut resp = self.read(&range, rev, req.limit, req.keys_only, req.count_only)?;
+        let mut resp = self.read(
+            &range,
+            rev,
+            req.limit,
+            req.keys_only,
+            req.count_only,
+            req.skip_count,
+        )?;
         // A latest read reports the store's revision, which may have moved past `rev` only
         // by revisions this read did not see; report the one it was served at.
         resp.revision = Revision(rev);
@@ -710,7 +722,8 @@ impl Inner {
                 TxnOp::Range(r) => {
                     let range = KeyRange::new(&r.key, &r.range_end);
                     let at = r.revision.filter(|x| x.0 > 0).map_or(rev, |x| x.0.min(rev));
-                    let mut resp = self.read(&range, at, r.limit, r.keys_only, r.count_only)?;
+                    let mut resp =
+                        self.read(&range, at, r.limit, r.keys_only, r.count_only, r.skip_count)?;
                     resp.revision = Revision(rev);
                     TxnOpResponse::Range(resp)
                 }

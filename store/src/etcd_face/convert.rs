@@ -89,6 +89,7 @@ pub(crate) fn range_from_pb(r: &pb::RangeRequest) -> Result<RangeRequest, Status
         limit: (r.limit > 0).then_some(r.limit as u64),
         keys_only: r.keys_only,
         count_only: r.count_only,
+        skip_count: false,
     })
 }
 
