@@ -109,7 +109,7 @@ fn wait_phase(s: &TestServer, name: &str, want: &str, limit: Duration) -> serde_
 fn import_busybox(dir: &Path) {
     let layout = images::oci_layout(
         &dir.join("busybox-layout"),
-        "busybox:latest",
+        "busybox:1.36",
         &[images::busybox_layer()],
         serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/"}),
     );
@@ -125,7 +125,7 @@ fn import_busybox(dir: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("docker.io/library/busybox:latest"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("docker.io/library/busybox:1.36"));
 }
 
 #[test]
@@ -160,7 +160,7 @@ fn up_runs_the_control_plane_and_cluster_dns() {
             "create",
             "deployment",
             "web",
-            "--image=busybox",
+            "--image=busybox:1.36",
             "--replicas=2",
             "--port=8080",
             "--",
@@ -235,7 +235,7 @@ fn up_runs_the_control_plane_and_cluster_dns() {
         &[
             "run",
             "resolver",
-            "--image=busybox",
+            "--image=busybox:1.36",
             "--restart=Never",
             "--",
             "sh",
@@ -333,7 +333,7 @@ fn up_runs_the_control_plane_and_cluster_dns() {
         &[
             "run",
             "client",
-            "--image=busybox",
+            "--image=busybox:1.36",
             "--restart=Never",
             "--",
             "sh",

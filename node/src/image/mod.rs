@@ -15,7 +15,11 @@
 //! copied to staging and renamed in only on a match), and a directory in `layers/` is complete
 //! (unpacked to staging, checked against the config's diff id, then renamed in).
 
+pub mod auth;
+pub mod manager;
 pub mod oci;
+pub mod reference;
+pub mod registry;
 pub mod unpack;
 
 use std::collections::BTreeMap;
@@ -335,6 +339,15 @@ impl ImageStore {
                 "no images in the archive".into(),
             ));
         }
+        self.add_images(found)
+    }
+
+    /// Records images `(names, manifest digest, config digest)` whose blobs are in the
+    /// store; a name moves to the image recorded last.
+    pub(crate) fn add_images(
+        &self,
+        found: Vec<(Vec<String>, Digest, Digest)>,
+    ) -> Result<Vec<ImageRecord>, ImageError> {
         let _lock = self.lock()?;
         let mut db = self.read_images()?;
         let mut out = Vec::new();
@@ -366,6 +379,87 @@ impl ImageStore {
         }
         self.write_images(&db)?;
         Ok(out)
+    }
+
+    /// The blobs an image consists of: its manifest, config and layers.
+    fn image_blobs(&self, rec: &ImageRecord) -> Vec<Digest> {
+        let mut out = vec![rec.manifest.clone(), rec.config.clone()];
+        if let Ok(m) = self.read_json_blob::<Manifest>(&rec.manifest, "manifest") {
+            out.extend(m.layers.into_iter().map(|l| l.digest));
+        }
+        out
+    }
+
+    /// The disk an image takes: its blobs and its unpacked layers (shared ones counted in
+    /// full, as upstream counts image sizes).
+    pub fn image_size(&self, rec: &ImageRecord) -> u64 {
+        let mut size = 0;
+        for d in self.image_blobs(rec) {
+            size += fs::metadata(self.blob_path(&d)).map_or(0, |m| m.len());
+            size += dir_size(&self.layers_dir().join(d.hex()), 100_000);
+        }
+        size
+    }
+
+    /// Removes the image with manifest digest `manifest` and the blobs and unpacked layers
+    /// no other image uses. Returns the bytes freed. The caller makes sure no container
+    /// uses the image.
+    pub fn remove_image(&self, manifest: &Digest) -> Result<u64, ImageError> {
+        let _lock = self.lock()?;
+        let mut db = self.read_images()?;
+        let Some(pos) = db.images.iter().position(|i| i.manifest == *manifest) else {
+            return Err(ImageError::NotFound(manifest.to_string()));
+        };
+        let gone = db.images.remove(pos);
+        self.write_images(&db)?;
+        let keep: std::collections::HashSet<Digest> =
+            db.images.iter().flat_map(|i| self.image_blobs(i)).collect();
+        let mut freed = 0;
+        for d in self.image_blobs(&gone) {
+            if keep.contains(&d) {
+                continue;
+            }
+            let layer = self.layers_dir().join(d.hex());
+            if layer.is_dir() {
+                freed += dir_size(&layer, 100_000);
+                // Renamed away first so a half-deleted layer is never taken for a whole one.
+                let trash = self.staging()?.join("layer");
+                fs::rename(&layer, &trash)?;
+                let _ = fs::remove_dir_all(trash.parent().unwrap_or(&trash));
+            }
+            let blob = self.blob_path(&d);
+            if let Ok(m) = fs::metadata(&blob) {
+                freed += m.len();
+                fs::remove_file(&blob)?;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Whether the store holds blob `d`.
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Moves a verified staging file in as blob `d` (the caller hashed it).
+    pub(crate) fn commit_blob(&self, tmp: &Path, d: &Digest) -> Result<(), ImageError> {
+        fs::rename(tmp, self.blob_path(d))?;
+        Ok(())
+    }
+
+    /// Stores `bytes` as a blob under their own digest `d` (checked).
+    pub(crate) fn put_blob(&self, d: &Digest, bytes: &[u8]) -> Result<(), ImageError> {
+        let got = Digest::of(bytes);
+        if got != *d {
+            return Err(ImageError::DigestMismatch {
+                expected: d.to_string(),
+                actual: got.to_string(),
+            });
+        }
+        if !self.has_blob(d) {
+            write_atomic(&self.blob_path(d), bytes)?;
+        }
+        Ok(())
     }
 
     /// Copies a blob from the staged files into the store, verifying its digest.
@@ -547,6 +641,28 @@ impl ImageStore {
         }
         Ok((md, cfg_digest))
     }
+}
+
+/// Bytes in the regular files under `dir` (at most `max_entries` looked at; 0 if absent).
+fn dir_size(dir: &Path, max_entries: usize) -> u64 {
+    let mut total = 0;
+    let mut seen = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            seen += 1;
+            if seen > max_entries {
+                return total;
+            }
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
 }
 
 /// Returns the sha256 of a file and whether it is gzip-compressed.

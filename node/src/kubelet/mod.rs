@@ -99,6 +99,11 @@ pub struct KubeletConfig {
     pub pod_network: bool,
     /// The node bridge.
     pub bridge: String,
+    /// Registries pulled from over plain HTTP or unverified HTTPS (`host[:port]` or CIDR);
+    /// loopback registries may use plain HTTP anyway.
+    pub insecure_registries: Vec<String>,
+    /// Image garbage collection (upstream defaults: 85% / 80%, 2 min minimum age).
+    pub image_gc: crate::image::manager::ImageGcPolicy,
 }
 
 impl KubeletConfig {
@@ -125,6 +130,8 @@ impl KubeletConfig {
             kubelet_port: 10250,
             pod_network: true,
             bridge: crate::network::DEFAULT_BRIDGE.into(),
+            insecure_registries: Vec::new(),
+            image_gc: crate::image::manager::ImageGcPolicy::default(),
         }
     }
 
@@ -150,6 +157,8 @@ pub(crate) struct Ctx {
     pub(crate) static_pods: RwLock<Vec<Arc<Pod>>>,
     /// Pod volumes.
     pub(crate) volumes: crate::volumes::VolumeManager,
+    /// Image pulls (policy, registry, dedup) and image garbage collection.
+    pub(crate) images: Arc<crate::image::manager::ImageManager>,
     /// The pod network, once the pod CIDR is known.
     network: parking_lot::Mutex<Option<Arc<crate::network::PodNetwork>>>,
 }
@@ -214,6 +223,13 @@ impl Kubelet {
                 cfg.node_name
             )));
         }
+        let gc = &cfg.image_gc;
+        if gc.high_threshold_percent > 100 || gc.low_threshold_percent > gc.high_threshold_percent {
+            return Err(KubeletError::Config(format!(
+                "image GC thresholds: low {}% must not exceed high {}% (at most 100)",
+                gc.low_threshold_percent, gc.high_threshold_percent
+            )));
+        }
         std::fs::create_dir_all(&cfg.data_dir).map_err(RuntimeError::from)?;
         let mut rcfg = RuntimeConfig::new(&cfg.data_dir, cfg.shim_program.clone())?;
         if let Some(c) = &cfg.cgroups {
@@ -237,7 +253,15 @@ impl Kubelet {
             }
             None => (Store::new(), None),
         };
+        let mut registry = crate::image::registry::RegistryConfig::new(&cfg.data_dir);
+        registry.insecure_registries = cfg.insecure_registries.clone();
+        let images = Arc::new(crate::image::manager::ImageManager::new(
+            runtime.images().clone(),
+            registry,
+            cfg.image_gc.clone(),
+        ));
         let ctx = Arc::new(Ctx {
+            images,
             pod_cidr: RwLock::new(cfg.pod_cidr.clone()),
             static_pods: RwLock::new(Vec::new()),
             volumes: crate::volumes::VolumeManager::new(cfg.data_dir.clone()),
@@ -255,6 +279,9 @@ impl Kubelet {
         if let Some(t) = start_server(&ctx).await {
             tasks.push(t);
         }
+        tasks.push(tokio::spawn(
+            ctx.images.clone().gc_loop(ctx.runtime.clone()),
+        ));
         if let Some(inf) = informer {
             let d = dirty.clone();
             tasks.push(tokio::spawn(inf.run(move |ev: Event<Pod>| {

@@ -19,6 +19,7 @@ use super::quantity;
 use super::static_pods;
 use super::status::{self, Backoff, Summary};
 use crate::cgroup::Resources;
+use crate::image::manager::{EnsureError, PullPolicy};
 use crate::probe::{ProbeEvent, ProbeKind, ProbeResult, ProbeState};
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, RuntimeError, SandboxConfig,
@@ -722,6 +723,21 @@ impl Worker {
         inp
     }
 
+    /// Upstream's ImagePullBackOff message: the back-off and the last pull's error.
+    fn pull_backoff_message(&self, name: &str, image: &str) -> String {
+        let last = self
+            .conts
+            .get(name)
+            .and_then(|i| i.waiting.as_ref())
+            .filter(|w| w.0 == "ErrImagePull" || w.0 == "ImagePullBackOff")
+            .map(|w| w.1.clone());
+        match last {
+            Some(m) if m.starts_with("Back-off") => m,
+            Some(m) => format!("Back-off pulling image \"{image}\": ErrImagePull: {m}"),
+            None => format!("Back-off pulling image \"{image}\""),
+        }
+    }
+
     fn set_waiting(&mut self, name: &str, reason: &str, message: String, retry_at: Option<i64>) {
         let info = self.conts.entry(name.to_string()).or_default();
         info.waiting = Some((reason.to_string(), message));
@@ -748,11 +764,9 @@ impl Worker {
             if let Some(f) = flip {
                 if f <= now {
                     let img = c.image.clone().unwrap_or_default();
+                    let msg = self.pull_backoff_message(&c.name, &img);
                     if let Some(i) = self.conts.get_mut(&c.name) {
-                        i.waiting = Some((
-                            "ImagePullBackOff".into(),
-                            format!("Back-off pulling image \"{img}\""),
-                        ));
+                        i.waiting = Some(("ImagePullBackOff".into(), msg));
                     }
                 } else {
                     return Some(f.min(t));
@@ -762,33 +776,32 @@ impl Worker {
         }
         let sb = self.sandbox.clone()?;
         let image = c.image.clone().unwrap_or_default();
-        // The image: only the node's store (registry pulls are not implemented yet).
-        if let Err(e) = self.ctx.runtime.images().find(&image) {
-            let key = format!("pull/{}", c.name);
-            let failed_at = self
-                .conts
-                .get(&c.name)
-                .and_then(|i| i.pull_failed_at)
-                .unwrap_or(now);
-            if let Some(until) = self.pull_backoff.in_backoff_until(&key, failed_at, now) {
-                self.set_waiting(
-                    &c.name,
-                    "ImagePullBackOff",
-                    format!("Back-off pulling image \"{image}\""),
-                    Some(until),
-                );
-                return Some(until);
+        // The image, under the container's pull policy (node::image::manager).
+        let key = format!("pull/{}", c.name);
+        let failed_at = self.conts.get(&c.name).and_then(|i| i.pull_failed_at);
+        if let Some(until) =
+            failed_at.and_then(|f| self.pull_backoff.in_backoff_until(&key, f, now))
+        {
+            let msg = self.pull_backoff_message(&c.name, &image);
+            self.set_waiting(&c.name, "ImagePullBackOff", msg, Some(until));
+            return Some(until);
+        }
+        let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &image);
+        let keyring = crate::image::auth::keyring_for_pod(self.ctx.client.as_ref(), pod).await;
+        if let Err(e) = self.ctx.images.ensure(&image, policy, &keyring).await {
+            let now = now_unix_nanos();
+            tracing::warn!(pod = %pod_ref(pod), container = %c.name, "{e}");
+            if !matches!(e, EnsureError::Pull { .. }) {
+                // ErrImageNeverPull / InvalidImageName: no pull to back off from.
+                self.set_waiting(&c.name, e.reason(), e.to_string(), Some(now + base));
+                return Some(now + base);
             }
             self.pull_backoff.next(&key, now);
-            let msg = format!(
-                "Failed to pull image \"{image}\": {e} (the node has no registry client; import it with `kubeshard image import`)"
-            );
-            tracing::warn!(pod = %pod_ref(pod), container = %c.name, "{msg}");
             let until = self
                 .pull_backoff
                 .in_backoff_until(&key, now, now)
                 .unwrap_or(now + base);
-            self.set_waiting(&c.name, "ErrImagePull", msg, Some(until));
+            self.set_waiting(&c.name, e.reason(), e.to_string(), Some(until));
             if let Some(i) = self.conts.get_mut(&c.name) {
                 i.pull_failed_at = Some(now);
             }
@@ -796,7 +809,7 @@ impl Worker {
         }
         if let Some(i) = self.conts.get_mut(&c.name) {
             i.pull_failed_at = None;
-            self.pull_backoff.reset(&format!("pull/{}", c.name));
+            self.pull_backoff.reset(&key);
         }
         let inp = self.env_inputs(pod, c).await;
         let envs = match env::resolve(pod, c, &inp) {
