@@ -31,9 +31,9 @@ mod wal_log;
 pub mod watch;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ use lease::{Lease, LeaseTable, ttl_duration};
 pub use log::{AppendFuture, LogStore, MemLog};
 use mvcc::{KeyRange, Shard};
 use record::{Entry, Record};
-use watch::{EventRec, RevBatch, WatchHub};
+use watch::{EventRec, HistorySource, RevBatch, WatchHub};
 
 use crate::backend::{
     Backend, Compare, CompareOp, CompareTarget, LeaseGrant, LeaseId, LeaseTimeToLive, RangeRequest,
@@ -391,7 +391,7 @@ impl Drop for Engine {
     }
 }
 
-fn lease_loop(inner: &std::sync::Weak<Inner>, every: Duration) {
+fn lease_loop(inner: &Weak<Inner>, every: Duration) {
     loop {
         let Some(i) = inner.upgrade() else {
             return;
@@ -1319,43 +1319,77 @@ impl Inner {
         }
     }
 
-    /// Catch-up events for `range` in revisions `[from, to]`, read from the MVCC history.
+    /// Catch-up events for `range` in revisions `[from, to]` that pass `passes`, read from
+    /// the MVCC history, in whole revisions up to the first that brings the count to
+    /// `max_events`; also the next revision to read. Holds at most about `max_events`
+    /// events (and as many revision numbers while it finds the cut).
     fn history_events(
         &self,
         range: &KeyRange,
+        passes: &dyn Fn(&EventRec) -> bool,
         from: u64,
         to: u64,
-    ) -> Result<watch::RevEvents, StoreError> {
-        let mut all: Vec<Arc<EventRec>> = Vec::new();
-        for s in self.shards_of(range) {
-            let shard = self.shards[s].read();
-            if from < shard.compacted {
-                return Err(StoreError::Compacted {
-                    requested: Revision(from),
-                    compact_revision: Revision(shard.compacted),
-                });
-            }
-            for (key, h) in shard.histories(range) {
-                for (i, v) in h.iter().enumerate() {
-                    if v.rev < from || v.rev > to {
-                        continue;
+        max_events: usize,
+    ) -> Result<(watch::RevEvents, u64), StoreError> {
+        // Every matching version of `[from, to]` as an event, shard by shard.
+        let visit = |to: u64, f: &mut dyn FnMut(EventRec)| -> Result<(), StoreError> {
+            for s in self.shards_of(range) {
+                let shard = self.shards[s].read();
+                if from < shard.compacted {
+                    return Err(StoreError::Compacted {
+                        requested: Revision(from),
+                        compact_revision: Revision(shard.compacted),
+                    });
+                }
+                for (key, h) in shard.histories(range) {
+                    for (i, v) in h.iter().enumerate() {
+                        if v.rev < from || v.rev > to {
+                            continue;
+                        }
+                        let prev = i
+                            .checked_sub(1)
+                            .and_then(|j| h.get(j))
+                            .and_then(|p| p.value.clone());
+                        if v.value.is_none() && prev.is_none() {
+                            continue;
+                        }
+                        let e = EventRec {
+                            rev: v.rev,
+                            key: key.clone(),
+                            new: v.value.clone(),
+                            prev,
+                        };
+                        if passes(&e) {
+                            f(e);
+                        }
                     }
-                    let prev = i
-                        .checked_sub(1)
-                        .and_then(|j| h.get(j))
-                        .and_then(|p| p.value.clone());
-                    if v.value.is_none() && prev.is_none() {
-                        continue;
-                    }
-                    all.push(Arc::new(EventRec {
-                        rev: v.rev,
-                        key: key.clone(),
-                        new: v.value.clone(),
-                        prev,
-                    }));
                 }
             }
+            Ok(())
+        };
+        // First pass (only when the window may be larger than a chunk): the smallest
+        // `max_events` revisions, kept in a bounded max-heap, give the last revision to read.
+        let mut cut = to;
+        if max_events < usize::MAX {
+            let mut smallest = std::collections::BinaryHeap::with_capacity(max_events.min(1 << 16));
+            let mut matched = 0usize;
+            visit(to, &mut |e| {
+                matched += 1;
+                if smallest.len() < max_events.max(1) {
+                    smallest.push(e.rev);
+                } else if smallest.peek().is_some_and(|top| e.rev < *top) {
+                    smallest.pop();
+                    smallest.push(e.rev);
+                }
+            })?;
+            if matched > max_events.max(1)
+                && let Some(top) = smallest.peek()
+            {
+                cut = *top;
+            }
         }
+        let mut all: Vec<Arc<EventRec>> = Vec::new();
+        visit(cut, &mut |e| all.push(Arc::new(e)))?;
         all.sort_by(|a, b| a.rev.cmp(&b.rev).then_with(|| a.key.cmp(&b.key)));
         let mut out: watch::RevEvents = Vec::new();
         for e in all {
@@ -1364,17 +1398,15 @@ impl Inner {
                 _ => out.push((e.rev, vec![e])),
             }
         }
-        Ok(out)
+        Ok((out, cut + 1))
     }
 
     /// Registers a watcher. Catch-up (revisions already fanned out) is collected without the
     /// registry lock, which the fan-out thread needs for every delivery: a watch from an old
     /// revision must not stall every other watcher while it reads history. Only the few
-    /// revisions fanned out meanwhile are read under the lock.
-    fn watch(&self, req: WatchRequest) -> Result<watch::WatchStreamImpl, StoreError> {
-        /// Lock-free catch-up passes before the rest is read under the lock: one reads the bulk;
-        /// more would let a watch chase a busy writer and grow its catch-up (and queue cap).
-        const UNLOCKED_PASSES: usize = 1;
+    /// revisions fanned out meanwhile are read under the lock. A catch-up larger than one
+    /// chunk is left to the stream, which reads it chunk by chunk as the consumer takes it.
+    fn watch(self: &Arc<Self>, req: WatchRequest) -> Result<watch::WatchStreamImpl, StoreError> {
         self.check_open()?;
         check_range_end(&req.key, &req.range_end)?;
         let range = KeyRange::new(&req.key, &req.range_end);
@@ -1391,47 +1423,56 @@ impl Inner {
                 compact_revision: Revision(compacted),
             });
         }
+        let chunk = watch::CATCHUP_CHUNK_EVENTS;
         let mut catchup = Vec::new();
         // Revisions below `next` are in `catchup` (or were before `start`).
         let mut next = start;
-        let mut pass = 0;
-        loop {
-            let mut reg = self.hub.reg.lock();
-            let cursor = reg.cursor;
-            if cursor < next || pass == UNLOCKED_PASSES {
-                if next <= cursor {
-                    catchup.extend(self.catchup_events(&range, &req.filter, next, cursor)?);
-                }
-                let min_rev = start.max(cursor + 1);
-                return Ok(self.hub.register(
-                    &mut reg,
-                    range,
-                    req.filter,
-                    req.prev_kv,
-                    req.progress_notify,
-                    min_rev,
-                    self.watch_buffer,
-                    catchup,
-                ));
-            }
-            drop(reg);
-            catchup.extend(self.catchup_events(&range, &req.filter, next, cursor)?);
-            next = cursor + 1;
-            pass += 1;
+        // One pass without the registry lock reads the bulk.
+        let cursor = self.hub.reg.lock().cursor;
+        let mut pending = false;
+        if next <= cursor {
+            let (evs, n) = self.catchup_chunk(&range, &req.filter, next, cursor, chunk)?;
+            catchup.extend(evs);
+            next = n;
+            pending = next <= cursor;
         }
+        let mut reg = self.hub.reg.lock();
+        let cursor = reg.cursor;
+        if !pending && next <= cursor {
+            // Revisions fanned out meanwhile, read under the lock.
+            let (evs, n) = self.catchup_chunk(&range, &req.filter, next, cursor, chunk)?;
+            catchup.extend(evs);
+            next = n;
+            pending = next <= cursor;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        Ok(self.hub.register(
+            &mut reg,
+            range,
+            req.filter,
+            req.prev_kv,
+            req.progress_notify,
+            start,
+            self.watch_buffer,
+            catchup,
+            pending.then_some(next),
+            weak,
+        ))
     }
+}
 
-    /// The events of revisions `[from, to]` in `range` that pass `filter`, from the event
-    /// ring when it still holds them, else from the MVCC history.
-    fn catchup_events(
+impl watch::HistorySource for Inner {
+    /// From the event ring when it still holds the revisions, else from the MVCC history.
+    fn catchup_chunk(
         &self,
         range: &KeyRange,
         filter: &WatchFilter,
         from: u64,
         to: u64,
-    ) -> Result<watch::RevEvents, StoreError> {
+        max_events: usize,
+    ) -> Result<(watch::RevEvents, u64), StoreError> {
         let unfiltered = filter.labels.is_empty() && filter.fields.is_empty();
-        let passes = |e: &watch::EventRec| {
+        let passes = |e: &EventRec| {
             unfiltered
                 || e.new
                     .as_ref()
@@ -1440,9 +1481,10 @@ impl Inner {
                     .as_ref()
                     .is_some_and(|v| watch::filter_matches(filter, v))
         };
-        let mut out = Vec::new();
         match self.hub.history(from, to) {
             Some(batches) => {
+                let mut out = Vec::new();
+                let mut taken = 0usize;
                 for b in batches {
                     let evs: Vec<_> = b
                         .events
@@ -1451,20 +1493,17 @@ impl Inner {
                         .cloned()
                         .collect();
                     if !evs.is_empty() {
+                        taken += evs.len();
                         out.push((b.rev, evs));
                     }
-                }
-            }
-            None => {
-                for (rev, evs) in self.history_events(range, from, to)? {
-                    let evs: Vec<_> = evs.into_iter().filter(|e| passes(e)).collect();
-                    if !evs.is_empty() {
-                        out.push((rev, evs));
+                    if taken >= max_events {
+                        return Ok((out, b.rev + 1));
                     }
                 }
+                Ok((out, to + 1))
             }
+            None => self.history_events(range, &passes, from, to, max_events),
         }
-        Ok(out)
     }
 }
 
@@ -1480,7 +1519,7 @@ async fn wait(ack: Option<Ack>) -> Result<(), StoreError> {
     }
 }
 
-fn pump_loop(inner: &std::sync::Weak<Inner>, rx: &mpsc::Receiver<Pending>) {
+fn pump_loop(inner: &Weak<Inner>, rx: &mpsc::Receiver<Pending>) {
     while let Ok(mut p) = rx.recv() {
         let appends = std::mem::take(&mut p.appends);
         let result = futures::executor::block_on(futures::future::join_all(appends))

@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -46,6 +47,26 @@ const MAX_BATCH_EVENTS: usize = 1024;
 
 /// Most revisions the fan-out thread moves per lock of the event log.
 const FANOUT_CHUNK: usize = 256;
+
+/// Catch-up is read in chunks of about this many events (whole revisions), each only once
+/// the watcher has taken the previous one: a watch from an old revision holds at most one
+/// chunk, however much history it has to replay (etcd's unsynced watchers work the same way).
+pub(crate) const CATCHUP_CHUNK_EVENTS: usize = 8192;
+
+/// Where a watcher that is still catching up reads its next chunk (the engine).
+pub(crate) trait HistorySource: Send + Sync + std::fmt::Debug {
+    /// Matching events of revisions `[from, to]` (`from <= to`), in whole revisions, stopping
+    /// after the first revision that brings the count to `max_events`; also the next revision
+    /// to read (`to + 1` when everything up to `to` was read).
+    fn catchup_chunk(
+        &self,
+        range: &KeyRange,
+        filter: &WatchFilter,
+        from: u64,
+        to: u64,
+        max_events: usize,
+    ) -> Result<(RevEvents, u64), StoreError>;
+}
 
 /// One change of one key.
 #[derive(Debug)]
@@ -110,6 +131,9 @@ struct Queue {
     waker: Option<Waker>,
     /// The consumer dropped the stream.
     dropped: bool,
+    /// While catching up: the next revision to read from history. Live events are not
+    /// offered until the catch-up reaches the fan-out cursor (see `min_rev`).
+    catchup_from: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -121,15 +145,18 @@ pub(crate) struct Watcher {
     index_key: Option<(String, String)>,
     /// Attach previous values (asked for, or needed by a filter).
     with_prev: bool,
-    /// Live events below this revision were covered by catch-up (or precede the start).
-    min_rev: u64,
+    /// The revision the watch starts from.
+    start: u64,
+    /// Live events below this revision were covered by catch-up (or precede the start);
+    /// `u64::MAX` while the watcher is still catching up, so the fan-out passes it by.
+    min_rev: AtomicU64,
     cap: usize,
     q: Mutex<Queue>,
 }
 
 impl Watcher {
     fn matches(&self, e: &EventRec) -> bool {
-        if e.rev < self.min_rev || !self.range.contains(&e.key) {
+        if e.rev < self.min_rev.load(Ordering::Acquire) || !self.range.contains(&e.key) {
             return false;
         }
         if self.filter.labels.is_empty() && self.filter.fields.is_empty() {
@@ -389,8 +416,10 @@ impl WatchHub {
         )
     }
 
-    /// Registers a watcher whose catch-up events (revisions up to the registry's cursor)
-    /// are `catchup`; live events from `min_rev` on follow.
+    /// Registers a watcher from revision `start` whose first catch-up events are `catchup`.
+    /// With `catchup_from` it is still catching up: the stream reads the rest from `source`
+    /// chunk by chunk; otherwise `catchup` covers every revision up to the registry's cursor
+    /// and live events follow at once.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn register(
         self: &Arc<Self>,
@@ -399,9 +428,11 @@ impl WatchHub {
         filter: WatchFilter,
         prev_kv: bool,
         progress: bool,
-        min_rev: u64,
+        start: u64,
         cap: usize,
-        catchup: Vec<(u64, Vec<Arc<EventRec>>)>,
+        catchup: RevEvents,
+        catchup_from: Option<u64>,
+        source: Weak<dyn HistorySource>,
     ) -> WatchStreamImpl {
         let id = reg.next_id;
         reg.next_id += 1;
@@ -410,21 +441,33 @@ impl WatchHub {
             _ => None,
         });
         let with_prev = prev_kv || !filter.labels.is_empty() || !filter.fields.is_empty();
-        let mut q = Queue::default();
+        let mut q = Queue {
+            catchup_from,
+            ..Queue::default()
+        };
         for (_, evs) in catchup {
             q.queued += evs.len();
             q.items.push_back(Item::Rev(evs));
         }
-        // Catch-up is bounded by the retained history, not by `cap`; live events then must
-        // fit beside it.
-        let cap = cap.max(1) + q.queued;
+        // Live events must fit beside the catch-up: what is queued now, or the last chunk
+        // a watcher still catching up will read (at most about one chunk).
+        let catchup_room = match catchup_from {
+            Some(_) => q.queued.max(CATCHUP_CHUNK_EVENTS),
+            None => q.queued,
+        };
+        let cap = cap.max(1) + catchup_room;
+        let min_rev = match catchup_from {
+            Some(_) => u64::MAX,
+            None => start.max(reg.cursor + 1),
+        };
         let w = Arc::new(Watcher {
             id,
             range,
             filter,
             index_key: index_key.clone(),
             with_prev,
-            min_rev,
+            start,
+            min_rev: AtomicU64::new(min_rev),
             cap,
             q: Mutex::new(q),
         });
@@ -444,6 +487,7 @@ impl WatchHub {
         WatchStreamImpl {
             w,
             hub: Arc::downgrade(self),
+            source,
         }
     }
 
@@ -522,7 +566,7 @@ impl WatchHub {
                     if q.items.is_empty()
                         && q.end.is_none()
                         && !q.dropped
-                        && cursor + 1 >= w.min_rev
+                        && cursor + 1 >= w.min_rev.load(Ordering::Acquire)
                     {
                         q.items.push_back(Item::Progress(cursor));
                         if let Some(wk) = q.waker.take() {
@@ -540,6 +584,75 @@ impl WatchHub {
 pub(crate) struct WatchStreamImpl {
     w: Arc<Watcher>,
     hub: Weak<WatchHub>,
+    source: Weak<dyn HistorySource>,
+}
+
+impl WatchStreamImpl {
+    /// Reads the next catch-up chunk from `from` into the (empty) queue. The chunk that
+    /// reaches the fan-out cursor is read under the registry lock and ends the catch-up in
+    /// the same critical section, so no revision is missed or offered twice.
+    fn catch_up(&self, from: u64) {
+        let w = &self.w;
+        let (Some(hub), Some(source)) = (self.hub.upgrade(), self.source.upgrade()) else {
+            w.end_with(StoreError::Unavailable("store closed".into()));
+            return;
+        };
+        let cursor = hub.reg.lock().cursor;
+        let mut next = from;
+        if next <= cursor {
+            match source.catchup_chunk(&w.range, &w.filter, next, cursor, CATCHUP_CHUNK_EVENTS) {
+                Ok((evs, n)) => {
+                    next = n;
+                    let more = next <= cursor;
+                    self.push(evs, more.then_some(next));
+                    if more {
+                        return;
+                    }
+                }
+                Err(e) => return self.fail(&hub, e),
+            }
+        }
+        // Caught up with `cursor`: finish against the fan-out's position under its lock.
+        let reg = hub.reg.lock();
+        let cursor = reg.cursor;
+        let mut evs = Vec::new();
+        if next <= cursor {
+            match source.catchup_chunk(&w.range, &w.filter, next, cursor, CATCHUP_CHUNK_EVENTS) {
+                Ok((e, n)) => {
+                    evs = e;
+                    next = n;
+                }
+                Err(e) => {
+                    drop(reg);
+                    return self.fail(&hub, e);
+                }
+            }
+        }
+        if next <= cursor {
+            // The fan-out moved on by more than a chunk meanwhile: keep catching up.
+            self.push(evs, Some(next));
+            return;
+        }
+        self.push(evs, None);
+        // Still under the registry lock: the fan-out offers this watcher exactly the
+        // revisions after `cursor`.
+        w.min_rev.store(w.start.max(cursor + 1), Ordering::Release);
+        drop(reg);
+    }
+
+    fn push(&self, evs: RevEvents, catchup_from: Option<u64>) {
+        let mut q = self.w.q.lock();
+        for (_, e) in evs {
+            q.queued += e.len();
+            q.items.push_back(Item::Rev(e));
+        }
+        q.catchup_from = catchup_from;
+    }
+
+    fn fail(&self, hub: &WatchHub, e: StoreError) {
+        self.w.end_with(e);
+        hub.reg.lock().remove(self.w.id);
+    }
 }
 
 fn to_event(e: &EventRec, with_prev: bool) -> WatchEvent {
@@ -567,6 +680,16 @@ impl Stream for WatchStreamImpl {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let w = &self.w;
         let mut q = w.q.lock();
+        if q.items.is_empty()
+            && q.end.is_none()
+            && !q.finished
+            && let Some(from) = q.catchup_from
+        {
+            // Consumer-paced catch-up: the next chunk is read only once this one is taken.
+            drop(q);
+            self.catch_up(from);
+            q = w.q.lock();
+        }
         if !q.items.is_empty() {
             let mut out = Vec::new();
             while let Some(item) = q.items.front() {
