@@ -102,6 +102,8 @@ pub struct Stats {
     pub reevaluated: u64,
     /// Batches run.
     pub batches: u64,
+    /// Pods that started from their equivalence class's evaluation instead of their own.
+    pub shared: u64,
     /// End-to-end latency (queue entry to assumption) histogram: counts per bucket of
     /// `E2E_BUCKETS` (the last counts everything above).
     pub e2e_buckets: [u64; E2E_BUCKETS.len() + 1],
@@ -285,6 +287,28 @@ impl Scheduler {
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        // The informer's first sight of a pod we assumed and bound: confirm the assumption
+        // without compiling the pod again (the binding changed nothing else).
+        if !terminal
+            && let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+            && pod.metadata.deletion_timestamp.is_none()
+        {
+            let key = PodKey {
+                namespace: pod
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+            };
+            if self.assumed.contains_key(&key)
+                && let Some(i) = self.snap.pod_node(&key)
+                && self.snap.nodes[i].name == node
+            {
+                self.assumed.remove(&key);
+                return Ok(());
+            }
+        }
         let info = Arc::new(self.pod_info(pod)?);
         if terminal {
             self.delete_pod(&info.key, now);
@@ -466,10 +490,15 @@ impl Scheduler {
         let profiles = self.profiles.clone();
 
         // PreFilter/PreScore per pod. Coupled pods after the first are evaluated only when
-        // their turn comes (earlier placements would invalidate the work).
+        // their turn comes (earlier placements would invalidate the work). A pod whose
+        // scheduling-relevant spec equals an earlier pod's of the batch (an equivalence
+        // class: same template) is not evaluated on its own: it reuses the class's
+        // evaluation, kept current by re-scoring only the nodes changed since.
         enum Slot<'a> {
             Ready(Eval<'a>),
             Lazy(&'a Framework),
+            /// Shares the evaluation of the class whose first pod is at this slot index.
+            Shared(usize, &'a Framework),
             Done(Decision),
         }
         let initial: HashMap<PodKey, Instant> = batch
@@ -477,8 +506,12 @@ impl Scheduler {
             .map(|q| (q.pod.key.clone(), q.initial))
             .collect();
         let mut slots: Vec<(Arc<PodInfo>, Slot<'_>)> = Vec::with_capacity(batch.len());
+        // Class representatives by `class_hash`, and whether a slot heads a class with members.
+        let mut reps: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut heads: Vec<bool> = Vec::with_capacity(batch.len());
         for (pos, qp) in batch.iter().enumerate() {
             let pod = qp.pod.clone();
+            heads.push(false);
             let Some(fw) = profiles
                 .iter()
                 .find(|f| f.scheduler_name == pod.scheduler_name)
@@ -487,8 +520,25 @@ impl Scheduler {
                 slots.push((pod.clone(), Slot::Done(Decision::Error { pod, message })));
                 continue;
             };
-            let coupled_later = pos > 0 && fw.plugins.iter().any(|p| p.couples(&pod, &self.snap));
-            let slot = if coupled_later {
+            let coupled = fw.plugins.iter().any(|p| p.couples(&pod, &self.snap));
+            // Nominated pods and pods that reach other nodes are evaluated on their own.
+            let shareable = !coupled
+                && pod.nominated_node.is_none()
+                && !self.nominated.contains_key(&pod.key)
+                && !fw.plugins.iter().any(|p| p.reaches(&pod));
+            let hash = if shareable { pod.class_hash() } else { 0 };
+            if shareable
+                && let Some(&rep) = reps.get(&hash).and_then(|v| {
+                    v.iter().find(|&&r| {
+                        slots[r].0.same_class(&pod) && matches!(slots[r].1, Slot::Ready(_))
+                    })
+                })
+            {
+                heads[rep] = true;
+                slots.push((pod, Slot::Shared(rep, fw)));
+                continue;
+            }
+            let slot = if coupled && pos > 0 {
                 Slot::Lazy(fw)
             } else {
                 match fw.prepare(&pod, &self.snap) {
@@ -501,6 +551,9 @@ impl Scheduler {
                     Err(st) => Slot::Done(self.prefilter_failure(pod.clone(), st, now)),
                 }
             };
+            if shareable && matches!(slot, Slot::Ready(_)) {
+                reps.entry(hash).or_default().push(slots.len());
+            }
             slots.push((pod, slot));
         }
         let evals: Vec<&Eval<'_>> = slots
@@ -521,18 +574,29 @@ impl Scheduler {
         let mut stamp: u64 = 0;
         let mut last_assume: u64 = 0;
         let mut last_reach: u64 = 0;
-        for (pod, slot) in slots {
-            let (fw, mut cur): (&Framework, Option<Evaluated<'_>>) = match slot {
-                Slot::Done(d) => {
-                    decisions.push(d);
-                    continue;
-                }
-                Slot::Ready(e) => {
-                    let (parts, scored) = results.next().unwrap_or_default();
-                    (e.fw, Some((e, parts, scored, 0)))
-                }
-                Slot::Lazy(fw) => (fw, None),
-            };
+        // The current evaluation of each class, by the slot index of its first pod.
+        let mut classes: HashMap<usize, Evaluated<'_>> = HashMap::new();
+        for (slot_idx, (pod, slot)) in slots.into_iter().enumerate() {
+            let (fw, class, mut cur): (&Framework, Option<usize>, Option<Evaluated<'_>>) =
+                match slot {
+                    Slot::Done(d) => {
+                        decisions.push(d);
+                        continue;
+                    }
+                    Slot::Ready(e) => {
+                        let (parts, scored) = results.next().unwrap_or_default();
+                        let class = heads[slot_idx].then_some(slot_idx);
+                        (e.fw, class, Some((e, parts, scored, 0)))
+                    }
+                    Slot::Lazy(fw) => (fw, None, None),
+                    Slot::Shared(rep, fw) => {
+                        let cur = classes.remove(&rep);
+                        if cur.is_some() {
+                            self.stats.shared += 1;
+                        }
+                        (fw, Some(rep), cur)
+                    }
+                };
             let mut forced = false;
             let mut rounds = 0;
             let decision = loop {
@@ -546,6 +610,10 @@ impl Scheduler {
                 if stale {
                     if cur.is_some() {
                         self.stats.reevaluated += 1;
+                    }
+                    if let Some((_, parts, scored, _)) = cur.take() {
+                        self.recycle(parts);
+                        self.recycle_entries(scored.entries);
                     }
                     match fw.prepare(&pod, &self.snap) {
                         Ok(pc) => {
@@ -561,28 +629,44 @@ impl Scheduler {
                         Err(st) => break self.prefilter_failure(pod.clone(), st, now),
                     }
                 }
-                let Some((e, parts, scored, at)) = &cur else {
+                let Some((e, parts, scored, at)) = &mut cur else {
                     unreachable!("evaluated above")
                 };
-                // Pick the best node, re-checking the nodes changed since the evaluation.
+                // Pick the best node, re-checking the nodes changed since the evaluation
+                // and keeping what the re-check found (a class's later pods start from it).
                 let mut best: Option<(i64, u32)> = None;
                 let mut dropped = false;
-                for &(node, total, normpart) in &scored.entries {
-                    let score = if dirty_at[node as usize] > *at {
+                for entry in scored.entries.iter_mut() {
+                    let (node, _, normpart) = *entry;
+                    if dirty_at[node as usize] > *at {
                         let n = &self.snap.nodes[node as usize];
-                        if !self.feasible_with_nominated(e, n, node as usize) {
+                        entry.1 = if self.feasible_with_nominated(e, n, node as usize) {
+                            fw.base_score(&e.pc, &pod, n, &self.snap) + normpart
+                        } else {
+                            i64::MIN
+                        };
+                        if entry.1 == i64::MIN {
                             dropped = true;
-                            continue;
                         }
-                        fw.base_score(&e.pc, &pod, n, &self.snap) + normpart
-                    } else {
-                        total
-                    };
+                    }
+                    let score = entry.1;
+                    if score == i64::MIN {
+                        continue;
+                    }
                     if best.is_none_or(|(b, bn)| score > b || (score == b && node < bn)) {
                         best = Some((score, node));
                     }
                 }
-                if dropped && (scored.sensitive || best.is_none()) && rounds < 3 {
+                *at = stamp;
+                if dropped && scored.sensitive && rounds < 3 {
+                    // A node dropping out can shift everyone's normalized score.
+                    forced = true;
+                    continue;
+                }
+                // The no-fit message, preemption and requeue need this pod's own evaluation
+                // (a class's evaluation may be another pod's, or hold earlier drops).
+                let own = e.pod.key == pod.key;
+                if best.is_none() && (!own || dropped) && rounds < 4 {
                     forced = true;
                     continue;
                 }
@@ -612,7 +696,12 @@ impl Scheduler {
                 placed.node_name = Some(name.clone());
                 self.snap.add_pod(node as usize, Arc::new(placed));
                 self.assumed.insert(pod.key.clone(), None);
-                if self.nominated.remove(&pod.key).is_some() {
+                if let Some((nominated_on, _)) = self.nominated.remove(&pod.key) {
+                    if nominated_on != name {
+                        // Room promised on another node is free again: a node may have
+                        // become feasible, which re-scoring changed nodes cannot see.
+                        last_reach = stamp;
+                    }
                     self.sync_nominated();
                 }
                 self.queue.done(&pod.key);
@@ -632,19 +721,43 @@ impl Scheduler {
                     permit_wait: wait,
                 };
             };
-            if let Some((_, parts, scored, _)) = cur {
-                self.recycle(parts);
-                if let Ok(mut p) = self.entries_pool.lock()
-                    && p.len() < POOL_MAX
-                {
-                    let mut e = scored.entries;
-                    e.clear();
-                    p.push(e);
+            if let Decision::Unschedulable {
+                nomination: Some((node, _)),
+                ..
+            } = &decision
+                && let Some(i) = self.snap.node_index(node)
+            {
+                // The nominated pod's room is now promised: the node changed for the
+                // pods after it.
+                stamp += 1;
+                dirty_at[i] = stamp;
+            }
+            match (class, cur) {
+                (Some(c), Some(ev)) => {
+                    classes.insert(c, ev);
                 }
+                (_, Some((_, parts, scored, _))) => {
+                    self.recycle(parts);
+                    self.recycle_entries(scored.entries);
+                }
+                (_, None) => {}
             }
             decisions.push(decision);
         }
+        for (_, (_, parts, scored, _)) in classes {
+            self.recycle(parts);
+            self.recycle_entries(scored.entries);
+        }
         decisions
+    }
+
+    fn recycle_entries(&self, mut e: Vec<(u32, i64, i64)>) {
+        if let Ok(mut p) = self.entries_pool.lock()
+            && p.len() < POOL_MAX
+        {
+            e.clear();
+            p.push(e);
+        }
     }
 
     fn recycle(&self, parts: Vec<Part>) {

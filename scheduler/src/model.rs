@@ -149,7 +149,7 @@ impl Resources {
 }
 
 /// A label selector operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SelOp {
     /// The label's value is one of the values.
     In,
@@ -162,7 +162,7 @@ pub enum SelOp {
 }
 
 /// One requirement of a label selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Requirement {
     /// The label key.
     pub key: String,
@@ -188,7 +188,7 @@ impl Requirement {
 }
 
 /// A compiled `metav1.LabelSelector`. A nil selector matches nothing, an empty one everything.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Selector {
     /// Matches no object (a nil selector).
     Nothing,
@@ -446,7 +446,7 @@ impl HostPort {
 }
 
 /// A compiled pod (anti-)affinity term.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AffinityTerm {
     /// Selects the pods.
     pub selector: Selector,
@@ -512,12 +512,17 @@ impl AffinityTerm {
 
     /// Whether the term selects `pod` (namespace and labels).
     pub fn matches(&self, pod: &PodInfo, snap: &Snapshot) -> bool {
-        let ns_ok = self.namespaces.contains(&pod.key.namespace)
+        self.matches_labels(&pod.key.namespace, &pod.labels, snap)
+    }
+
+    /// Whether the term selects pods of namespace `ns` with these labels.
+    pub fn matches_labels(&self, ns: &str, labels: &Labels, snap: &Snapshot) -> bool {
+        let ns_ok = self.namespaces.iter().any(|n| n == ns)
             || self
                 .ns_selector
                 .as_ref()
-                .is_some_and(|s| s.matches(snap.namespace_labels(&pod.key.namespace)));
-        ns_ok && self.selector.matches(&pod.labels)
+                .is_some_and(|s| s.matches(snap.namespace_labels(ns)));
+        ns_ok && self.selector.matches(labels)
     }
 }
 
@@ -1014,6 +1019,55 @@ impl PodInfo {
         })
     }
 
+    /// Whether `o` has the same scheduling-relevant spec: everything the plugins read except
+    /// the pod's name, uid and creation time. Two such pods get the same filter and score
+    /// results on the same cluster state (the batch cycle's equivalence classes rely on it).
+    pub fn same_class(&self, o: &PodInfo) -> bool {
+        self.key.namespace == o.key.namespace
+            && self.scheduler_name == o.scheduler_name
+            && self.priority == o.priority
+            && self.never_preempt == o.never_preempt
+            && self.requests == o.requests
+            && self.non_zero_cpu == o.non_zero_cpu
+            && self.non_zero_mem == o.non_zero_mem
+            && self.node_name == o.node_name
+            && self.nominated_node == o.nominated_node
+            && self.gated == o.gated
+            && self.terminating == o.terminating
+            && self.labels == o.labels
+            && self.node_selector == o.node_selector
+            && self.required_node_affinity == o.required_node_affinity
+            && self.preferred_node_affinity == o.preferred_node_affinity
+            && self.tolerations == o.tolerations
+            && self.host_ports == o.host_ports
+            && self.spread == o.spread
+            && self.required_affinity == o.required_affinity
+            && self.required_anti_affinity == o.required_anti_affinity
+            && self.preferred_affinity == o.preferred_affinity
+            && self.preferred_anti_affinity == o.preferred_anti_affinity
+            && self.images == o.images
+            && self.disks == o.disks
+            && self.pvcs == o.pvcs
+            && self.owner == o.owner
+    }
+
+    /// A hash over part of what `same_class` compares (equal classes hash equal).
+    pub fn class_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.key.namespace.hash(&mut h);
+        self.scheduler_name.hash(&mut h);
+        self.priority.hash(&mut h);
+        self.requests.milli_cpu.hash(&mut h);
+        self.requests.memory.hash(&mut h);
+        self.non_zero_cpu.hash(&mut h);
+        self.non_zero_mem.hash(&mut h);
+        self.labels.hash(&mut h);
+        self.images.hash(&mut h);
+        self.owner.hash(&mut h);
+        h.finish()
+    }
+
     /// Whether the pod has any pod (anti-)affinity term.
     pub fn has_affinity_terms(&self) -> bool {
         !(self.required_affinity.is_empty()
@@ -1178,7 +1232,46 @@ pub struct Snapshot {
     pub pods_with_required_anti_affinity: usize,
     /// Pods with any affinity terms anywhere (count).
     pub pods_with_affinity: usize,
+    /// Pods whose own terms score other pods (required affinity, preferred affinity or
+    /// anti-affinity), to skip InterPodAffinity's PreScore scan.
+    pub pods_with_scoring_affinity: usize,
+    /// Bound and assumed pods grouped by (namespace, labels, terminating), by a hash of
+    /// those: selector-based plugins match a group once instead of every pod.
+    groups: HashMap<u64, Vec<PodGroup>>,
+    /// Existing pods' required anti-affinity terms with, per value of the term's topology
+    /// key on the nodes they run on, how many pods carry the term.
+    pub existing_anti: HashMap<AffinityTerm, HashMap<String, i64>>,
+    /// Node label key -> value -> number of nodes with it (topology domains).
+    key_values: HashMap<String, HashMap<String, u32>>,
     empty_labels: Labels,
+}
+
+/// Pods of one namespace with identical labels and terminating state, counted per node.
+#[derive(Debug, Clone)]
+pub struct PodGroup {
+    /// The namespace.
+    pub namespace: String,
+    /// The labels.
+    pub labels: Labels,
+    /// Whether these pods are terminating.
+    pub terminating: bool,
+    /// Node index -> number of these pods on it.
+    pub nodes: HashMap<u32, u32>,
+    total: u64,
+}
+
+fn group_hash(ns: &str, labels: &Labels, terminating: bool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ns.hash(&mut h);
+    labels.hash(&mut h);
+    terminating.hash(&mut h);
+    h.finish()
+}
+
+fn bump_count<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32>, k: K, d: i64) {
+    let e = m.entry(k).or_insert(0);
+    *e = (i64::from(*e) + d).max(0) as u32;
 }
 
 impl Snapshot {
@@ -1187,9 +1280,107 @@ impl Snapshot {
         Self::default()
     }
 
+    /// The groups of bound and assumed pods (see `PodGroup`).
+    pub fn pod_groups(&self) -> impl Iterator<Item = &PodGroup> {
+        self.groups.values().flatten()
+    }
+
+    /// The values of a node label key over all nodes, with how many nodes carry each.
+    pub fn key_values(&self, key: &str) -> Option<&HashMap<String, u32>> {
+        self.key_values.get(key)
+    }
+
+    fn index_node_labels(&mut self, labels: &Labels, d: i64) {
+        for (k, v) in labels {
+            let vals = match self.key_values.get_mut(k) {
+                Some(m) => m,
+                None => self.key_values.entry(k.clone()).or_default(),
+            };
+            match vals.get_mut(v) {
+                Some(c) => *c = (i64::from(*c) + d).max(0) as u32,
+                None => bump_count(vals, v.clone(), d),
+            }
+            vals.retain(|_, c| *c > 0);
+            if vals.is_empty() {
+                self.key_values.remove(k);
+            }
+        }
+    }
+
+    /// Adds (`d` = 1) or removes (-1) a pod on node `node` to the indexes. The node must be
+    /// at that index with its current labels.
+    fn index_pod(&mut self, node: usize, p: &PodInfo, d: i64) {
+        let h = group_hash(&p.key.namespace, &p.labels, p.terminating);
+        let list = self.groups.entry(h).or_default();
+        let gi = match list.iter().position(|g| {
+            g.terminating == p.terminating && g.namespace == p.key.namespace && g.labels == p.labels
+        }) {
+            Some(gi) => gi,
+            None => {
+                list.push(PodGroup {
+                    namespace: p.key.namespace.clone(),
+                    labels: p.labels.clone(),
+                    terminating: p.terminating,
+                    nodes: HashMap::new(),
+                    total: 0,
+                });
+                list.len() - 1
+            }
+        };
+        let g = &mut list[gi];
+        bump_count(&mut g.nodes, node as u32, d);
+        if g.nodes.get(&(node as u32)) == Some(&0) {
+            g.nodes.remove(&(node as u32));
+        }
+        g.total = g.total.saturating_add_signed(d);
+        if g.total == 0 {
+            list.swap_remove(gi);
+            if list.is_empty() {
+                self.groups.remove(&h);
+            }
+        }
+        for t in &p.required_anti_affinity {
+            let Some(v) = self.nodes[node].labels.get(&t.topology_key) else {
+                continue;
+            };
+            let counts = match self.existing_anti.get_mut(t) {
+                Some(c) => c,
+                None => self.existing_anti.entry(t.clone()).or_default(),
+            };
+            match counts.get_mut(v) {
+                Some(c) => *c += d,
+                None => {
+                    counts.insert(v.clone(), d);
+                }
+            }
+            if counts.get(v).is_some_and(|c| *c <= 0) {
+                counts.remove(v);
+            }
+            if counts.is_empty() {
+                self.existing_anti.remove(t);
+            }
+        }
+        if !p.required_affinity.is_empty()
+            || !p.preferred_affinity.is_empty()
+            || !p.preferred_anti_affinity.is_empty()
+        {
+            self.pods_with_scoring_affinity = self
+                .pods_with_scoring_affinity
+                .saturating_add_signed(d as isize);
+        }
+    }
+
     /// Adds or replaces a node, keeping its pods on replace.
     pub fn upsert_node(&mut self, mut n: NodeInfo) {
         if let Some(&i) = self.index.get(&n.name) {
+            // The node's labels may change: take its pods out of the indexes and back in.
+            let pods = self.nodes[i].pods.clone();
+            for p in &pods {
+                self.index_pod(i, p, -1);
+            }
+            let old_labels = std::mem::take(&mut self.nodes[i].labels);
+            self.index_node_labels(&old_labels, -1);
+            self.index_node_labels(&n.labels, 1);
             let old = std::mem::take(&mut self.nodes[i]);
             for img in old.images.keys() {
                 self.dec_image(img);
@@ -1202,10 +1393,14 @@ impl Snapshot {
                 *self.image_nodes.entry(img.clone()).or_default() += 1;
             }
             self.nodes[i] = n;
+            for p in &pods {
+                self.index_pod(i, p, 1);
+            }
         } else {
             for img in n.images.keys() {
                 *self.image_nodes.entry(img.clone()).or_default() += 1;
             }
+            self.index_node_labels(&n.labels, 1);
             self.index.insert(n.name.clone(), self.nodes.len());
             self.nodes.push(n);
         }
@@ -1225,12 +1420,28 @@ impl Snapshot {
         let Some(i) = self.index.remove(name) else {
             return Vec::new();
         };
+        // Indexes hold node indices: the last node moves to `i`.
+        let last = self.nodes.len() - 1;
+        for j in [i, last] {
+            let pods = self.nodes[j].pods.clone();
+            for p in &pods {
+                self.index_pod(j, p, -1);
+            }
+            if i == last {
+                break;
+            }
+        }
         let n = self.nodes.swap_remove(i);
+        self.index_node_labels(&n.labels, -1);
         if i < self.nodes.len() {
             let moved = self.nodes[i].name.clone();
             self.index.insert(moved, i);
             for p in &self.nodes[i].pods {
                 self.pod_node.insert(p.key.clone(), i);
+            }
+            let pods = self.nodes[i].pods.clone();
+            for p in &pods {
+                self.index_pod(i, p, 1);
             }
         }
         for img in n.images.keys() {
@@ -1269,6 +1480,7 @@ impl Snapshot {
         self.remove_pod(&pod.key);
         self.count_pod(&pod, 1);
         self.pod_node.insert(pod.key.clone(), i);
+        self.index_pod(i, &pod, 1);
         self.nodes[i].add_pod(pod);
     }
 
@@ -1276,6 +1488,7 @@ impl Snapshot {
     pub fn remove_pod(&mut self, key: &PodKey) -> Option<Arc<PodInfo>> {
         let i = self.pod_node.remove(key)?;
         let p = self.nodes[i].remove_pod(key)?;
+        self.index_pod(i, &p, -1);
         self.count_pod(&p, -1);
         Some(p)
     }
@@ -1309,5 +1522,114 @@ impl Snapshot {
     /// Number of pods placed.
     pub fn pod_count(&self) -> usize {
         self.pod_node.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn node(name: &str, zone: &str) -> NodeInfo {
+        let n: core::Node = serde_json::from_value(json!({"metadata": {"name": name,
+            "labels": {"kubernetes.io/hostname": name, "zone": zone}}}))
+        .expect("node");
+        NodeInfo::new(&n).expect("node info")
+    }
+
+    fn pod(name: &str, app: &str, anti: bool) -> Arc<PodInfo> {
+        let mut spec = json!({"containers": []});
+        if anti {
+            spec["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": "zone"}]}});
+        }
+        let p: core::Pod =
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default",
+            "labels": {"app": app}}, "spec": spec}))
+            .expect("pod");
+        Arc::new(PodInfo::new(&p, &HashMap::new()).expect("pod info"))
+    }
+
+    /// The indexes recomputed from scratch by scanning every pod.
+    fn check(s: &Snapshot) {
+        let mut groups: HashMap<(String, Labels), HashMap<u32, u32>> = HashMap::new();
+        let mut anti: HashMap<AffinityTerm, HashMap<String, i64>> = HashMap::new();
+        let mut values: HashMap<String, HashMap<String, u32>> = HashMap::new();
+        for (i, n) in s.nodes.iter().enumerate() {
+            for (k, v) in &n.labels {
+                *values
+                    .entry(k.clone())
+                    .or_default()
+                    .entry(v.clone())
+                    .or_default() += 1;
+            }
+            for p in &n.pods {
+                *groups
+                    .entry((p.key.namespace.clone(), p.labels.clone()))
+                    .or_default()
+                    .entry(i as u32)
+                    .or_default() += 1;
+                for t in &p.required_anti_affinity {
+                    if let Some(v) = n.labels.get(&t.topology_key) {
+                        *anti
+                            .entry(t.clone())
+                            .or_default()
+                            .entry(v.clone())
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }
+        let got: HashMap<(String, Labels), HashMap<u32, u32>> = s
+            .pod_groups()
+            .map(|g| ((g.namespace.clone(), g.labels.clone()), g.nodes.clone()))
+            .collect();
+        assert_eq!(got, groups);
+        assert_eq!(s.existing_anti, anti);
+        assert_eq!(s.key_values, values);
+    }
+
+    #[test]
+    fn indexes_follow_pod_and_node_changes() {
+        let mut s = Snapshot::new();
+        for (n, z) in [("a", "z1"), ("b", "z1"), ("c", "z2"), ("d", "z3")] {
+            s.upsert_node(node(n, z));
+        }
+        check(&s);
+        let mut k = 0;
+        for round in 0..3 {
+            for i in 0..s.nodes.len() {
+                for app in ["x", "y"] {
+                    k += 1;
+                    s.add_pod(i, pod(&format!("p{k}"), app, (k + round) % 3 == 0));
+                }
+            }
+            check(&s);
+        }
+        // Moving a pod (add under the same key elsewhere) and removing some.
+        s.add_pod(3, pod("p1", "x", true));
+        s.remove_pod(&PodKey {
+            namespace: "default".into(),
+            name: "p2".into(),
+        });
+        check(&s);
+        // A node changes zone: its pods' anti-affinity terms move with it.
+        s.upsert_node(node("a", "z3"));
+        check(&s);
+        // Removing a node moves the last node into its index.
+        s.remove_node("b");
+        check(&s);
+        s.remove_node("d");
+        check(&s);
+        for name in ["a", "c"] {
+            s.remove_node(name);
+        }
+        check(&s);
+        assert!(s.pod_groups().next().is_none());
+        assert!(s.existing_anti.is_empty());
     }
 }

@@ -91,6 +91,9 @@ async fn post_event(
     }
 }
 
+/// Most `Scheduled` events being posted at once (more are dropped).
+const EVENTS_IN_FLIGHT: usize = 256;
+
 /// Runs the scheduler until `shutdown` resolves.
 pub async fn run(
     opts: ShellOptions,
@@ -189,6 +192,9 @@ pub async fn run(
     let binds = Arc::new(tokio::sync::Semaphore::new(
         opts.bind_concurrency.clamp(1, 1024),
     ));
+    // Events are posted off the binding path, at most EVENTS_IN_FLIGHT at once; beyond that
+    // they are dropped (as upstream's event broadcaster drops when its queue is full).
+    let events = Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT));
     loop {
         if leader.as_ref().is_some_and(|h| !h.is_leader()) {
             tracing::warn!("lost the scheduler lease; stopping");
@@ -216,8 +222,8 @@ pub async fn run(
                         break;
                     };
                     let (client, core, wake) = (client.clone(), core.clone(), wake.clone());
+                    let events = events.clone();
                     tokio::spawn(async move {
-                        let _permit = permit;
                         let pods: Api<core::Pod> =
                             Api::namespaced(client.clone(), &pod.key.namespace);
                         let binding = json!({"apiVersion": "v1", "kind": "Binding",
@@ -226,13 +232,18 @@ pub async fn run(
                         let res: Result<serde_json::Value, _> = pods
                             .create_subresource(&pod.key.name, "binding", &binding)
                             .await;
+                        drop(permit);
                         match res {
                             Ok(_) => {
                                 if let Ok(mut s) = core.lock() {
                                     s.finish_binding(&pod.key, Instant::now());
                                 }
-                                let msg = format!("Successfully assigned {} to {node}", pod.key);
-                                post_event(&client, &pod, "Scheduled", "Normal", &msg).await;
+                                if let Ok(p) = events.try_acquire_owned() {
+                                    let _p = p;
+                                    let msg =
+                                        format!("Successfully assigned {} to {node}", pod.key);
+                                    post_event(&client, &pod, "Scheduled", "Normal", &msg).await;
+                                }
                             }
                             Err(e) => {
                                 tracing::warn!(pod = %pod.key, "binding failed: {e}");

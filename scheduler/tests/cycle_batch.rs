@@ -307,3 +307,68 @@ fn profiles_by_scheduler_name_and_gates() {
         .unwrap();
     assert_eq!(assumed(&s.schedule_batch(t0)).len(), 1);
 }
+
+/// Pods of one template form an equivalence class: the batch evaluates the class once and
+/// re-scores only the nodes its earlier pods changed. Placements must equal those of
+/// scheduling the pods one per batch (no sharing), including the unschedulable tail.
+#[test]
+fn equivalence_class_gives_the_same_placements_as_one_by_one() {
+    let t0 = Instant::now();
+    let run = |batch: usize| {
+        let mut s = sched(2, batch);
+        for (i, cpu) in ["1", "2", "3", "1500m", "2500m", "4"].iter().enumerate() {
+            s.upsert_node(
+                &node(
+                    &format!("n{i}"),
+                    cpu,
+                    &format!("{}Gi", i + 1),
+                    110,
+                    json!({}),
+                    json!([]),
+                ),
+                t0,
+            )
+            .unwrap();
+        }
+        for i in 0..40 {
+            // Two templates interleaved, so two classes share the batch.
+            let req = if i % 2 == 0 {
+                json!({"requests": {"cpu": "300m", "memory": "100Mi"}})
+            } else {
+                json!({"requests": {"cpu": "500m", "memory": "700Mi"}})
+            };
+            s.upsert_pod(&pod(&format!("p{i:02}"), req, json!({"app": "x"})), t0)
+                .unwrap();
+        }
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            let ds = s.schedule_batch(t0);
+            if ds.is_empty() {
+                break;
+            }
+            for d in ds {
+                match d {
+                    Decision::Assumed { pod, node, .. } => out.push((pod.key.name.clone(), node)),
+                    Decision::Unschedulable { pod, message, .. } => {
+                        out.push((pod.key.name.clone(), message))
+                    }
+                    Decision::Error { message, .. } => panic!("{message}"),
+                }
+            }
+        }
+        out.sort();
+        (out, s.stats.shared)
+    };
+    let (one_by_one, shared1) = run(1);
+    let (batched, shared) = run(64);
+    assert_eq!(shared1, 0);
+    assert!(shared >= 30, "class evaluation not shared: {shared}");
+    assert_eq!(batched, one_by_one);
+    // The cluster fills up: some pods must be left with upstream's message.
+    assert!(
+        batched
+            .iter()
+            .any(|(_, m)| m.starts_with("0/6 nodes are available: ")),
+        "{batched:?}"
+    );
+}

@@ -337,6 +337,20 @@ proptest! {
     ) {
         run(nodes, pods, parallelism, batch)?;
     }
+
+    /// Pods stamped from a few templates (the batch's equivalence classes share one
+    /// evaluation): the placements must still match scheduling the pods one by one.
+    #[test]
+    fn equivalence_classes_match_sequential_reference(
+        nodes in prop::collection::vec(node_spec(), 1..8),
+        templates in prop::collection::vec(pod_spec(), 1..4),
+        picks in prop::collection::vec(0usize..4, 1..24),
+        parallelism in 1usize..4,
+        batch in 1usize..24,
+    ) {
+        let pods = picks.iter().map(|&i| templates[i % templates.len()].clone()).collect();
+        run(nodes, pods, parallelism, batch)?;
+    }
 }
 
 #[test]

@@ -4,9 +4,12 @@
 //! Throughput is reported as scheduler_perf does: the median of the per-second counts of
 //! scheduled pods (plus the average over the whole run). Every node is scored for every pod.
 //!
-//! Run: `cargo run --release -p kubeshard-benches --bin scheduler_perf [-- NAME_FILTER]`
+//! Run: `cargo run --release -p kubeshard-benches --bin scheduler_perf [-- NAME_FILTER]`, or
+//! `... --bin scheduler_perf -- e2e [NAME_FILTER]` end to end through an in-process
+//! `kubeshard server` and the real scheduler shell (see `run_e2e`).
 //! Env: `SCHED_PARALLELISM` (worker threads, default: cores), `SCHED_BATCH` (pods per batch,
-//! default 256), `SCHED_MAX_SECS` (per-workload time bound, default 60).
+//! default 256), `SCHED_MAX_SECS` (per-workload time bound, default 60),
+//! `SCHED_BIND_CONCURRENCY` (e2e: bindings in flight, default 64).
 
 use std::time::{Duration, Instant};
 
@@ -101,19 +104,19 @@ fn pod(
     if let Some(n) = node {
         spec["nodeName"] = json!(n);
     }
-    if let Some((m, i)) = m {
-        if m.groups > 0 {
-            let group = format!("group-{}", i % m.groups);
-            labels["group"] = json!(group);
-            let sel = json!({"matchLabels": {"group": group}});
-            if m.anti_affinity {
-                spec["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                    {"labelSelector": sel, "topologyKey": "kubernetes.io/hostname"}]}});
-            }
-            if m.spread_max_skew > 0 {
-                spec["topologySpreadConstraints"] = json!([{"maxSkew": m.spread_max_skew,
-                    "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": sel}]);
-            }
+    if let Some((m, i)) = m
+        && m.groups > 0
+    {
+        let group = format!("group-{}", i % m.groups);
+        labels["group"] = json!(group);
+        let sel = json!({"matchLabels": {"group": group}});
+        if m.anti_affinity {
+            spec["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": sel, "topologyKey": "kubernetes.io/hostname"}]}});
+        }
+        if m.spread_max_skew > 0 {
+            spec["topologySpreadConstraints"] = json!([{"maxSkew": m.spread_max_skew,
+                "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": sel}]);
         }
     }
     serde_json::from_value(
@@ -253,8 +256,159 @@ fn run(w: &Workload, opts: &Options, max: Duration) -> Result {
     }
 }
 
+/// End to end: an in-process `kubeshard server` (in-memory engine, TLS on loopback), the
+/// workload's nodes and pods created through the API before the scheduler starts, then the
+/// real scheduler shell (`scheduler::shell::run`: informers, batch cycle, bindings through
+/// the binding subresource, events) started; a pod informer counts the pods that come back
+/// bound, sampled once a second. CPU seconds are the whole process's (apiserver, store,
+/// scheduler and the counting informer).
+fn run_e2e(w: &Workload, max: Duration, bind_concurrency: usize) -> Result {
+    use api::client::runtime::{Event, Informer};
+    use api::client::{Api, Client, ListParams, Patch, PatchParams, PostParams};
+    use futures::StreamExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = store::Engine::open(store::EngineConfig::in_memory()).expect("engine");
+    let mut sopts = api::server::ServerOptions::new(dir.path());
+    sopts.port = 0;
+    let server = api::server::start(sopts, engine.clone()).expect("server");
+    let kubeconfig = server.kubeconfig.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let r = rt.block_on(async {
+        let client = Client::from_kubeconfig(&kubeconfig).expect("client");
+        let nodes: Api<core::Node> = Api::all(client.clone());
+        let t = Instant::now();
+        futures::stream::iter(0..w.nodes.count)
+            .for_each_concurrent(64, |i| {
+                let nodes = nodes.clone();
+                async move {
+                    let mut n = node(i, &w.nodes);
+                    let status = serde_json::to_value(n.status.take()).expect("status");
+                    let name = n.metadata.name.clone().unwrap_or_default();
+                    nodes
+                        .create(&PostParams::default(), &n)
+                        .await
+                        .expect("create node");
+                    nodes
+                        .patch_status(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({ "status": status })),
+                        )
+                        .await
+                        .expect("node status");
+                }
+            })
+            .await;
+        println!(
+            "    e2e: {} nodes created in {:.1} s",
+            w.nodes.count,
+            t.elapsed().as_secs_f64()
+        );
+        let pods: Api<core::Pod> = Api::namespaced(client.clone(), "default");
+        let t = Instant::now();
+        let m = &w.measure;
+        futures::stream::iter(0..m.count)
+            .for_each_concurrent(128, |i| {
+                let pods = pods.clone();
+                async move {
+                    let p = pod(
+                        &format!("pod-{i}"),
+                        &m.cpu,
+                        &m.memory,
+                        m.priority,
+                        None,
+                        Some((m, i)),
+                    );
+                    pods.create(&PostParams::default(), &p)
+                        .await
+                        .expect("create pod");
+                }
+            })
+            .await;
+        println!(
+            "    e2e: {} pods created in {:.1} s ({:.0} pods/s), scheduler not running yet",
+            m.count,
+            t.elapsed().as_secs_f64(),
+            m.count as f64 / t.elapsed().as_secs_f64()
+        );
+        // Count the pods that come back bound.
+        let bound = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let (store, inf) =
+            Informer::new(Api::<core::Pod>::all(client.clone()), ListParams::default());
+        let (b, s) = (bound.clone(), seen.clone());
+        let counter = tokio::spawn(inf.run(move |ev: Event<core::Pod>| {
+            if let Event::Added(p) | Event::Modified(p) = ev
+                && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+                && let Ok(mut seen) = s.lock()
+                && seen.insert(p.metadata.name.clone().unwrap_or_default())
+            {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        store.wait_until_synced().await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut sh = scheduler::shell::ShellOptions::new(kubeconfig.clone());
+        sh.leader_elect = false;
+        sh.bind_concurrency = bind_concurrency;
+        let cpu0 = cpu_secs();
+        let start = Instant::now();
+        let shell = tokio::spawn(scheduler::shell::run(sh, async move {
+            let _ = stop_rx.await;
+        }));
+        let mut per_second = Vec::new();
+        let mut last = 0;
+        let mut tick = start;
+        let mut done_at = None;
+        while start.elapsed() < max {
+            tick += Duration::from_secs(1);
+            tokio::time::sleep_until(tick.into()).await;
+            let now = bound.load(Ordering::Relaxed);
+            per_second.push((now - last) as f64);
+            last = now;
+            if now >= m.count {
+                done_at = Some(start.elapsed());
+                break;
+            }
+        }
+        // The last window is partial when everything finished inside it.
+        if done_at.is_some() && per_second.len() > 1 {
+            per_second.pop();
+        }
+        let cpu = cpu_secs() - cpu0;
+        let scheduled = bound.load(Ordering::Relaxed);
+        let secs = start.elapsed().as_secs_f64();
+        let _ = stop_tx.send(());
+        let _ = shell.await;
+        counter.abort();
+        Result {
+            cpu,
+            scheduled,
+            unschedulable_attempts: 0,
+            preemptions: 0,
+            secs,
+            per_second,
+        }
+    });
+    drop(rt);
+    server.shutdown();
+    engine.close();
+    r
+}
+
 fn main() {
-    let filter = std::env::args().nth(1).unwrap_or_default();
+    let mut filter = std::env::args().nth(1).unwrap_or_default();
+    // `scheduler_perf e2e [FILTER]`: through `kubeshard server` and the scheduler shell.
+    let e2e = filter == "e2e";
+    if e2e {
+        filter = std::env::args().nth(2).unwrap_or_default();
+    }
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/scheduler.yaml");
     let text = std::fs::read_to_string(path).expect("workloads file");
     let file: File = serde_yaml::from_str(&text).expect("workloads yaml");
@@ -288,7 +442,11 @@ fn main() {
         "pods/cpu-s"
     );
     for w in file.workloads.iter().filter(|w| w.name.contains(&filter)) {
-        let mut r = run(w, &opts, max);
+        let mut r = if e2e {
+            run_e2e(w, max, env("SCHED_BIND_CONCURRENCY").unwrap_or(64))
+        } else {
+            run(w, &opts, max)
+        };
         let avg = r.scheduled as f64 / r.secs.max(1e-9);
         let windows = r.per_second.len();
         // Runs shorter than one full second have no complete window: report the average.

@@ -132,33 +132,31 @@ impl PreFilterPlugin for InterPodAffinity {
             anti: TopoCounts::new(),
             matches_own_affinity: pod.required_affinity.iter().all(|t| t.matches(pod, snap)),
         };
-        for node in &snap.nodes {
-            if node.pods.is_empty() || (!own && node.pods_with_required_anti_affinity == 0) {
-                continue;
+        // Existing pods' required anti-affinity towards this pod: the snapshot keeps their
+        // terms aggregated, with counts per topology value.
+        for (t, counts) in &snap.existing_anti {
+            if t.matches(pod, snap) {
+                for (v, c) in counts {
+                    bump(&mut st.existing_anti, &t.topology_key, v, *c);
+                }
             }
-            for ex in &node.pods {
-                for t in &ex.required_anti_affinity {
-                    if let Some(v) = node.labels.get(&t.topology_key)
-                        && t.matches(pod, snap)
-                    {
-                        bump(&mut st.existing_anti, &t.topology_key, v, 1);
-                    }
-                }
-                if !own {
-                    continue;
-                }
-                for t in &pod.required_affinity {
-                    if let Some(v) = node.labels.get(&t.topology_key)
-                        && t.matches(ex, snap)
-                    {
-                        bump(&mut st.affinity, &t.topology_key, v, 1);
-                    }
-                }
-                for t in &pod.required_anti_affinity {
-                    if let Some(v) = node.labels.get(&t.topology_key)
-                        && t.matches(ex, snap)
-                    {
-                        bump(&mut st.anti, &t.topology_key, v, 1);
+        }
+        // This pod's own terms, matched once per group of identically labelled pods.
+        if own {
+            for g in snap.pod_groups() {
+                for (terms, out) in [
+                    (&pod.required_affinity, &mut st.affinity),
+                    (&pod.required_anti_affinity, &mut st.anti),
+                ] {
+                    for t in terms {
+                        if !t.matches_labels(&g.namespace, &g.labels, snap) {
+                            continue;
+                        }
+                        for (&n, &c) in &g.nodes {
+                            if let Some(v) = snap.nodes[n as usize].labels.get(&t.topology_key) {
+                                bump(out, &t.topology_key, v, i64::from(c));
+                            }
+                        }
                     }
                 }
             }
@@ -255,20 +253,58 @@ impl PreScorePlugin for InterPodAffinity {
     ) -> Status {
         let has_constraints =
             !pod.preferred_affinity.is_empty() || !pod.preferred_anti_affinity.is_empty();
-        if !has_constraints && (self.ignore_preferred_of_existing || snap.pods_with_affinity == 0) {
+        if !has_constraints
+            && (self.ignore_preferred_of_existing || snap.pods_with_scoring_affinity == 0)
+        {
             return Status::Skip;
         }
         let mut scores = TopoCounts::new();
-        for node in &snap.nodes {
-            if node.pods.is_empty() || (!has_constraints && node.pods_with_affinity == 0) {
-                continue;
+        // This pod's preferred terms, matched once per group of identically labelled pods.
+        if has_constraints {
+            for g in snap.pod_groups() {
+                for (terms, sign) in [
+                    (&pod.preferred_affinity, 1),
+                    (&pod.preferred_anti_affinity, -1),
+                ] {
+                    for t in terms {
+                        let w = i64::from(t.weight);
+                        if w == 0 || !t.matches_labels(&g.namespace, &g.labels, snap) {
+                            continue;
+                        }
+                        for (&n, &c) in &g.nodes {
+                            if let Some(v) = snap.nodes[n as usize].labels.get(&t.topology_key) {
+                                bump(&mut scores, &t.topology_key, v, sign * w * i64::from(c));
+                            }
+                        }
+                    }
+                }
             }
-            for ex in &node.pods {
-                if has_constraints {
+        }
+        // Existing pods' terms towards this pod.
+        if !self.ignore_preferred_of_existing && snap.pods_with_scoring_affinity > 0 {
+            for node in &snap.nodes {
+                if node.pods_with_affinity == 0 {
+                    continue;
+                }
+                for ex in &node.pods {
+                    if !ex.has_affinity_terms() {
+                        continue;
+                    }
+                    if self.hard_pod_affinity_weight > 0 {
+                        Self::add_terms(
+                            &mut scores,
+                            &ex.required_affinity,
+                            pod,
+                            node,
+                            snap,
+                            1,
+                            Some(self.hard_pod_affinity_weight),
+                        );
+                    }
                     Self::add_terms(
                         &mut scores,
-                        &pod.preferred_affinity,
-                        ex,
+                        &ex.preferred_affinity,
+                        pod,
                         node,
                         snap,
                         1,
@@ -276,46 +312,14 @@ impl PreScorePlugin for InterPodAffinity {
                     );
                     Self::add_terms(
                         &mut scores,
-                        &pod.preferred_anti_affinity,
-                        ex,
+                        &ex.preferred_anti_affinity,
+                        pod,
                         node,
                         snap,
                         -1,
                         None,
                     );
                 }
-                if self.ignore_preferred_of_existing || !ex.has_affinity_terms() {
-                    continue;
-                }
-                if self.hard_pod_affinity_weight > 0 {
-                    Self::add_terms(
-                        &mut scores,
-                        &ex.required_affinity,
-                        pod,
-                        node,
-                        snap,
-                        1,
-                        Some(self.hard_pod_affinity_weight),
-                    );
-                }
-                Self::add_terms(
-                    &mut scores,
-                    &ex.preferred_affinity,
-                    pod,
-                    node,
-                    snap,
-                    1,
-                    None,
-                );
-                Self::add_terms(
-                    &mut scores,
-                    &ex.preferred_anti_affinity,
-                    pod,
-                    node,
-                    snap,
-                    -1,
-                    None,
-                );
             }
         }
         if scores.is_empty() {

@@ -173,6 +173,9 @@ struct FilterState {
     constraints: Vec<SpreadConstraint>,
     /// Per constraint: domain value -> matching pods.
     counts: Vec<HashMap<String, i64>>,
+    /// Per constraint: the minimum the skew is measured against (computed once here, not
+    /// per node).
+    mins: Vec<i64>,
 }
 
 struct ScoreState {
@@ -228,7 +231,39 @@ impl PreFilterPlugin for PodTopologySpread {
             return Status::Skip;
         }
         let mut counts = vec![HashMap::new(); constraints.len()];
-        for node in &snap.nodes {
+        // One constraint over all nodes (no node filter applies): the domains are the key's
+        // values on the nodes, the counts come from the groups of matching pods.
+        let fast = constraints.len() == 1
+            && pod.node_selector.is_empty()
+            && pod.required_node_affinity.is_none()
+            && !constraints[0].honor_node_taints;
+        if fast {
+            let c = &constraints[0];
+            let domains = &mut counts[0];
+            for v in snap
+                .key_values(&c.topology_key)
+                .into_iter()
+                .flat_map(|m| m.keys())
+            {
+                domains.insert(v.clone(), 0);
+            }
+            for g in snap.pod_groups() {
+                if g.terminating
+                    || g.namespace != pod.key.namespace
+                    || !c.selector.matches(&g.labels)
+                {
+                    continue;
+                }
+                for (&n, &cnt) in &g.nodes {
+                    if let Some(v) = snap.nodes[n as usize].labels.get(&c.topology_key)
+                        && let Some(d) = domains.get_mut(v)
+                    {
+                        *d += i64::from(cnt);
+                    }
+                }
+            }
+        }
+        for node in snap.nodes.iter().filter(|_| !fast) {
             if !has_all_keys(node, &constraints) {
                 continue;
             }
@@ -241,11 +276,29 @@ impl PreFilterPlugin for PodTopologySpread {
                     count_matching(node, &c.selector, &pod.key.namespace);
             }
         }
+        let mins = constraints
+            .iter()
+            .zip(&counts)
+            .map(|(c, domains)| {
+                if c.min_domains
+                    .is_some_and(|m| (domains.len() as i64) < i64::from(m))
+                {
+                    0
+                } else {
+                    domains
+                        .values()
+                        .copied()
+                        .min()
+                        .unwrap_or(i64::from(i32::MAX))
+                }
+            })
+            .collect();
         state.write(
             slot,
             FilterState {
                 constraints,
                 counts,
+                mins,
             },
         );
         Status::Success
@@ -271,16 +324,7 @@ impl FilterPlugin for PodTopologySpread {
                 );
             };
             let domains = &st.counts[i];
-            let mut min = domains
-                .values()
-                .copied()
-                .min()
-                .unwrap_or(i64::from(i32::MAX));
-            if c.min_domains
-                .is_some_and(|m| (domains.len() as i64) < i64::from(m))
-            {
-                min = 0;
-            }
+            let min = st.mins[i];
             let self_match = i64::from(c.selector.matches(&pod.labels));
             let matched = domains.get(v).copied().unwrap_or(0);
             if matched + self_match - min > i64::from(c.max_skew) {
