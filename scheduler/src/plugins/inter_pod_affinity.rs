@@ -180,8 +180,13 @@ impl FilterPlugin for InterPodAffinity {
         };
         // Existing pods' required anti-affinity towards this pod.
         if !st.existing_anti.is_empty() {
-            for (k, v) in &node.labels {
-                if get(&st.existing_anti, k, v) > 0 {
+            for (k, vals) in &st.existing_anti {
+                if node
+                    .labels
+                    .get(k)
+                    .and_then(|v| vals.get(v))
+                    .is_some_and(|c| *c > 0)
+                {
                     return Status::unschedulable(
                         "node(s) didn't satisfy existing pods anti-affinity rules",
                     );

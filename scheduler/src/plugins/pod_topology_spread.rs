@@ -171,11 +171,10 @@ fn has_all_keys(node: &NodeInfo, cs: &[SpreadConstraint]) -> bool {
 
 struct FilterState {
     constraints: Vec<SpreadConstraint>,
-    /// Per constraint: domain value -> matching pods.
-    counts: Vec<HashMap<String, i64>>,
-    /// Per constraint: the minimum the skew is measured against (computed once here, not
-    /// per node).
-    mins: Vec<i64>,
+    /// Per constraint: the domain values decided once here rather than per node: the
+    /// values that break maxSkew (`false`), or when a value outside the known domains breaks
+    /// it too, the values that keep it (`true`).
+    verdicts: Vec<(HashSet<String>, bool)>,
 }
 
 struct ScoreState {
@@ -276,7 +275,7 @@ impl PreFilterPlugin for PodTopologySpread {
                     count_matching(node, &c.selector, &pod.key.namespace);
             }
         }
-        let mins = constraints
+        let mins: Vec<i64> = constraints
             .iter()
             .zip(&counts)
             .map(|(c, domains)| {
@@ -293,12 +292,27 @@ impl PreFilterPlugin for PodTopologySpread {
                 }
             })
             .collect();
+        let verdicts = constraints
+            .iter()
+            .zip(&counts)
+            .zip(&mins)
+            .map(|((c, domains), &min)| {
+                let self_match = i64::from(c.selector.matches(&pod.labels));
+                let over = |m: i64| m + self_match - min > i64::from(c.max_skew);
+                let allow = over(0);
+                let set = domains
+                    .iter()
+                    .filter(|(_, m)| over(**m) != allow)
+                    .map(|(v, _)| v.clone())
+                    .collect();
+                (set, allow)
+            })
+            .collect();
         state.write(
             slot,
             FilterState {
                 constraints,
-                counts,
-                mins,
+                verdicts,
             },
         );
         Status::Success
@@ -310,7 +324,7 @@ impl FilterPlugin for PodTopologySpread {
         &self,
         slot: usize,
         state: &CycleState,
-        pod: &PodInfo,
+        _: &PodInfo,
         node: &NodeInfo,
         _: &Snapshot,
     ) -> Status {
@@ -323,11 +337,13 @@ impl FilterPlugin for PodTopologySpread {
                     "node(s) didn't match pod topology spread constraints (missing required label)",
                 );
             };
-            let domains = &st.counts[i];
-            let min = st.mins[i];
-            let self_match = i64::from(c.selector.matches(&pod.labels));
-            let matched = domains.get(v).copied().unwrap_or(0);
-            if matched + self_match - min > i64::from(c.max_skew) {
+            let (set, allow) = &st.verdicts[i];
+            let over = if *allow {
+                !set.contains(v)
+            } else {
+                !set.is_empty() && set.contains(v)
+            };
+            if over {
                 return Status::unschedulable(
                     "node(s) didn't match pod topology spread constraints",
                 );
