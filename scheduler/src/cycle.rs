@@ -556,17 +556,65 @@ impl Scheduler {
             }
             slots.push((pod, slot));
         }
-        let evals: Vec<&Eval<'_>> = slots
-            .iter()
-            .filter_map(|(_, s)| {
-                if let Slot::Ready(e) = s {
-                    Some(e)
-                } else {
-                    None
-                }
-            })
+        // Phase 1 for every Ready slot; results by slot index.
+        let mut results: Vec<Option<(Vec<Part>, Scored)>> =
+            (0..slots.len()).map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..slots.len())
+            .filter(|&i| matches!(slots[i].1, Slot::Ready(_)))
             .collect();
-        let mut results = self.evaluate(&evals).into_iter();
+        for round in 0..2 {
+            let evals: Vec<&Eval<'_>> = pending
+                .iter()
+                .filter_map(|&i| match &slots[i].1 {
+                    Slot::Ready(e) => Some(e),
+                    _ => None,
+                })
+                .collect();
+            for (&i, r) in pending.iter().zip(self.evaluate(&evals)) {
+                results[i] = Some(r);
+            }
+            if round == 1 {
+                break;
+            }
+            // A class whose first pod fits nowhere shares nothing: each of its pods needs
+            // its own evaluation (its message, its preemption), done here in parallel.
+            let empty: Vec<usize> = (0..slots.len())
+                .filter(|&i| {
+                    heads[i]
+                        && results[i]
+                            .as_ref()
+                            .is_some_and(|(_, sc)| sc.entries.is_empty())
+                })
+                .collect();
+            if empty.is_empty() {
+                break;
+            }
+            pending.clear();
+            for &r in &empty {
+                heads[r] = false;
+            }
+            for i in 0..slots.len() {
+                let Slot::Shared(rep, fw) = slots[i].1 else {
+                    continue;
+                };
+                if !empty.contains(&rep) {
+                    continue;
+                }
+                let pod = slots[i].0.clone();
+                slots[i].1 = match fw.prepare(&pod, &self.snap) {
+                    Ok(pc) => {
+                        pending.push(i);
+                        Slot::Ready(Eval {
+                            norm: fw.normalizing(&pc),
+                            fw,
+                            pod,
+                            pc,
+                        })
+                    }
+                    Err(st) => Slot::Done(self.prefilter_failure(pod, st, now)),
+                };
+            }
+        }
 
         let mut decisions = Vec::with_capacity(slots.len());
         // Stamp of the last placement on each node in this batch (0: untouched).
@@ -584,7 +632,7 @@ impl Scheduler {
                         continue;
                     }
                     Slot::Ready(e) => {
-                        let (parts, scored) = results.next().unwrap_or_default();
+                        let (parts, scored) = results[slot_idx].take().unwrap_or_default();
                         let class = heads[slot_idx].then_some(slot_idx);
                         (e.fw, class, Some((e, parts, scored, 0)))
                     }
