@@ -593,15 +593,15 @@ impl Scheduler {
             for &r in &empty {
                 heads[r] = false;
             }
-            for i in 0..slots.len() {
-                let Slot::Shared(rep, fw) = slots[i].1 else {
+            for (i, (pod, slot)) in slots.iter_mut().enumerate() {
+                let Slot::Shared(rep, fw) = *slot else {
                     continue;
                 };
                 if !empty.contains(&rep) {
                     continue;
                 }
-                let pod = slots[i].0.clone();
-                slots[i].1 = match fw.prepare(&pod, &self.snap) {
+                let pod = pod.clone();
+                *slot = match fw.prepare(&pod, &self.snap) {
                     Ok(pc) => {
                         pending.push(i);
                         Slot::Ready(Eval {
