@@ -516,6 +516,9 @@ struct NodeArgs {
     /// Image GC frees down to this usage (percent).
     #[arg(long, default_value_t = 80)]
     image_gc_low_threshold: u8,
+    /// Hard eviction thresholds, as upstream's kubelet flag.
+    #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%")]
+    eviction_hard: String,
 }
 
 /// Runs a kubelet (or N hollow ones) until SIGTERM or SIGINT; its pods keep running.
@@ -548,6 +551,8 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     cfg.insecure_registries = args.insecure_registry;
     cfg.image_gc.high_threshold_percent = args.image_gc_high_threshold;
     cfg.image_gc.low_threshold_percent = args.image_gc_low_threshold;
+    cfg.eviction_hard = node::kubelet::eviction::parse_eviction_hard(&args.eviction_hard)
+        .map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -258,6 +258,23 @@ fn enable_in(dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// What a cgroup has used ([`Cgroup::usage`]); `None` where the controller is missing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupUsage {
+    /// Cumulative CPU time, nanoseconds.
+    pub cpu_usage_nanos: Option<u64>,
+    /// Memory charged, bytes.
+    pub memory_usage_bytes: Option<u64>,
+    /// Usage minus inactive file pages.
+    pub working_set_bytes: Option<u64>,
+    /// Anonymous memory.
+    pub rss_bytes: Option<u64>,
+    /// Page faults.
+    pub page_faults: Option<u64>,
+    /// Major page faults.
+    pub major_page_faults: Option<u64>,
+}
+
 /// One cgroup (one directory per v1 hierarchy, or one on v2).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Cgroup {
@@ -385,6 +402,48 @@ impl Cgroup {
         };
         let d = self.dir_with(file)?;
         fs::read_to_string(d.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// CPU and memory usage of the group (v1: `cpuacct.usage`, `memory.usage_in_bytes`,
+    /// `memory.stat`'s `total_*`; v2: `cpu.stat`'s `usage_usec`, `memory.current`,
+    /// `memory.stat`). The working set is usage minus inactive file pages, as cAdvisor's.
+    pub fn usage(&self) -> CgroupUsage {
+        let read = |file: &str| -> Option<String> {
+            let d = self.dir_with(file)?;
+            fs::read_to_string(d.join(file)).ok()
+        };
+        let stat_of = |text: &str, key: &str| -> Option<u64> {
+            text.lines().find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
+            })
+        };
+        let mut u = CgroupUsage::default();
+        if self.v2 {
+            u.cpu_usage_nanos = read("cpu.stat")
+                .and_then(|s| stat_of(&s, "usage_usec"))
+                .map(|us| us.saturating_mul(1000));
+            u.memory_usage_bytes = read("memory.current").and_then(|s| s.trim().parse().ok());
+            if let Some(ms) = read("memory.stat") {
+                let inactive = stat_of(&ms, "inactive_file").unwrap_or(0);
+                u.rss_bytes = stat_of(&ms, "anon");
+                u.page_faults = stat_of(&ms, "pgfault");
+                u.major_page_faults = stat_of(&ms, "pgmajfault");
+                u.working_set_bytes = u.memory_usage_bytes.map(|m| m.saturating_sub(inactive));
+            }
+        } else {
+            u.cpu_usage_nanos = read("cpuacct.usage").and_then(|s| s.trim().parse().ok());
+            u.memory_usage_bytes =
+                read("memory.usage_in_bytes").and_then(|s| s.trim().parse().ok());
+            if let Some(ms) = read("memory.stat") {
+                let inactive = stat_of(&ms, "total_inactive_file").unwrap_or(0);
+                u.rss_bytes = stat_of(&ms, "total_rss");
+                u.page_faults = stat_of(&ms, "total_pgfault");
+                u.major_page_faults = stat_of(&ms, "total_pgmajfault");
+                u.working_set_bytes = u.memory_usage_bytes.map(|m| m.saturating_sub(inactive));
+            }
+        }
+        u
     }
 
     /// SIGKILLs every task in the group (v2: `cgroup.kill`).

@@ -134,6 +134,9 @@ pub struct SandboxConfig {
     pub dns_searches: Vec<String>,
     /// Pod-level limits (the pod cgroup).
     pub resources: Resources,
+    /// Share the host's network and UTS namespaces (`hostNetwork: true`): no network
+    /// namespace of its own, so no veth and no address; the hostname is the host's.
+    pub host_network: bool,
 }
 
 /// What a container is created from (the kubelet's resolved view of a pod's container).
@@ -523,10 +526,13 @@ impl Runtime {
                 "bad hostname {hostname:?}"
             )));
         }
-        fs::write(
-            dir.join("hosts"),
-            hosts_file(&hostname, cfg.pod_ip.as_deref()),
-        )?;
+        // hostNetwork pods see the host's /etc/hosts (upstream does not manage theirs).
+        let hosts = match cfg.host_network {
+            true => fs::read_to_string("/etc/hosts")
+                .unwrap_or_else(|_| hosts_file(&hostname, cfg.pod_ip.as_deref())),
+            false => hosts_file(&hostname, cfg.pod_ip.as_deref()),
+        };
+        fs::write(dir.join("hosts"), hosts)?;
         fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
         let mut resolv = String::new();
         for s in &cfg.dns_servers {
@@ -553,6 +559,7 @@ impl Runtime {
             namespace: cfg.namespace.clone(),
             uid: cfg.uid.clone(),
             hostname,
+            host_network: cfg.host_network,
             cgroup: pod_cg.clone(),
             holder_cgroup: holder_cg.clone(),
         };
@@ -902,6 +909,26 @@ impl Runtime {
             pid: alive.map(|s| s.pid),
             ready: alive.is_some(),
         })
+    }
+
+    /// The pod cgroup of a sandbox (for stats and eviction).
+    pub fn sandbox_cgroup(&self, id: &str) -> Result<crate::cgroup::Cgroup, RuntimeError> {
+        Ok(self.sandbox_spec(id)?.0.cgroup)
+    }
+
+    /// A container's cgroup and its overlay upper directory (what it wrote to its root
+    /// file system).
+    pub fn container_usage_paths(
+        &self,
+        id: &str,
+    ) -> Result<(crate::cgroup::Cgroup, PathBuf), RuntimeError> {
+        let (_, spec, _, _) = self.container_files(id)?;
+        Ok((spec.cgroup, spec.upper_dir))
+    }
+
+    /// The runtime's data directory (images, run state).
+    pub fn data_dir(&self) -> &Path {
+        &self.cfg.data_dir
     }
 
     /// All sandboxes on disk.

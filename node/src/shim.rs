@@ -82,21 +82,36 @@ fn run_sandbox(dir: &Path) -> i32 {
             return 1;
         }
     };
-    let flags = CloneFlags::CLONE_NEWNET
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWPID;
+    // Into the holder's cgroup before anything else: if the runtime that started this shim
+    // goes away before it records the holder (a kubelet stopped mid-create), removing the
+    // sandbox still finds and kills both through the cgroup.
+    if let Err(e) = spec.holder_cgroup.add_pid(std::process::id() as i32) {
+        report(&format!("error joining the sandbox cgroup: {e}"));
+        return 1;
+    }
+    // hostNetwork: the host's network and UTS namespaces (containers join the holder's,
+    // which are then the host's), as CRI runtimes do.
+    let flags = if spec.host_network {
+        CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID
+    } else {
+        CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWPID
+    };
     if let Err(e) = nix::sched::unshare(flags) {
         report(&format!("error unshare: {e}"));
         return 1;
     }
-    if let Err(e) = nix::unistd::sethostname(&spec.hostname) {
-        report(&format!("error sethostname: {e}"));
-        return 1;
-    }
-    if let Err(e) = crate::sys::loopback_up() {
-        report(&format!("error loopback up: {e}"));
-        return 1;
+    if !spec.host_network {
+        if let Err(e) = nix::unistd::sethostname(&spec.hostname) {
+            report(&format!("error sethostname: {e}"));
+            return 1;
+        }
+        if let Err(e) = crate::sys::loopback_up() {
+            report(&format!("error loopback up: {e}"));
+            return 1;
+        }
     }
     match crate::sys::fork_single_threaded() {
         Err(e) => {

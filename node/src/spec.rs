@@ -94,6 +94,9 @@ pub struct SandboxSpec {
     pub uid: String,
     /// Hostname of the pod's UTS namespace.
     pub hostname: String,
+    /// The sandbox shares the host's network and UTS namespaces (`hostNetwork: true`).
+    #[serde(default)]
+    pub host_network: bool,
     /// The pod's cgroup (parent of the containers' and the holder's).
     pub cgroup: Cgroup,
     /// The holder's leaf cgroup.

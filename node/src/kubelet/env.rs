@@ -35,6 +35,93 @@ pub struct EnvInputs {
     pub node_memory_bytes: i64,
     /// The node's allocatable ephemeral storage in bytes.
     pub node_storage_bytes: i64,
+    /// The Service variables ([`service_env`]): referable by `$(VAR)` and added after the
+    /// container's own variables unless it defines them itself.
+    pub service_env: Vec<(String, String)>,
+}
+
+/// Upstream's `makeEnvVariableName`: upper case, `-` as `_`.
+fn env_var_name(s: &str) -> String {
+    s.replace('-', "_").to_uppercase()
+}
+
+/// The Service variables of a pod in namespace `ns` (upstream's `getServiceEnvVarMap` and
+/// `envvars.FromServices`): every Service of `ns` with a cluster IP when `service_links`
+/// is set, and always `default/kubernetes` (a Service of the pod's namespace with the same
+/// name wins). For each: `{SVC}_SERVICE_HOST`, `{SVC}_SERVICE_PORT` (the first port),
+/// `{SVC}_SERVICE_PORT_{NAME}` per named port and the Docker link variables
+/// (`{SVC}_PORT`, `{SVC}_PORT_{port}_{PROTO}[_PROTO|_PORT|_ADDR]`). Sorted by Service name
+/// (upstream's order is a map's; the set is what matters).
+pub fn service_env(
+    services: &[std::sync::Arc<k8s_openapi::api::core::v1::Service>],
+    ns: &str,
+    service_links: bool,
+) -> Vec<(String, String)> {
+    use std::collections::BTreeMap;
+    let mut chosen: BTreeMap<String, &k8s_openapi::api::core::v1::Service> = BTreeMap::new();
+    for s in services {
+        let (Some(name), Some(sns)) = (s.metadata.name.as_ref(), s.metadata.namespace.as_ref())
+        else {
+            continue;
+        };
+        let ip = s.spec.as_ref().and_then(|sp| sp.cluster_ip.as_deref());
+        if matches!(ip, None | Some("") | Some("None")) {
+            continue;
+        }
+        if sns == "default" && name == "kubernetes" {
+            // The master service: only when the pod's namespace has none of that name.
+            if sns == ns || !chosen.contains_key(name) {
+                chosen.insert(name.clone(), s);
+            }
+        } else if sns == ns && service_links {
+            chosen.insert(name.clone(), s);
+        }
+    }
+    let mut out = Vec::new();
+    for (name, s) in chosen {
+        let Some(spec) = s.spec.as_ref() else {
+            continue;
+        };
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        let ports = spec.ports.as_deref().unwrap_or(&[]);
+        let Some(first) = ports.first() else {
+            continue;
+        };
+        let prefix = env_var_name(&name);
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        let port_var = format!("{prefix}_SERVICE_PORT");
+        out.push((port_var.clone(), first.port.to_string()));
+        for p in ports {
+            if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!("{port_var}_{}", env_var_name(pn)),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let host = |port: i32| match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(_)) => format!("[{ip}]:{port}"),
+            _ => format!("{ip}:{port}"),
+        };
+        for (i, p) in ports.iter().enumerate() {
+            let proto = p
+                .protocol
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .unwrap_or("TCP");
+            let lower = proto.to_lowercase();
+            let url = format!("{lower}://{}", host(p.port));
+            if i == 0 {
+                out.push((format!("{prefix}_PORT"), url.clone()));
+            }
+            let pp = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            out.push((pp.clone(), url));
+            out.push((format!("{pp}_PROTO"), lower.clone()));
+            out.push((format!("{pp}_PORT"), p.port.to_string()));
+            out.push((format!("{pp}_ADDR"), ip.clone()));
+        }
+    }
+    out
 }
 
 /// The ConfigMaps and Secrets a container's environment reads: `(config maps, secrets)`.
@@ -285,7 +372,14 @@ pub fn resolve(
         let value = match &e.value_from {
             None => {
                 let raw = e.value.clone().unwrap_or_default();
-                expand(&raw, |n| env.get(n))
+                expand(&raw, |n| {
+                    env.get(n).or_else(|| {
+                        inp.service_env
+                            .iter()
+                            .find(|(k, _)| k == n)
+                            .map(|(_, v)| v.clone())
+                    })
+                })
             }
             Some(src) => {
                 if let Some(f) = &src.field_ref {
@@ -334,6 +428,12 @@ pub fn resolve(
             }
         };
         env.set(e.name.clone(), value);
+    }
+    // The Service variables last; the container's own definitions win.
+    for (k, v) in &inp.service_env {
+        if env.get(k).is_none() {
+            env.set(k.clone(), v.clone());
+        }
     }
     Ok(env.vars)
 }
@@ -416,7 +516,103 @@ mod tests {
             node_cpu_millis: 2500,
             node_memory_bytes: 1 << 30,
             node_storage_bytes: 1 << 30,
+            service_env: Vec::new(),
         }
+    }
+
+    fn svc(
+        ns: &str,
+        name: &str,
+        ip: &str,
+        ports: serde_json::Value,
+    ) -> std::sync::Arc<k8s_openapi::api::core::v1::Service> {
+        std::sync::Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns},
+                "spec": {"clusterIP": ip, "ports": ports}}))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn service_variables_match_upstream() {
+        let svcs = vec![
+            svc(
+                "default",
+                "kubernetes",
+                "10.96.0.1",
+                json!([{"name": "https", "port": 443}]),
+            ),
+            svc(
+                "ns",
+                "redis-master",
+                "10.96.0.11",
+                json!([{"port": 6379, "protocol": "TCP"}, {"name": "metrics", "port": 9121, "protocol": "UDP"}]),
+            ),
+            svc("ns", "headless", "None", json!([{"port": 80}])),
+            svc("other", "web", "10.96.0.12", json!([{"port": 80}])),
+        ];
+        let env = service_env(&svcs, "ns", true);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        // Upstream's envvars_test.go names and values.
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.96.0.1"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT_HTTPS"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT"), Some("tcp://10.96.0.1:443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP"), Some("tcp://10.96.0.1:443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_PROTO"), Some("tcp"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_PORT"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_ADDR"), Some("10.96.0.1"));
+        assert_eq!(get("REDIS_MASTER_SERVICE_HOST"), Some("10.96.0.11"));
+        assert_eq!(get("REDIS_MASTER_SERVICE_PORT"), Some("6379"));
+        assert_eq!(get("REDIS_MASTER_SERVICE_PORT_METRICS"), Some("9121"));
+        assert_eq!(get("REDIS_MASTER_PORT"), Some("tcp://10.96.0.11:6379"));
+        assert_eq!(
+            get("REDIS_MASTER_PORT_9121_UDP"),
+            Some("udp://10.96.0.11:9121")
+        );
+        assert_eq!(get("REDIS_MASTER_PORT_9121_UDP_PROTO"), Some("udp"));
+        assert_eq!(get("HEADLESS_SERVICE_HOST"), None);
+        assert_eq!(get("WEB_SERVICE_HOST"), None);
+        assert_eq!(env.len(), 8 + 3 + 1 + 8);
+        // enableServiceLinks: false keeps only the master service.
+        let env = service_env(&svcs, "ns", false);
+        assert!(
+            env.iter().all(|(k, _)| k.starts_with("KUBERNETES_")),
+            "{env:?}"
+        );
+        assert_eq!(env.len(), 8);
+        // A `kubernetes` Service of the pod's own namespace wins.
+        let mut svcs2 = svcs.clone();
+        svcs2.push(svc("ns", "kubernetes", "10.96.0.99", json!([{"port": 80}])));
+        let env = service_env(&svcs2, "ns", true);
+        assert!(env.contains(&("KUBERNETES_SERVICE_HOST".into(), "10.96.0.99".into())));
+        let env = service_env(&svcs2, "ns", false);
+        assert!(env.contains(&("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into())));
+    }
+
+    #[test]
+    fn own_variables_win_over_service_variables() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"containers": [{"name": "c", "env": [
+                {"name": "KUBERNETES_SERVICE_HOST", "value": "mine"},
+                {"name": "URL", "value": "https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"}]}]}
+        }))
+        .unwrap();
+        let mut inp = inputs();
+        inp.service_env = vec![
+            ("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into()),
+            ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
+        ];
+        let env = resolve(&p, &p.spec.as_ref().unwrap().containers[0], &inp).unwrap();
+        assert_eq!(
+            env,
+            vec![
+                ("KUBERNETES_SERVICE_HOST".to_string(), "mine".to_string()),
+                ("URL".into(), "https://mine:443".into()),
+                ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
+            ]
+        );
     }
 
     #[test]

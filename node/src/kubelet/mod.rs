@@ -14,11 +14,14 @@
 //! Stopping the kubelet stops its workers but leaves the pods running, as upstream does.
 
 pub mod env;
+pub mod events;
+pub mod eviction;
 pub mod machine;
 pub mod node_status;
 mod objects;
 pub mod quantity;
 pub mod static_pods;
+pub mod stats;
 pub mod status;
 mod worker;
 
@@ -30,7 +33,7 @@ use std::time::Duration;
 
 use api::client::runtime::{Event, Informer, Store};
 use api::client::{Api, Client, ClientError, ListParams};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use parking_lot::RwLock;
 use tokio::sync::{Notify, watch};
 
@@ -104,6 +107,10 @@ pub struct KubeletConfig {
     pub insecure_registries: Vec<String>,
     /// Image garbage collection (upstream defaults: 85% / 80%, 2 min minimum age).
     pub image_gc: crate::image::manager::ImageGcPolicy,
+    /// Hard eviction thresholds (`--eviction-hard`; upstream's defaults).
+    pub eviction_hard: eviction::Thresholds,
+    /// How often the eviction manager observes the node (upstream: 10 s).
+    pub eviction_interval: Duration,
 }
 
 impl KubeletConfig {
@@ -132,6 +139,8 @@ impl KubeletConfig {
             bridge: crate::network::DEFAULT_BRIDGE.into(),
             insecure_registries: Vec::new(),
             image_gc: crate::image::manager::ImageGcPolicy::default(),
+            eviction_hard: eviction::Thresholds::default(),
+            eviction_interval: Duration::from_secs(10),
         }
     }
 
@@ -151,6 +160,8 @@ pub(crate) struct Ctx {
     pub(crate) machine: machine::MachineInfo,
     /// The API's pods bound to this node (the informer's cache).
     pub(crate) pods: Store<Pod>,
+    /// Every Service (for the Service environment variables), once synced.
+    pub(crate) services: Store<Service>,
     /// The pod CIDR in use (the Node's `spec.podCIDR`, else the flag).
     pub(crate) pod_cidr: RwLock<Option<String>>,
     /// The static pods of the manifest directory (last scan).
@@ -159,6 +170,10 @@ pub(crate) struct Ctx {
     pub(crate) volumes: crate::volumes::VolumeManager,
     /// Image pulls (policy, registry, dedup) and image garbage collection.
     pub(crate) images: Arc<crate::image::manager::ImageManager>,
+    /// The event recorder (disabled without an apiserver).
+    pub(crate) events: events::Recorder,
+    /// Pods the eviction manager evicted (uid -> message) until their workers tear down.
+    pub(crate) evictions: parking_lot::Mutex<HashMap<String, String>>,
     /// The pod network, once the pod CIDR is known.
     network: parking_lot::Mutex<Option<Arc<crate::network::PodNetwork>>>,
 }
@@ -260,8 +275,25 @@ impl Kubelet {
             registry,
             cfg.image_gc.clone(),
         ));
+        let (services, svc_informer) = match &client {
+            Some(c) => {
+                let (s, i) = Informer::new(Api::<Service>::all(c.clone()), ListParams::default());
+                (s, Some(i))
+            }
+            None => (Store::new(), None),
+        };
+        let (events, events_task) = match &client {
+            Some(c) => {
+                let (r, t) = events::Recorder::start(c.clone(), cfg.node_name.clone());
+                (r, Some(t))
+            }
+            None => (events::Recorder::disabled(), None),
+        };
         let ctx = Arc::new(Ctx {
             images,
+            evictions: parking_lot::Mutex::new(HashMap::new()),
+            events,
+            services,
             pod_cidr: RwLock::new(cfg.pod_cidr.clone()),
             static_pods: RwLock::new(Vec::new()),
             volumes: crate::volumes::VolumeManager::new(cfg.data_dir.clone()),
@@ -275,13 +307,16 @@ impl Kubelet {
         });
         tracing::info!(node = %ctx.cfg.node_name, ip = %ctx.host_ip, "kubelet starting");
         let dirty = Arc::new(Notify::new());
-        let mut tasks = Vec::new();
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = events_task.into_iter().collect();
         if let Some(t) = start_server(&ctx).await {
             tasks.push(t);
         }
         tasks.push(tokio::spawn(
             ctx.images.clone().gc_loop(ctx.runtime.clone()),
         ));
+        if let Some(inf) = svc_informer {
+            tasks.push(tokio::spawn(inf.run(|_ev: Event<Service>| {})));
+        }
         if let Some(inf) = informer {
             let d = dirty.clone();
             tasks.push(tokio::spawn(inf.run(move |ev: Event<Pod>| {
@@ -289,6 +324,10 @@ impl Kubelet {
                 d.notify_one();
             })));
             tasks.push(tokio::spawn(node_status::run(ctx.clone())));
+            tasks.push(tokio::spawn(eviction::run(
+                ctx.clone(),
+                Arc::new(stats::StatsProvider::new()),
+            )));
             tasks.push(tokio::spawn(static_pods::mirror_loop(ctx.clone())));
         }
         let result = tokio::select! {
@@ -314,6 +353,7 @@ async fn start_server(ctx: &Ctx) -> Option<tokio::task::JoinHandle<()>> {
     let mut scfg =
         crate::server::ServerConfig::new(std::net::SocketAddr::new(ip, ctx.cfg.kubelet_port));
     scfg.hostnames.push(ctx.cfg.node_name.clone());
+    scfg.node_name = ctx.cfg.node_name.clone();
     scfg.hostnames.push(ctx.host_ip.clone());
     if let Some(k) = &ctx.cfg.kubeconfig
         && let Ok(cc) = api::client::ClientConfig::from_kubeconfig(k)

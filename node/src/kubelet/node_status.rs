@@ -11,6 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use serde_json::{Value, json};
 
+use super::events::{EventType, ObjectRef};
 use super::machine::{self, MachineInfo, Pressure};
 use super::{Ctx, KUBELET_VERSION};
 
@@ -154,7 +155,7 @@ pub(crate) fn node_status(ctx: &Ctx, old: Option<&Value>) -> Value {
     json!({
         "capacity": cap,
         "allocatable": alloc,
-        "conditions": conditions(machine::pressure(&ctx.cfg.data_dir), old, &now),
+        "conditions": conditions(super::eviction::current(ctx), old, &now),
         "addresses": [
             {"type": "InternalIP", "address": ctx.host_ip},
             {"type": "Hostname", "address": hostname},
@@ -268,6 +269,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
     };
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client, LEASE_NAMESPACE);
+    ctx.events.record(
+        ObjectRef::node(&ctx.cfg.node_name),
+        EventType::Normal,
+        "Starting",
+        "Starting kubelet.".into(),
+    );
     let mut delay = Duration::from_millis(200);
     let node = loop {
         match register(&ctx, &nodes).await {
@@ -280,6 +287,8 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
         }
     };
     tracing::info!(node = %ctx.cfg.node_name, "node registered");
+    let mut last_pressure: Option<Pressure> = None;
+    condition_events(&ctx, &mut last_pressure);
     let mut uid = node.metadata.uid.clone().unwrap_or_default();
     adopt_pod_cidr(&ctx, &node);
     let mut lease_at = tokio::time::Instant::now();
@@ -303,6 +312,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
                     uid = n.metadata.uid.clone().unwrap_or_default();
                     let old = serde_json::to_value(&n.status).ok();
                     let status = node_status(&ctx, old.as_ref());
+                    condition_events(&ctx, &mut last_pressure);
                     if let Err(e) = nodes
                         .patch_status(
                             &ctx.cfg.node_name,
@@ -324,6 +334,51 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
             }
         }
         tokio::time::sleep_until(lease_at.min(status_at)).await;
+    }
+}
+
+/// The node's condition events as upstream's kubelet records them ("Node n status is now:
+/// NodeHasSufficientMemory", ..., "NodeReady"): all once after registration, then on each
+/// change.
+fn condition_events(ctx: &Ctx, last: &mut Option<Pressure>) {
+    let p = super::eviction::current(ctx);
+    let before = *last;
+    *last = Some(p);
+    let changed = |f: fn(&Pressure) -> bool| before.is_none_or(|b| f(&b) != f(&p));
+    let mut out = Vec::new();
+    if changed(|p| p.memory) {
+        out.push(if p.memory {
+            "NodeHasInsufficientMemory"
+        } else {
+            "NodeHasSufficientMemory"
+        });
+    }
+    if changed(|p| p.disk) {
+        out.push(if p.disk {
+            "NodeHasDiskPressure"
+        } else {
+            "NodeHasNoDiskPressure"
+        });
+    }
+    if changed(|p| p.pid) {
+        out.push(if p.pid {
+            "NodeHasInsufficientPID"
+        } else {
+            "NodeHasSufficientPID"
+        });
+    }
+    if before.is_none() {
+        out.push("NodeReady");
+    }
+    let name = &ctx.cfg.node_name;
+    for reason in out {
+        // Upstream records them all as Normal.
+        ctx.events.record(
+            ObjectRef::node(name),
+            EventType::Normal,
+            reason,
+            format!("Node {name} status is now: {reason}"),
+        );
     }
 }
 

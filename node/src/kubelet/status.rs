@@ -20,8 +20,14 @@ pub enum Summary {
     Waiting(Option<i32>),
 }
 
-/// The pod phase (upstream's `getPhase`, without restartable init containers).
-pub fn pod_phase(restart_policy: &str, init: &[Summary], containers: &[Summary]) -> &'static str {
+/// The pod phase (upstream's `getPhase`): `init` are the regular init containers,
+/// `sidecars` the restartable ones (`restartPolicy: Always`) with whether each has started.
+pub fn pod_phase(
+    restart_policy: &str,
+    init: &[Summary],
+    sidecars: &[(Summary, bool)],
+    containers: &[Summary],
+) -> &'static str {
     let (mut pending_init, mut failed_init) = (0, 0);
     for s in init {
         match s {
@@ -48,10 +54,32 @@ pub fn pod_phase(restart_policy: &str, init: &[Summary], containers: &[Summary])
             Summary::Waiting(None) => waiting += 1,
         }
     }
+    // Sidecars: a running one counts as running (pending until started); an exited one
+    // does not count; one that never ran keeps the pod pending.
+    let mut pending_sidecars = 0;
+    for (s, started) in sidecars {
+        match s {
+            Summary::Running => {
+                if !started {
+                    pending_sidecars += 1;
+                }
+                running += 1;
+            }
+            Summary::Terminated(_) | Summary::Waiting(Some(_)) => {}
+            Summary::Waiting(None) => {
+                pending_sidecars += 1;
+                waiting += 1;
+            }
+            Summary::Missing => unknown += 1,
+        }
+    }
+    let any_regular_started = containers
+        .iter()
+        .any(|s| !matches!(s, Summary::Missing | Summary::Waiting(None)));
     if failed_init > 0 && restart_policy == "Never" {
         return "Failed";
     }
-    if pending_init > 0 || failed_init > 0 {
+    if (pending_init > 0 || failed_init > 0 || pending_sidecars > 0) && !any_regular_started {
         return "Pending";
     }
     if waiting > 0 {
@@ -178,38 +206,83 @@ mod tests {
 
     #[test]
     fn phases_follow_upstream() {
-        assert_eq!(pod_phase("Always", &[], &[Missing]), "Pending");
-        assert_eq!(pod_phase("Always", &[], &[Waiting(None)]), "Pending");
-        assert_eq!(pod_phase("Always", &[], &[Running, Running]), "Running");
-        assert_eq!(pod_phase("Always", &[], &[Running, Missing]), "Pending");
-        assert_eq!(pod_phase("Always", &[], &[Waiting(Some(1))]), "Running");
+        assert_eq!(pod_phase("Always", &[], &[], &[Missing]), "Pending");
+        assert_eq!(pod_phase("Always", &[], &[], &[Waiting(None)]), "Pending");
         assert_eq!(
-            pod_phase("Never", &[], &[Terminated(0), Terminated(0)]),
-            "Succeeded"
-        );
-        assert_eq!(
-            pod_phase("Never", &[], &[Terminated(0), Terminated(2)]),
-            "Failed"
-        );
-        assert_eq!(pod_phase("OnFailure", &[], &[Terminated(0)]), "Succeeded");
-        assert_eq!(pod_phase("OnFailure", &[], &[Waiting(Some(1))]), "Running");
-        assert_eq!(
-            pod_phase("Never", &[], &[Running, Terminated(1)]),
+            pod_phase("Always", &[], &[], &[Running, Running]),
             "Running"
         );
         assert_eq!(
-            pod_phase("Always", &[Terminated(0), Running], &[Waiting(None)]),
+            pod_phase("Always", &[], &[], &[Running, Missing]),
             "Pending"
         );
         assert_eq!(
-            pod_phase("Never", &[Terminated(1)], &[Waiting(None)]),
+            pod_phase("Always", &[], &[], &[Waiting(Some(1))]),
+            "Running"
+        );
+        assert_eq!(
+            pod_phase("Never", &[], &[], &[Terminated(0), Terminated(0)]),
+            "Succeeded"
+        );
+        assert_eq!(
+            pod_phase("Never", &[], &[], &[Terminated(0), Terminated(2)]),
             "Failed"
         );
         assert_eq!(
-            pod_phase("OnFailure", &[Waiting(Some(1))], &[Waiting(None)]),
+            pod_phase("OnFailure", &[], &[], &[Terminated(0)]),
+            "Succeeded"
+        );
+        assert_eq!(
+            pod_phase("OnFailure", &[], &[], &[Waiting(Some(1))]),
+            "Running"
+        );
+        assert_eq!(
+            pod_phase("Never", &[], &[], &[Running, Terminated(1)]),
+            "Running"
+        );
+        assert_eq!(
+            pod_phase("Always", &[Terminated(0), Running], &[], &[Waiting(None)]),
             "Pending"
         );
-        assert_eq!(pod_phase("Always", &[Terminated(0)], &[Running]), "Running");
+        assert_eq!(
+            pod_phase("Never", &[Terminated(1)], &[], &[Waiting(None)]),
+            "Failed"
+        );
+        assert_eq!(
+            pod_phase("OnFailure", &[Waiting(Some(1))], &[], &[Waiting(None)]),
+            "Pending"
+        );
+        assert_eq!(
+            pod_phase("Always", &[Terminated(0)], &[], &[Running]),
+            "Running"
+        );
+        // Sidecars: not started yet keeps the pod pending; running with finished main
+        // containers keeps it running; once stopped, the main containers decide.
+        assert_eq!(
+            pod_phase("Never", &[], &[(Running, false)], &[Waiting(None)]),
+            "Pending"
+        );
+        assert_eq!(
+            pod_phase("Never", &[], &[(Running, true)], &[Running]),
+            "Running"
+        );
+        assert_eq!(
+            pod_phase("Never", &[], &[(Running, true)], &[Terminated(0)]),
+            "Running"
+        );
+        assert_eq!(
+            pod_phase("Never", &[], &[(Terminated(137), false)], &[Terminated(0)]),
+            "Succeeded"
+        );
+        assert_eq!(
+            pod_phase("Never", &[], &[(Terminated(143), false)], &[Terminated(3)]),
+            "Failed"
+        );
+        // A restarting sidecar does not send a started pod back to Pending.
+        assert_eq!(
+            pod_phase("Always", &[], &[(Waiting(Some(1)), false)], &[Running]),
+            "Running"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::Ctx;
 use super::env::{self, EnvInputs};
+use super::events::{EventType, ObjectRef};
 use super::quantity;
 use super::static_pods;
 use super::status::{self, Backoff, Summary};
@@ -169,6 +170,15 @@ struct Worker {
     probe_tx: tokio::sync::mpsc::Sender<ProbeDone>,
     /// The pod's terminationGracePeriodSeconds (for liveness kills).
     pod_grace: i64,
+    /// The main containers are done: sidecars are stopped and not restarted.
+    sidecars_stopped: bool,
+    /// The eviction manager evicted the pod: its message.
+    evicted: Option<String>,
+}
+
+/// A sidecar: an init container with `restartPolicy: Always`.
+pub(crate) fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
 }
 
 /// Runs the worker of pod `uid` until the pod is gone (torn down) or the kubelet stops
@@ -199,6 +209,8 @@ pub(crate) async fn run(
         volume_error: None,
         adopted: false,
         last_written: None,
+        sidecars_stopped: false,
+        evicted: None,
     };
     let mut last: Option<Arc<Pod>> = None;
     loop {
@@ -270,7 +282,7 @@ pub(crate) async fn run(
             }
             _ = tokio::time::sleep(sleep) => {}
             _ = exits => {}
-            Some(done) = probe_rx.recv() => w.probe_result(done),
+            Some(done) = probe_rx.recv() => w.probe_result(done, last.as_deref()),
         }
     }
 }
@@ -301,6 +313,69 @@ impl Worker {
                 )
             })
             .collect()
+    }
+
+    /// Whether container `name` runs and passed its startup probe (if it has one).
+    fn is_started(&self, name: &str) -> bool {
+        let Some(info) = self.conts.get(name) else {
+            return false;
+        };
+        let Some(id) = info.id.as_ref() else {
+            return false;
+        };
+        let running = matches!(self.status_of(Some(id)), Some(RState::Running { .. }));
+        running
+            && info
+                .probe
+                .as_ref()
+                .filter(|(pid, _)| pid == id)
+                .is_none_or(|(_, st)| st.is_started())
+    }
+
+    /// Whether every regular container has exited and will not be restarted.
+    fn main_containers_done(&self, spec: &PodSpec, policy: &str) -> bool {
+        !spec.containers.is_empty()
+            && spec.containers.iter().all(|c| {
+                match self.status_of(self.conts.get(&c.name).and_then(|i| i.id.as_ref())) {
+                    Some(RState::Exited { code, .. }) => !status::should_restart(policy, code),
+                    _ => false,
+                }
+            })
+    }
+
+    /// Stops the running sidecars in reverse order, each within what is left of `grace`.
+    async fn stop_sidecars(&mut self, pod: &Pod, grace: i64) {
+        let spec = spec_of(pod);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace.max(0) as u64);
+        let rt = self.ctx.runtime.clone();
+        for c in spec.init_containers.iter().flatten().rev() {
+            if !is_sidecar(c) {
+                continue;
+            }
+            let Some(id) = self.conts.get(&c.name).and_then(|i| i.id.clone()) else {
+                continue;
+            };
+            if !matches!(
+                rt.container_status(&id).map(|s| s.state),
+                Ok(ContainerState::Running)
+            ) {
+                continue;
+            }
+            self.event(
+                pod,
+                Some(&c.name),
+                EventType::Normal,
+                "Killing",
+                format!("Stopping container {}", c.name),
+            );
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(e) = rt.stop_container(&id, left).await {
+                tracing::warn!(pod = %pod_ref(pod), container = %c.name, "stopping the sidecar: {e}");
+            }
+            if let Some(i) = self.conts.get_mut(&c.name) {
+                i.waiting = None;
+            }
+        }
     }
 
     fn status_of(&self, id: Option<&String>) -> Option<RState> {
@@ -455,6 +530,7 @@ impl Worker {
             dns_servers: servers,
             dns_searches: searches,
             resources: Resources::default(),
+            host_network,
         };
         let id = rt.create_sandbox(&cfg).await.map_err(|e| e.to_string())?;
         tracing::debug!(pod = %pod_ref(pod), sandbox = %id, "sandbox created");
@@ -540,19 +616,36 @@ impl Worker {
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".into());
+        let eviction = self.ctx.evictions.lock().get(&self.uid).cloned();
+        if self.evicted.is_none()
+            && !self.terminal
+            && let Some(msg) = eviction
+        {
+            // Evicted: everything stops now (a hard threshold: no grace), nothing restarts.
+            self.evicted = Some(msg);
+            self.terminate(pod, 0).await;
+        }
+        let active = self.evicted.is_none();
         let mut wake: Option<i64> = None;
         let mut soonest = |t: i64| wake = Some(wake.map_or(t, |w: i64| w.min(t)));
-        if !self.terminal {
+        if !self.terminal && active {
             match self.ensure_sandbox(pod).await {
                 Ok(()) => self.sandbox_error = None,
                 Err(e) => {
                     tracing::warn!(pod = %pod_ref(pod), "creating the sandbox: {e}");
+                    self.event(
+                        pod,
+                        None,
+                        EventType::Warning,
+                        "FailedCreatePodSandBox",
+                        format!("Failed to create pod sandbox: {e}"),
+                    );
                     self.sandbox_error = Some(e);
                     soonest(now_unix_nanos() + self.ctx.cfg.backoff_base.as_nanos() as i64);
                 }
             }
         }
-        if !self.terminal && self.sandbox_error.is_none() {
+        if !self.terminal && active && self.sandbox_error.is_none() {
             // Volumes (every pass: configMap/secret/downwardAPI/projected files are refreshed).
             match self.ctx.volumes.setup_pod(pod, &self.ctx.objects()).await {
                 Ok(v) => {
@@ -563,18 +656,61 @@ impl Worker {
                     if self.volume_error.as_deref() != Some(&e.to_string()) {
                         tracing::warn!(pod = %pod_ref(pod), "{e}");
                     }
+                    self.event(
+                        pod,
+                        None,
+                        EventType::Warning,
+                        "FailedMount",
+                        format!("MountVolume.SetUp failed: {e}"),
+                    );
                     self.volume_error = Some(e.to_string());
                     soonest(now_unix_nanos() + self.ctx.cfg.backoff_base.as_nanos() as i64);
                 }
             }
         }
-        if !self.terminal && self.sandbox_error.is_none() && self.volumes.is_some() {
-            // Init containers, in order: each must complete before the next starts.
+        if !self.terminal && active && self.sandbox_error.is_none() && self.volumes.is_some() {
+            // Init containers, in order: each must complete before the next starts; a
+            // sidecar (`restartPolicy: Always`) must only have started, and is restarted
+            // whenever it exits, whatever the pod's policy, until the pod stops it.
             let mut init_done = true;
             for c in spec.init_containers.iter().flatten() {
                 let st = self.status_of(self.conts.get(&c.name).and_then(|i| i.id.as_ref()));
+                if is_sidecar(c) {
+                    if self.sidecars_stopped {
+                        continue;
+                    }
+                    match st {
+                        Some(RState::Running { .. }) => {
+                            if self.is_started(&c.name) {
+                                continue;
+                            }
+                        }
+                        Some(RState::Created) => {
+                            if let Some(id) = self.conts.get(&c.name).and_then(|i| i.id.clone()) {
+                                let _ = self.ctx.runtime.start_container(&id).await;
+                            }
+                        }
+                        None => {
+                            if let Some(t) = self.start_container(pod, c).await {
+                                soonest(t);
+                            }
+                        }
+                        Some(RState::Exited { finished, .. }) => {
+                            if let Some(t) = self.restart_container(pod, c, finished).await {
+                                soonest(t);
+                            }
+                        }
+                    }
+                    if self.init_done {
+                        // Restarting a sidecar does not hold the running pod back.
+                        continue;
+                    }
+                    init_done = false;
+                    break;
+                }
                 match st {
                     Some(RState::Exited { code: 0, .. }) => continue,
+                    _ if self.init_done => continue,
                     Some(RState::Running { .. }) | Some(RState::Created) => {}
                     None => {
                         if let Some(t) = self.start_container(pod, c).await {
@@ -620,6 +756,12 @@ impl Worker {
                         }
                     }
                 }
+                if !self.sidecars_stopped && self.main_containers_done(&spec, &policy) {
+                    // Every regular container finished for good: the sidecars go, in
+                    // reverse order, as upstream stops them after the main containers.
+                    self.sidecars_stopped = true;
+                    self.stop_sidecars(pod, self.pod_grace).await;
+                }
             }
         }
         if !self.terminal {
@@ -658,6 +800,19 @@ impl Worker {
             .in_backoff_until(&c.name, finished, now)
         {
             let delay = Duration::from_nanos((until - finished).max(0) as u64);
+            self.event(
+                pod,
+                Some(&c.name),
+                EventType::Warning,
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {}_{}({})",
+                    c.name,
+                    pod.metadata.name.as_deref().unwrap_or(""),
+                    pod.metadata.namespace.as_deref().unwrap_or(""),
+                    self.uid
+                ),
+            );
             let info = self.conts.entry(c.name.clone()).or_default();
             info.waiting = Some((
                 "CrashLoopBackOff".into(),
@@ -696,6 +851,7 @@ impl Worker {
             node_memory_bytes: self.ctx.machine.memory_bytes as i64,
             node_storage_bytes: super::machine::fs_bytes(&self.ctx.cfg.data_dir)
                 .map_or(0, |(t, _)| t as i64),
+            service_env: self.service_env(pod).await,
             ..EnvInputs::default()
         };
         for name in cms {
@@ -736,6 +892,37 @@ impl Worker {
             Some(m) => format!("Back-off pulling image \"{image}\": ErrImagePull: {m}"),
             None => format!("Back-off pulling image \"{image}\""),
         }
+    }
+
+    /// Records an event about the pod (or one of its containers).
+    fn event(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        msg: String,
+    ) {
+        self.ctx
+            .events
+            .record(ObjectRef::pod(pod, container), kind, reason, msg);
+    }
+
+    /// The Service variables of the pod (upstream waits for the Service informer's first
+    /// list before starting containers of pods that want them; so does this, bounded).
+    async fn service_env(&self, pod: &Pod) -> Vec<(String, String)> {
+        if self.ctx.client.is_none() {
+            return Vec::new();
+        }
+        let links = spec_of(pod).enable_service_links != Some(false);
+        for _ in 0..50 {
+            if self.ctx.services.has_synced() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+        env::service_env(&self.ctx.services.list(), ns, links)
     }
 
     fn set_waiting(&mut self, name: &str, reason: &str, message: String, retry_at: Option<i64>) {
@@ -783,12 +970,27 @@ impl Worker {
             failed_at.and_then(|f| self.pull_backoff.in_backoff_until(&key, f, now))
         {
             let msg = self.pull_backoff_message(&c.name, &image);
+            self.event(
+                pod,
+                Some(&c.name),
+                EventType::Normal,
+                "BackOff",
+                format!("Back-off pulling image \"{image}\""),
+            );
+            self.event(
+                pod,
+                Some(&c.name),
+                EventType::Warning,
+                "Failed",
+                "Error: ImagePullBackOff".into(),
+            );
             self.set_waiting(&c.name, "ImagePullBackOff", msg, Some(until));
             return Some(until);
         }
         let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &image);
         let keyring = crate::image::auth::keyring_for_pod(self.ctx.client.as_ref(), pod).await;
-        if let Err(e) = self.ctx.images.ensure(&image, policy, &keyring).await {
+        let ensured = self.ctx.images.ensure(&image, policy, &keyring).await;
+        if let Err(e) = &ensured {
             let now = now_unix_nanos();
             tracing::warn!(pod = %pod_ref(pod), container = %c.name, "{e}");
             if !matches!(e, EnsureError::Pull { .. }) {
@@ -797,6 +999,20 @@ impl Worker {
                 return Some(now + base);
             }
             self.pull_backoff.next(&key, now);
+            self.event(
+                pod,
+                Some(&c.name),
+                EventType::Warning,
+                "Failed",
+                e.to_string(),
+            );
+            self.event(
+                pod,
+                Some(&c.name),
+                EventType::Warning,
+                "Failed",
+                "Error: ErrImagePull".into(),
+            );
             let until = self
                 .pull_backoff
                 .in_backoff_until(&key, now, now)
@@ -811,11 +1027,24 @@ impl Worker {
             i.pull_failed_at = None;
             self.pull_backoff.reset(&key);
         }
+        // Upstream's image events (Pulling/Pulled after a pull, else "already present").
+        if let Ok(ens) = &ensured {
+            for (reason, msg) in ens.events(&image) {
+                self.event(pod, Some(&c.name), EventType::Normal, reason, msg);
+            }
+        }
         let inp = self.env_inputs(pod, c).await;
         let envs = match env::resolve(pod, c, &inp) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(pod = %pod_ref(pod), container = %c.name, "{e}");
+                self.event(
+                    pod,
+                    Some(&c.name),
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {e}"),
+                );
                 self.set_waiting(&c.name, "CreateContainerConfigError", e.0, Some(now + base));
                 return Some(now + base);
             }
@@ -828,6 +1057,13 @@ impl Worker {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
                 tracing::warn!(pod = %pod_ref(pod), container = %c.name, "{e}");
+                self.event(
+                    pod,
+                    Some(&c.name),
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {e}"),
+                );
                 self.set_waiting(
                     &c.name,
                     "CreateContainerConfigError",
@@ -880,10 +1116,24 @@ impl Worker {
                     _ => "CreateContainerError",
                 };
                 tracing::warn!(pod = %pod_ref(pod), container = %c.name, "creating the container: {e}");
+                self.event(
+                    pod,
+                    Some(&c.name),
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {e}"),
+                );
                 self.set_waiting(&c.name, reason, e.to_string(), Some(now + base));
                 return Some(now + base);
             }
         };
+        self.event(
+            pod,
+            Some(&c.name),
+            EventType::Normal,
+            "Created",
+            format!("Created container: {}", c.name),
+        );
         let info = self.conts.entry(c.name.clone()).or_default();
         info.waiting = None;
         info.retry_at = None;
@@ -897,11 +1147,25 @@ impl Worker {
         match rt.start_container(&id).await {
             Ok(()) => {
                 tracing::debug!(pod = %pod_ref(pod), container = %c.name, id = %id, "container started");
+                self.event(
+                    pod,
+                    Some(&c.name),
+                    EventType::Normal,
+                    "Started",
+                    format!("Started container {}", c.name),
+                );
                 None
             }
             // The runtime records the start error as the container's exit: look again now.
             Err(e) => {
                 tracing::warn!(pod = %pod_ref(pod), container = %c.name, "starting the container: {e}");
+                self.event(
+                    pod,
+                    Some(&c.name),
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {e}"),
+                );
                 Some(now)
             }
         }
@@ -1026,10 +1290,15 @@ impl Worker {
         let spec = spec_of(pod);
         let mut init_json = Vec::new();
         let mut init_sum = Vec::new();
+        let mut sidecar_sum = Vec::new();
         for c in spec.init_containers.iter().flatten() {
             let (v, s) = self.container_status_json(c, true);
+            if is_sidecar(c) {
+                sidecar_sum.push((s, v["started"] == json!(true)));
+            } else {
+                init_sum.push(s);
+            }
             init_json.push(v);
-            init_sum.push(s);
         }
         let mut json_list = Vec::new();
         let mut sums = Vec::new();
@@ -1045,24 +1314,47 @@ impl Worker {
             .filter(|p| self.terminal && matches!(*p, "Succeeded" | "Failed"))
         {
             p
+        } else if self.evicted.is_some() {
+            "Failed"
         } else {
-            status::pod_phase(policy, &init_sum, &sums)
+            status::pod_phase(policy, &init_sum, &sidecar_sum, &sums)
         };
         let now = rfc3339(now_unix_nanos());
         let old = pod
             .status
             .as_ref()
             .and_then(|s| serde_json::to_value(s).ok());
-        let unready: Vec<&str> = json_list
+        let sidecar_names: Vec<&str> = spec
+            .init_containers
             .iter()
+            .flatten()
+            .filter(|c| is_sidecar(c))
+            .map(|c| c.name.as_str())
+            .collect();
+        let is_sc = |v: &Value| {
+            v["name"]
+                .as_str()
+                .is_some_and(|n| sidecar_names.contains(&n))
+        };
+        // Sidecars count for readiness as regular containers do (upstream).
+        let unready: Vec<&str> = init_json
+            .iter()
+            .filter(|c| is_sc(c))
+            .chain(json_list.iter())
             .filter(|c| c["ready"] != json!(true))
             .filter_map(|c| c["name"].as_str())
             .collect();
+        let mut regular_sum = init_sum.iter();
         let uninit: Vec<&str> = init_json
             .iter()
-            .zip(&init_sum)
-            .filter(|(_, s)| !matches!(s, Summary::Terminated(0)))
-            .filter_map(|(c, _)| c["name"].as_str())
+            .filter(|c| {
+                if is_sc(c) {
+                    c["started"] != json!(true)
+                } else {
+                    !matches!(regular_sum.next(), Some(Summary::Terminated(0)))
+                }
+            })
+            .filter_map(|c| c["name"].as_str())
             .collect();
         let initialized = self.init_done || uninit.is_empty();
         let completed = phase == "Succeeded";
@@ -1124,6 +1416,10 @@ impl Worker {
         });
         if !init_json.is_empty() {
             st["initContainerStatuses"] = Value::Array(init_json);
+        }
+        if let Some(msg) = &self.evicted {
+            st["reason"] = json!("Evicted");
+            st["message"] = json!(msg);
         }
         if let Some(ip) = &self.pod_ip {
             st["podIP"] = json!(ip);
@@ -1198,7 +1494,13 @@ impl Worker {
         let now_nanos = now_unix_nanos();
         let pod_ip = self.pod_ip.as_deref().and_then(|i| i.parse().ok());
         let mut next: Option<std::time::Instant> = None;
-        for c in &spec.containers {
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| is_sidecar(c))
+            .chain(spec.containers.iter())
+        {
             if c.startup_probe.is_none()
                 && c.liveness_probe.is_none()
                 && c.readiness_probe.is_none()
@@ -1261,7 +1563,17 @@ impl Worker {
 
     /// Applies a probe result; a failed liveness or startup probe kills the container (the
     /// restart policy and backoff decide what follows).
-    fn probe_result(&mut self, done: ProbeDone) {
+    fn probe_result(&mut self, done: ProbeDone, pod: Option<&Pod>) {
+        if let (ProbeResult::Failure(msg), Some(pod)) = (&done.result, pod) {
+            self.event(
+                pod,
+                Some(&done.name),
+                EventType::Warning,
+                "Unhealthy",
+                format!("{} probe failed: {msg}", done.kind.name()),
+            );
+        }
+        let events = self.ctx.events.clone();
         let Some(info) = self.conts.get_mut(&done.name) else {
             return;
         };
@@ -1280,6 +1592,18 @@ impl Worker {
             } = ev
             {
                 tracing::info!(uid = %self.uid, container = %done.name, "container failed its {} probe, will be restarted: {message}", kind.name());
+                if let Some(pod) = pod {
+                    events.record(
+                        ObjectRef::pod(pod, Some(&done.name)),
+                        EventType::Normal,
+                        "Killing",
+                        format!(
+                            "Container {} failed {} probe, will be restarted",
+                            done.name,
+                            kind.name().to_lowercase()
+                        ),
+                    );
+                }
                 let grace = Duration::from_secs(
                     grace_period_seconds.unwrap_or(self.pod_grace).max(0) as u64,
                 );
@@ -1301,6 +1625,7 @@ impl Worker {
             .init_containers
             .iter()
             .flatten()
+            .filter(|c| !is_sidecar(c))
             .chain(spec.containers.iter())
         {
             let Some(id) = self.conts.get(&c.name).and_then(|i| i.id.clone()) else {
@@ -1318,6 +1643,13 @@ impl Worker {
             let ports = c.ports.clone().unwrap_or_default();
             let name = c.name.clone();
             let pref = pod_ref(pod);
+            self.event(
+                pod,
+                Some(&c.name),
+                EventType::Normal,
+                "Killing",
+                format!("Stopping container {}", c.name),
+            );
             stops.push(async move {
                 if let Some(h) = hook {
                     let run = run_pre_stop(&h, ip.as_deref(), &ports, &rt, &id);
@@ -1332,6 +1664,10 @@ impl Worker {
             });
         }
         futures::future::join_all(stops).await;
+        // Sidecars last, in reverse order, with what is left of the grace period.
+        self.sidecars_stopped = true;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.stop_sidecars(pod, left.as_secs() as i64).await;
     }
 
     /// Removes the pod's containers and sandbox.
@@ -1354,6 +1690,7 @@ impl Worker {
         if let Err(e) = self.ctx.volumes.teardown_pod(&self.uid).await {
             tracing::warn!(uid = %self.uid, "removing the volumes: {e}");
         }
+        self.ctx.evictions.lock().remove(&self.uid);
         self.sandbox = None;
         self.conts.clear();
     }
@@ -1391,7 +1728,7 @@ impl Worker {
 }
 
 /// The QoS class (upstream's rules over requests and limits of all containers).
-fn qos_class(spec: &PodSpec) -> &'static str {
+pub(crate) fn qos_class(spec: &PodSpec) -> &'static str {
     let all: Vec<&Container> = spec
         .containers
         .iter()

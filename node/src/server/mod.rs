@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /healthz` | `ok` |
 //! | `GET /pods` | a PodList of the sandboxes and containers the runtime holds |
+//! | `GET /stats/summary` | node, pod and container usage (stats API v1alpha1 `Summary`) |
 //! | `GET /containerLogs/{ns}/{pod}/{container}` | the CRI log ([`logs`]) |
 //! | `GET\|POST /exec/{ns}/{pod}[/{uid}]/{container}?command=..` | [`remotecommand`] |
 //! | `GET\|POST /attach/{ns}/{pod}[/{uid}]/{container}` | the container's output from now on |
@@ -62,6 +63,8 @@ pub struct ServerConfig {
     pub client_ca_pem: Option<String>,
     /// Names and addresses for the self-signed certificate's SANs.
     pub hostnames: Vec<String>,
+    /// The node's name (`/stats/summary`'s `node.nodeName`).
+    pub node_name: String,
 }
 
 impl ServerConfig {
@@ -73,6 +76,7 @@ impl ServerConfig {
             key_pem: None,
             client_ca_pem: None,
             hostnames: vec!["localhost".into(), "127.0.0.1".into()],
+            node_name: String::new(),
         }
     }
 }
@@ -118,6 +122,7 @@ pub struct KubeletServer {
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     runtime: Arc<Runtime>,
+    stats: Arc<(crate::kubelet::stats::StatsProvider, String)>,
 }
 
 impl std::fmt::Debug for KubeletServer {
@@ -178,6 +183,10 @@ impl KubeletServer {
             listener,
             tls: tokio_rustls::TlsAcceptor::from(tls),
             runtime,
+            stats: Arc::new((
+                crate::kubelet::stats::StatsProvider::new(),
+                cfg.node_name.clone(),
+            )),
         })
     }
 
@@ -219,6 +228,7 @@ impl KubeletServer {
             let _ = sock.set_nodelay(true);
             let tls = self.tls.clone();
             let rt = self.runtime.clone();
+            let stats = self.stats.clone();
             conns.spawn(async move {
                 let _permit = permit;
                 let Ok(Ok(stream)) =
@@ -227,8 +237,8 @@ impl KubeletServer {
                     return;
                 };
                 let svc = hyper::service::service_fn(move |req| {
-                    let rt = rt.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(rt, req).await) }
+                    let (rt, stats) = (rt.clone(), stats.clone());
+                    async move { Ok::<_, std::convert::Infallible>(handle(rt, stats, req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -352,7 +362,11 @@ fn find_container(
     }
 }
 
-async fn handle(rt: Arc<Runtime>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    rt: Arc<Runtime>,
+    stats: Arc<(crate::kubelet::stats::StatsProvider, String)>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let q = parse_query(req.uri().query());
     let segs: Vec<String> = path
@@ -366,6 +380,14 @@ async fn handle(rt: Arc<Runtime>, req: Request<Incoming>) -> Response<Body> {
     match segs.as_slice() {
         ["healthz"] if get => text(StatusCode::OK, "ok"),
         ["pods"] if get => pods(&rt),
+        ["stats", "summary"] if get => {
+            // Directory walks and cgroup reads: off the async threads.
+            let r = tokio::task::spawn_blocking(move || stats.0.summary(&rt, &stats.1)).await;
+            match r {
+                Ok(v) => full(StatusCode::OK, "application/json", v.to_string()),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
         ["containerLogs", ns, pod, c] if get => container_logs(&rt, ns, pod, c, &q).await,
         ["exec", ns, pod, c] | ["exec", ns, pod, _, c] => {
             let uid = (segs.len() == 5).then(|| segs[3]);

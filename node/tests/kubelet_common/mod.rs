@@ -119,25 +119,11 @@ impl NodeDir {
         cfg
     }
 
-    /// Removes every sandbox (and container) left and the cgroup group.
+    /// Removes every sandbox (and container) left, the pods' volumes (their mounts) and
+    /// the cgroup group. Also runs when the NodeDir is dropped, so a failed test (a panic
+    /// skips its explicit cleanup) leaves no sandbox holder, shim or mount behind.
     pub async fn cleanup(&self) {
-        let mut rcfg = RuntimeConfig::new(
-            &self.data,
-            PathBuf::from(env!("CARGO_BIN_EXE_kubeshard-shim")),
-        )
-        .unwrap();
-        rcfg.cgroups = self.cgroups.clone();
-        let rt = Runtime::new(rcfg).unwrap();
-        for sb in rt.list_sandboxes().unwrap_or_default() {
-            let _ = rt.remove_sandbox(&sb.id).await;
-        }
-        let dirs: Vec<PathBuf> = match &self.cgroups {
-            CgroupDriver::V1 { bases } => bases.iter().map(|(_, b)| b.clone()).collect(),
-            CgroupDriver::V2 { base } => vec![base.clone()],
-        };
-        for d in dirs {
-            let _ = std::fs::remove_dir(d);
-        }
+        cleanup_node(&self.data, &self.cgroups).await;
     }
 
     /// A runtime over the same data dir (to inspect what the kubelet runs).
@@ -149,6 +135,44 @@ impl NodeDir {
         .unwrap();
         rcfg.cgroups = self.cgroups.clone();
         Runtime::new(rcfg).unwrap()
+    }
+}
+
+async fn cleanup_node(data: &Path, cgroups: &CgroupDriver) {
+    let Ok(mut rcfg) =
+        RuntimeConfig::new(data, PathBuf::from(env!("CARGO_BIN_EXE_kubeshard-shim")))
+    else {
+        return;
+    };
+    rcfg.cgroups = cgroups.clone();
+    if let Ok(rt) = Runtime::new(rcfg) {
+        for sb in rt.list_sandboxes().unwrap_or_default() {
+            let _ = rt.remove_sandbox(&sb.id).await;
+        }
+        // Containers whose sandbox record is gone (a half-created pod).
+        for c in rt.list_containers().unwrap_or_default() {
+            let _ = rt.stop_container(&c.id, Duration::ZERO).await;
+            let _ = rt.remove_container(&c.id).await;
+        }
+    }
+    let vols = node::volumes::VolumeManager::new(data.to_path_buf());
+    for uid in vols.pod_uids_on_disk().unwrap_or_default() {
+        let _ = vols.teardown_pod(&uid).await;
+    }
+    let dirs: Vec<PathBuf> = match cgroups {
+        CgroupDriver::V1 { bases } => bases.iter().map(|(_, b)| b.clone()).collect(),
+        CgroupDriver::V2 { base } => vec![base.clone()],
+    };
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+impl Drop for NodeDir {
+    fn drop(&mut self) {
+        let (data, cgroups) = (self.data.clone(), self.cgroups.clone());
+        // A thread of its own: the drop may run inside or outside a tokio runtime.
+        let _ = std::thread::spawn(move || rt().block_on(cleanup_node(&data, &cgroups))).join();
     }
 }
 
