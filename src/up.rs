@@ -108,6 +108,9 @@ pub(crate) async fn run(
                 cfg.kubeconfig = Some(kubeconfig.clone());
                 cfg.node_ip = Some(node_ip);
                 cfg.pod_cidr = Some(args.pod_cidr.clone());
+                // A development cluster on a shared disk: no disk evictions (kind sets
+                // nodefs.available 0% for the same reason); memory.available<100Mi stays.
+                cfg.eviction_hard.nodefs_available = None;
                 let s = stop.clone();
                 tasks.push((
                     "kubelet",

@@ -116,6 +116,12 @@ impl NodeDir {
         cfg.pod_network = false;
         // Several kubelets run at once: no kubelet API unless a test asks for it.
         cfg.kubelet_port = 0;
+        // No evictions on a busy CI disk (nodefs.available<10% would evict the tests' pods);
+        // the eviction test sets its own thresholds.
+        cfg.eviction_hard = node::kubelet::eviction::Thresholds {
+            memory_available: None,
+            nodefs_available: None,
+        };
         cfg
     }
 
