@@ -347,9 +347,14 @@ struct ProxyArgs {
     /// TCP forwarding engine: splice, uring or copy.
     #[arg(long, default_value = "splice")]
     forward_mode: proxy_dp::ForwardMode,
-    /// Addresses NodePorts listen on (comma-separated).
+    /// Addresses NodePorts listen on (comma-separated); LoadBalancer ingress IPs are served
+    /// when they are among them.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
     nodeport_addresses: Vec<std::net::IpAddr>,
+    /// Also run the service-LB controller (LoadBalancer Services get the nodes' addresses as
+    /// ingress). `kubeshard up` runs it on its own; run it in one proxy of a cluster.
+    #[arg(long)]
+    service_lb: bool,
 }
 
 /// Runs the service dataplane until SIGTERM or SIGINT.
@@ -381,7 +386,23 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
                 _ = int.recv() => {}
             }
         };
-        proxy_dp::run::run(opts, stop).await?;
+        if args.service_lb {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let kc = opts.kubeconfig.clone();
+            let lb = tokio::spawn(async move {
+                let mut rx = rx;
+                proxy_dp::servicelb::run(&kc, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+            });
+            let r = proxy_dp::run::run(opts, stop).await;
+            let _ = tx.send(true);
+            let _ = lb.await;
+            r?;
+        } else {
+            proxy_dp::run::run(opts, stop).await?;
+        }
         anyhow::Ok(())
     })
 }

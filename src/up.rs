@@ -2,7 +2,7 @@
 //!
 //! The store and the apiserver start first (as `kubeshard server`); then, on one tokio runtime,
 //! the components that talk to the apiserver through the admin kubeconfig: the scheduler, the
-//! controller-manager, and — when running as root, since they need namespaces, cgroups and
+//! controller-manager, the service-LB controller, and — when running as root, since they need namespaces, cgroups and
 //! addresses on `lo` — the local node's kubelet, the service proxy and the cluster DNS. Leader election is off: one
 //! process holds every component, and a restarted `up` must not wait out its own old Lease.
 //!
@@ -97,6 +97,19 @@ pub(crate) async fn run(
         }),
     ));
 
+    // The service load balancer (k3s's servicelb): LoadBalancer Services get the nodes'
+    // addresses as ingress; the proxy serves them. API-only, so it runs without root too.
+    let s = stop.clone();
+    let kc = kubeconfig.clone();
+    tasks.push((
+        "service-lb",
+        tokio::spawn(async move {
+            if let Err(e) = proxy_dp::servicelb::run(&kc, s.wait()).await {
+                tracing::error!(error = %e, "service-lb controller stopped");
+            }
+        }),
+    ));
+
     let mut dns = None;
     let mut node = false;
     if root && !args.no_node {
@@ -149,7 +162,11 @@ pub(crate) async fn run(
             "not root: the kubelet, the service proxy and cluster DNS need privileges and are not started"
         );
     }
-    let mut running = vec!["scheduler".to_string(), "controller-manager".to_string()];
+    let mut running = vec![
+        "scheduler".to_string(),
+        "controller-manager".to_string(),
+        "service-lb".to_string(),
+    ];
     if node {
         running.push(format!("kubelet (node {host})"));
     }

@@ -14,6 +14,8 @@
 //!   Maglev table. Pure; its module doc lists what the shell owes it.
 //! - [`shell`]: the per-core forwarding shell ([`Dataplane`]) on `shards`.
 //! - [`run`]: `kubeshard proxy`, the dataplane fed by Service and EndpointSlice informers.
+//! - [`servicelb`]: the service load balancer for a machine or a lab (k3s's servicelb):
+//!   LoadBalancer Services get the nodes' addresses as ingress, served by the dataplane.
 //! - [`dns`]: cluster DNS (CoreDNS's `kubernetes` schema): a sans-IO record core over
 //!   Services and EndpointSlices and a per-shard UDP/TCP server shell.
 //!
@@ -25,6 +27,7 @@ pub mod error;
 
 pub use error::{CoreError, ShellError};
 pub mod run;
+pub mod servicelb;
 pub mod shell;
 
 pub use shell::{Change, Dataplane, DataplaneConfig, ForwardMode};

@@ -484,3 +484,103 @@ async fn a_backend_reset_reaches_the_client_as_a_reset() {
         "want RST, got {r:?}"
     );
 }
+
+/// A sink backend on blocking threads (the bench's): reads until EOF, then replies with the
+/// byte count (8 bytes, little endian) and closes. It sends nothing before the client's EOF.
+/// Its receive buffer is small (16 KiB, inherited by accepted sockets) and it reads 4 KiB at
+/// a time, so the proxy's writes toward it keep finding the send buffer full (EAGAIN) and
+/// waiting for write space: the cycle whose wake-up the first io_uring engine could lose.
+fn sink_backend() -> u16 {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind sink");
+    sock.listen(64).expect("listen");
+    let l: std::net::TcpListener = sock.into();
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = vec![0u8; 4096];
+                let mut total = 0u64;
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                let _ = s.write_all(&total.to_le_bytes());
+            });
+        }
+    });
+    port
+}
+
+/// The bench's bulk job, bounded: 1 MiB writes for `dur`, half-close, read the sink's count.
+/// Every step has a socket timeout, so a stalled engine fails the test instead of hanging it.
+fn bulk_to_sink(addr: SocketAddr, dur: Duration) -> std::io::Result<(u64, u64)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, T)?;
+    s.set_write_timeout(Some(T))?;
+    s.set_read_timeout(Some(T))?;
+    let buf = vec![7u8; 1 << 20];
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    while t0.elapsed() < dur {
+        s.write_all(&buf)?;
+        sent += buf.len() as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut c = [0u8; 8];
+    s.read_exact(&mut c)?;
+    Ok((sent, u64::from_le_bytes(c)))
+}
+
+/// The io_uring-splice engine once hung here (the bench's first bulk run). It awaited tokio's
+/// readiness, spliced through the ring and, on EAGAIN, cleared the readiness *after* the
+/// splice had completed: a write-space edge that arrived meanwhile was cleared with it, and
+/// TCP signals write space once per EAGAIN, so the direction waited forever. A slow sink
+/// makes that cycle happen thousands of times per run. Each engine must deliver every byte
+/// and the reply, twice in a row on one dataplane, within the socket timeouts.
+#[test]
+fn bulk_into_a_silent_sink_completes_in_every_mode() {
+    if !is_root() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let port = sink_backend();
+    for (i, mode) in [
+        ForwardMode::UringSplice,
+        ForwardMode::Splice,
+        ForwardMode::Copy,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let last = 20 + i as u8;
+        let dp = rt.block_on(async {
+            let dp = dataplane(mode).await;
+            let mut changes = vec![Change::Service(Arc::new(svc(
+                "sink",
+                &format!("10.96.77.{last}"),
+                80,
+                "TCP",
+            )))];
+            changes.extend(slices("sink", "TCP", &[(port, true)]));
+            dp.apply(changes).await.expect("apply");
+            dp
+        });
+        for run in 0..2 {
+            let (sent, counted) = bulk_to_sink(vip(last, 80), Duration::from_millis(500))
+                .unwrap_or_else(|e| panic!("{mode:?} run {run}: bulk transfer stalled: {e}"));
+            assert_eq!(sent, counted, "{mode:?} run {run}: bytes lost");
+        }
+        dp.shutdown().expect("shutdown");
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -434,4 +434,208 @@ async fn tcp_connections_are_bounded() {
     }
     assert!(r.server.metrics().events_of(Event::TcpRejected) >= 1);
     drop(conns);
+}
+
+#[tokio::test]
+async fn reverse_lookups_answer_ptr() {
+    let r = start(test_zone("cluster.local"), local_cfg()).await;
+    let out = dig(r.addr(), &["+short", "-x", "10.96.0.10"]);
+    assert_eq!(out.trim(), "web.default.svc.cluster.local.", "{out}");
+    // A headless endpoint's address names the endpoint (hostless: its dashed IP).
+    let out = dig(r.addr(), &["+short", "-x", "10.2.0.77"]);
+    assert_eq!(
+        out.trim(),
+        "10-2-0-77.big.default.svc.cluster.local.",
+        "{out}"
+    );
+    // Unknown with no upstream: refused (outside what we serve).
+    let out = dig(r.addr(), &["-x", "192.0.2.1"]);
+    assert!(out.contains("status: REFUSED"), "{out}");
+}
+
+/// Many queries in flight at once from several sockets: every one is answered, with its own
+/// id, through the batched receive/send path (bounded: 2 s read timeout per socket).
+#[tokio::test]
+async fn bursts_of_queries_are_all_answered() {
+    let r = start(test_zone("cluster.local"), local_cfg()).await;
+    let addr = r.addr();
+    let lost = tokio::task::spawn_blocking(move || {
+        let mut lost = 0;
+        for round in 0..4u16 {
+            let socks: Vec<UdpSocket> = (0..4)
+                .map(|_| {
+                    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+                    s.set_read_timeout(Some(Duration::from_secs(2)))
+                        .expect("timeout");
+                    s
+                })
+                .collect();
+            for (k, s) in socks.iter().enumerate() {
+                for i in 0..32u16 {
+                    let mut q = query("web.default.svc.cluster.local.", RecordType::A, None);
+                    q.metadata.id = round * 1000 + u16::try_from(k).expect("k") * 100 + i;
+                    s.send_to(&q.to_vec().expect("encode"), addr).expect("send");
+                }
+            }
+            for (k, s) in socks.iter().enumerate() {
+                let mut ids = std::collections::BTreeSet::new();
+                let mut buf = vec![0u8; 4096];
+                while ids.len() < 32 {
+                    let Ok(n) = s.recv(&mut buf) else { break };
+                    let m = Message::from_vec(&buf[..n]).expect("decode");
+                    assert_eq!(m.answers.len(), 1);
+                    ids.insert(m.metadata.id);
+                }
+                let base = round * 1000 + u16::try_from(k).expect("k") * 100;
+                let want: std::collections::BTreeSet<u16> = (base..base + 32).collect();
+                lost += want.difference(&ids).count();
+            }
+        }
+        lost
+    })
+    .await
+    .expect("client");
+    // 512 datagrams on loopback, 128 outstanding at once (well inside the default socket
+    // buffers): none may be lost.
+    assert_eq!(lost, 0, "answers lost");
+}
+
+/// Resolves `short` the way a pod's stub resolver does with the resolv.conf the kubelet
+/// writes: fewer dots than `ndots` means each search domain is tried in order, first answer
+/// wins. Returns the A addresses and the name that answered.
+fn resolve_with_search(addr: SocketAddr, conf: &str, short: &str) -> Option<(String, Vec<String>)> {
+    let search: Vec<&str> = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("search "))
+        .map(|s| s.split_whitespace().collect())
+        .unwrap_or_default();
+    let ndots: usize = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("options "))
+        .and_then(|o| o.split_whitespace().find_map(|w| w.strip_prefix("ndots:")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let mut candidates: Vec<String> = Vec::new();
+    if short.matches('.').count() >= ndots {
+        candidates.push(format!("{short}."));
+    }
+    candidates.extend(search.iter().map(|d| format!("{short}.{d}.")));
+    candidates.push(format!("{short}."));
+    for c in candidates {
+        let q = query(&c, RecordType::A, None);
+        let reply = udp_exchange(addr, &q.to_vec().ok()?, Duration::from_secs(2))?;
+        let m = Message::from_vec(&reply).ok()?;
+        if m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty() {
+            let ips = m
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0.to_string()),
+                    _ => None,
+                })
+                .collect();
+            return Some((c, ips));
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn pod_resolv_conf_search_paths_resolve_short_names() {
+    use proxy_dp::dns::resolv::{PodDns, pod_resolv_conf};
+    let host = "nameserver 192.0.2.53\nsearch corp.example\noptions edns0\n";
+    let dns: Vec<IpAddr> = vec!["10.96.0.10".parse().expect("ip")];
+    let conf = pod_resolv_conf(
+        &PodDns {
+            namespace: "default",
+            ..PodDns::default()
+        },
+        &dns,
+        "cluster.local",
+        host,
+    );
+    assert_eq!(
+        conf,
+        "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local corp.example\noptions ndots:5\n"
+    );
+    // Default: the host's file; hostNetwork + ClusterFirst falls back to it too.
+    let d = pod_resolv_conf(
+        &PodDns {
+            namespace: "default",
+            policy: Some("Default"),
+            ..PodDns::default()
+        },
+        &dns,
+        "cluster.local",
+        host,
+    );
+    assert_eq!(
+        d,
+        "nameserver 192.0.2.53\nsearch corp.example\noptions edns0\n"
+    );
+    let hn = pod_resolv_conf(
+        &PodDns {
+            namespace: "default",
+            host_network: true,
+            ..PodDns::default()
+        },
+        &dns,
+        "cluster.local",
+        host,
+    );
+    assert_eq!(hn, d);
+    // None + dnsConfig: exactly what was asked; options replace by name.
+    let ns = vec!["1.1.1.1".to_string()];
+    let se = vec!["a.example".to_string()];
+    let op = vec![
+        ("ndots".to_string(), Some("2".to_string())),
+        ("rotate".to_string(), None),
+    ];
+    let none = pod_resolv_conf(
+        &PodDns {
+            namespace: "default",
+            policy: Some("None"),
+            nameservers: &ns,
+            searches: &se,
+            options: &op,
+            ..PodDns::default()
+        },
+        &dns,
+        "cluster.local",
+        host,
+    );
+    assert_eq!(
+        none,
+        "nameserver 1.1.1.1\nsearch a.example\noptions ndots:2 rotate\n"
+    );
+
+    // The search list against the real server: `web` and `web.default` both find the
+    // Service; a name in no search domain does not.
+    let r = start(test_zone("cluster.local"), local_cfg()).await;
+    let addr = r.addr();
+    let conf2 = conf.clone();
+    let (a, b, c) = tokio::task::spawn_blocking(move || {
+        (
+            resolve_with_search(addr, &conf2, "web"),
+            resolve_with_search(addr, &conf2, "web.default"),
+            resolve_with_search(addr, &conf2, "nope"),
+        )
+    })
+    .await
+    .expect("resolver");
+    assert_eq!(
+        a,
+        Some((
+            "web.default.svc.cluster.local.".to_string(),
+            vec!["10.96.0.10".to_string()]
+        ))
+    );
+    assert_eq!(
+        b,
+        Some((
+            "web.default.svc.cluster.local.".to_string(),
+            vec!["10.96.0.10".to_string()]
+        ))
+    );
+    assert_eq!(c, None);
 }

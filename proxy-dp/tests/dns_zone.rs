@@ -505,3 +505,82 @@ fn custom_zone_and_ttl() {
     assert!(ZoneConfig::new(".", 5).is_err());
     assert!(ZoneConfig::new("bad..zone", 5).is_err());
 }
+
+fn ptrs(z: &ClusterZone, q: &str) -> Option<Vec<String>> {
+    match z.lookup(&name(q), RecordType::PTR) {
+        Lookup::NotInZone => None,
+        Lookup::Answer(a) => {
+            assert_eq!(a.rcode, ResponseCode::NoError, "{q}");
+            let mut v: Vec<String> = a
+                .answers
+                .iter()
+                .map(|r| {
+                    assert_eq!(r.ttl, 5, "{q}");
+                    assert_eq!(r.name, name(q), "{q}");
+                    match &r.data {
+                        RData::PTR(p) => p.0.to_string(),
+                        other => panic!("{q}: not a PTR: {other:?}"),
+                    }
+                })
+                .collect();
+            v.sort();
+            Some(v)
+        }
+    }
+}
+
+#[test]
+fn ptr_for_cluster_ips_and_endpoint_ips() {
+    let mut z = zone();
+    let s = |v: &[&str]| Some(v.iter().map(|x| (*x).to_string()).collect::<Vec<_>>());
+    // ClusterIPs (both families) name their Service.
+    assert_eq!(
+        ptrs(&z, "10.0.96.10.in-addr.arpa."),
+        s(&["web.default.svc.cluster.local."])
+    );
+    assert_eq!(
+        ptrs(&z, "11.0.96.10.IN-ADDR.ARPA."),
+        s(&["dual.default.svc.cluster.local."]),
+        "case-insensitive"
+    );
+    let v6 = "1.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+    assert_eq!(ptrs(&z, v6), s(&["dual.default.svc.cluster.local."]));
+    // Endpoint (pod) IPs name the endpoint: its hostname, else its dashed address; ready or
+    // not, as CoreDNS.
+    assert_eq!(
+        ptrs(&z, "1.0.1.10.in-addr.arpa."),
+        s(&["pg-0.pg.db.svc.cluster.local."])
+    );
+    assert_eq!(
+        ptrs(&z, "2.0.1.10.in-addr.arpa."),
+        s(&["10-1-0-2.pg.db.svc.cluster.local."])
+    );
+    // Unknown addresses and partial reverse names are not ours (forwarded upstream).
+    assert_eq!(ptrs(&z, "9.9.9.10.in-addr.arpa."), None);
+    assert_eq!(ptrs(&z, "96.10.in-addr.arpa."), None);
+    assert_eq!(ptrs(&z, "x.0.96.10.in-addr.arpa."), None);
+    // Another type on a known reverse name: NODATA.
+    match z.lookup(&name("10.0.96.10.in-addr.arpa."), RecordType::A) {
+        Lookup::Answer(a) => assert!(a.is_nodata(), "{a:?}"),
+        Lookup::NotInZone => panic!("known address"),
+    }
+    // Updates and deletes keep the reverse index in step.
+    z.apply_service(&service("default", "web", "10.96.0.20", vec![]));
+    assert_eq!(ptrs(&z, "10.0.96.10.in-addr.arpa."), None, "old IP gone");
+    assert_eq!(
+        ptrs(&z, "20.0.96.10.in-addr.arpa."),
+        s(&["web.default.svc.cluster.local."])
+    );
+    z.delete_service("default", "web");
+    assert_eq!(ptrs(&z, "20.0.96.10.in-addr.arpa."), None);
+    z.apply_endpoint_slice(&slice(
+        "db",
+        "pg-abc",
+        "pg",
+        &[(&["10.1.0.1"], Some("pg-0"), Some(true))],
+        &[("sql", "TCP", 5432)],
+    ));
+    assert_eq!(ptrs(&z, "2.0.1.10.in-addr.arpa."), None, "endpoint removed");
+    z.delete_endpoint_slice("db", "pg-abc");
+    assert_eq!(ptrs(&z, "1.0.1.10.in-addr.arpa."), None, "slice deleted");
+}

@@ -736,6 +736,33 @@ impl Ring {
         })
     }
 
+    /// Waits until `poll_fd` is ready for `events` (`POLLIN`/`POLLOUT`, a one-shot
+    /// `IORING_OP_POLL_ADD`), then `splice(2)`s up to `len` bytes from `fd_in` to `fd_out`
+    /// (a linked pair: the splice starts only after the poll fired). Both fds use their file
+    /// positions (sockets and pipes). Returns the bytes moved (0 at end of input).
+    ///
+    /// This is how a socket splice waits for data through the ring alone: a bare splice on a
+    /// non-blocking socket fails with `EAGAIN`, and pairing it with a readiness source outside
+    /// the ring (the runtime's reactor) loses wake-ups. Dropping the future before it completes
+    /// cancels both entries (`IORING_OP_ASYNC_CANCEL`), so an abandoned wait does not keep the
+    /// fds' files open until some far-off event.
+    pub fn poll_splice<'a>(
+        &self,
+        poll_fd: &'a impl AsFd,
+        events: PollEvents,
+        fd_in: &'a impl AsFd,
+        fd_out: &'a impl AsFd,
+        len: u32,
+    ) -> Op<'a, PollSplice> {
+        self.op(PollSplice {
+            poll_fd: poll_fd.as_fd().as_raw_fd(),
+            events,
+            fd_in: fd_in.as_fd().as_raw_fd(),
+            fd_out: fd_out.as_fd().as_raw_fd(),
+            len,
+        })
+    }
+
     /// A no-op round trip through the kernel (for tests and measuring ring overhead).
     pub fn nop(&self) -> Op<'static, Nop> {
         self.op(Nop)
@@ -761,6 +788,11 @@ pub trait Operation: sealed::Sealed + 'static {
     fn linked(&mut self) -> Option<squeue::Entry> {
         None
     }
+    /// Whether dropping the op's future while it is in the kernel cancels it (ops that wait
+    /// on an outside event, like a poll); other ops run to completion with the ring holding
+    /// their buffers.
+    #[doc(hidden)]
+    const CANCEL_ON_DROP: bool = false;
     /// Turns the kernel's result into the output, handing buffers back.
     #[doc(hidden)]
     fn complete(self, res: Results) -> Self::Output;
@@ -777,6 +809,7 @@ mod sealed {
     impl<B> Sealed for super::ReadAt<B> {}
     impl Sealed for super::Fsync {}
     impl Sealed for super::Splice {}
+    impl Sealed for super::PollSplice {}
     impl Sealed for super::Nop {}
 }
 
@@ -1030,6 +1063,63 @@ impl Operation for Splice {
     }
 }
 
+/// Which readiness [`Ring::poll_splice`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollEvents {
+    /// Readable (`POLLIN`; end of input and errors count as ready).
+    Readable,
+    /// Writable (`POLLOUT`; errors count as ready).
+    Writable,
+}
+
+/// A poll linked to a splice ([`Ring::poll_splice`]).
+pub struct PollSplice {
+    poll_fd: RawFd,
+    events: PollEvents,
+    fd_in: RawFd,
+    fd_out: RawFd,
+    len: u32,
+}
+
+impl Operation for PollSplice {
+    type Output = Result<usize, UringError>;
+    const LINKED: bool = true;
+    const CANCEL_ON_DROP: bool = true;
+    fn entry(&mut self) -> Result<squeue::Entry, UringError> {
+        let mask = match self.events {
+            PollEvents::Readable => libc::POLLIN,
+            PollEvents::Writable => libc::POLLOUT,
+        };
+        // poll(2) masks are small positive shorts.
+        Ok(opcode::PollAdd::new(types::Fd(self.poll_fd), mask as u32).build())
+    }
+    fn linked(&mut self) -> Option<squeue::Entry> {
+        Some(
+            opcode::Splice::new(
+                types::Fd(self.fd_in),
+                -1,
+                types::Fd(self.fd_out),
+                -1,
+                self.len,
+            )
+            .build(),
+        )
+    }
+    fn complete(self, res: Results) -> Self::Output {
+        let [polled, spliced] = res;
+        if polled < 0 {
+            return Err(os_err("poll", polled));
+        }
+        if spliced < 0 {
+            return Err(os_err("splice", spliced));
+        }
+        Ok(spliced as usize)
+    }
+    fn fail(self, err: UringError) -> Self::Output {
+        Err(err)
+    }
+}
+
 /// A no-op ([`Ring::nop`]).
 pub struct Nop;
 
@@ -1265,6 +1355,21 @@ impl<T: Operation> Drop for Op<'_, T> {
                         pending,
                     };
                     inner.abandoned += 1;
+                    if T::CANCEL_ON_DROP {
+                        // Both entries of a pair carry `idx`; cancelling the first (the
+                        // wait) fails the linked one with ECANCELED. The slot is freed when
+                        // their completions arrive, as for any abandoned op.
+                        let e = opcode::AsyncCancel::new(idx as u64)
+                            .build()
+                            .user_data(INTERNAL_USER_DATA);
+                        // SAFETY: a cancel entry references no memory of ours.
+                        if unsafe { inner.ring.submission().push(&e) }.is_err() {
+                            let _ = inner.ring.submit();
+                            // SAFETY: as above.
+                            let _ = unsafe { inner.ring.submission().push(&e) };
+                        }
+                        let _ = submit(&mut inner);
+                    }
                 }
             },
             None => {

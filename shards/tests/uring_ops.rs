@@ -508,3 +508,68 @@ fn rings_work_on_shards() {
     set.shutdown().expect("shutdown");
     let _ = ShardId(0);
 }
+
+/// A non-blocking socket pair on loopback (TCP): (one end, the other end).
+fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (b, _) = l.accept().expect("accept");
+    a.set_nonblocking(true).expect("nonblocking");
+    b.set_nonblocking(true).expect("nonblocking");
+    (a, b)
+}
+
+#[test]
+fn poll_splice_waits_for_data_and_cancels_when_dropped() {
+    use shards::uring::PollEvents;
+    run(async {
+        let ring = Ring::current().expect("io_uring available");
+        let (mut a, b) = tcp_pair();
+        let (rx, tx) = std::io::pipe().expect("pipe");
+        // Nothing to read yet: the op waits in the kernel (a bare splice would say EAGAIN).
+        let op = ring.poll_splice(&b, PollEvents::Readable, &b, &tx, 4096);
+        tokio::pin!(op);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut op)
+                .await
+                .is_err(),
+            "no data yet: still waiting"
+        );
+        a.write_all(b"hello").expect("write");
+        let n = tokio::time::timeout(Duration::from_secs(5), &mut op)
+            .await
+            .expect("completes once data arrives")
+            .expect("splice");
+        assert_eq!(n, 5);
+        let mut got = [0u8; 5];
+        (&rx).read_exact(&mut got).expect("read pipe");
+        assert_eq!(&got, b"hello");
+
+        // Pipe -> socket, waiting for write space.
+        (&tx).write_all(b"back").expect("fill pipe");
+        let n = ring
+            .poll_splice(&b, PollEvents::Writable, &rx, &b, 4)
+            .await
+            .expect("splice out");
+        assert_eq!(n, 4);
+        let mut got = [0u8; 4];
+        a.set_nonblocking(false).expect("blocking");
+        a.read_exact(&mut got).expect("read socket");
+        assert_eq!(&got, b"back");
+
+        // Dropped while waiting: cancelled, so nothing stays in flight (bounded wait).
+        {
+            let op = ring.poll_splice(&b, PollEvents::Readable, &b, &tx, 4096);
+            tokio::pin!(op);
+            let _ = tokio::time::timeout(Duration::from_millis(20), &mut op).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ring.stats().in_flight > 0 {
+            assert!(std::time::Instant::now() < deadline, "cancel did not complete");
+            // Any op reaps completions; a nop is the cheapest.
+            ring.nop().await.expect("nop");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(ring.stats().abandoned, 0);
+    });
+}

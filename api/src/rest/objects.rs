@@ -768,14 +768,28 @@ pub(crate) async fn create_object(
     } else {
         None
     };
+    let node_ports = if is_service(def) {
+        match allocate_node_ports(app, &mut obj).await {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(ip) = &service_ip {
+                    release_cluster_ip(app, ip).await;
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let index = registry::extract_index(def, &obj);
     let (raw, slot) = encode_for_store(&mut obj)?;
     let value = index.into_object_value(raw.clone(), store::ContentType::Json, Some(slot));
     let created = app.backend.create(key, value, None).await;
-    if !matches!(created, Ok(Some(_)))
-        && let Some(ip) = &service_ip
-    {
-        release_cluster_ip(app, ip).await;
+    if !matches!(created, Ok(Some(_))) {
+        if let Some(ip) = &service_ip {
+            release_cluster_ip(app, ip).await;
+        }
+        release_node_ports(app, &node_ports).await;
     }
     match created? {
         Some(rev) => {
@@ -1508,6 +1522,9 @@ async fn delete(app: &App, t: &Target, q: &Query, body: &[u8]) -> Result<Respons
                 {
                     release_cluster_ip(app, ip).await;
                 }
+                if is_service(&def) {
+                    release_node_ports(app, &service_node_ports(&old)).await;
+                }
                 return Ok(object_response(StatusCode::OK, kv.value.raw, &[]));
             }
             None => continue,
@@ -1746,6 +1763,180 @@ async fn allocate_cluster_ip(app: &App, svc: &mut Value) -> Result<Option<String
         spec.insert("clusterIPs".into(), json!([ip.clone()]));
     }
     Ok(Some(ip))
+}
+
+/// The NodePort range (upstream's default `--service-node-port-range`).
+const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+fn node_port_key(port: u16) -> Bytes {
+    Bytes::from(format!("/registry/core/servicenodeports/{port}"))
+}
+
+/// The distinct nodePorts a stored Service holds.
+fn service_node_ports(svc: &Value) -> Vec<u16> {
+    let mut v: Vec<u16> = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+        .filter_map(|n| u16::try_from(n).ok())
+        .filter(|n| NODE_PORT_RANGE.contains(n))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Reserves the nodePorts of a new NodePort or LoadBalancer Service: requested ones as
+/// given (one already taken by another Service fails with 422 "provided port is already
+/// allocated", as upstream), missing ones picked at random from 30000-32767 (LoadBalancer
+/// Services too, unless `allocateLoadBalancerNodePorts: false`). Each port is a store key
+/// created with compare-and-swap, so two Services never share one. Ports of one Service
+/// may share a number across protocols (upstream allows TCP and UDP on one nodePort).
+/// Returns the ports reserved, for release if the create fails.
+async fn allocate_node_ports(app: &App, svc: &mut Value) -> Result<Vec<u16>, ApiError> {
+    let ty = svc
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let auto = match ty.as_str() {
+        "NodePort" => true,
+        "LoadBalancer" => svc
+            .pointer("/spec/allocateLoadBalancerNodePorts")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        _ => return Ok(Vec::new()),
+    };
+    let name = svc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let owner = format!(
+        "{}/{name}",
+        svc.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    );
+    let mut taken: Vec<u16> = Vec::new();
+    let count = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let mut failure = None;
+    for i in 0..count {
+        let requested = svc
+            .pointer(&format!("/spec/ports/{i}/nodePort"))
+            .and_then(Value::as_u64)
+            .filter(|n| *n != 0);
+        let port = match requested {
+            // Validation has checked the range already.
+            Some(n) => {
+                let Ok(n) = u16::try_from(n) else { continue };
+                if !taken.contains(&n) {
+                    let ok = app
+                        .backend
+                        .create(
+                            node_port_key(n),
+                            store::ObjectValue::opaque(owner.clone()),
+                            None,
+                        )
+                        .await;
+                    match ok {
+                        Ok(Some(_)) => taken.push(n),
+                        Ok(None) => {
+                            failure = Some(ApiError::invalid(
+                                "",
+                                "Service",
+                                &name,
+                                &[crate::status::FieldError::invalid(
+                                    format!("spec.ports[{i}].nodePort"),
+                                    &n.to_string(),
+                                    "provided port is already allocated",
+                                )],
+                            ));
+                            break;
+                        }
+                        Err(e) => {
+                            failure = Some(e.into());
+                            break;
+                        }
+                    }
+                }
+                n
+            }
+            None if auto => {
+                let span = u32::from(NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start()) + 1;
+                let mut found = None;
+                for _ in 0..IP_ALLOCATION_ATTEMPTS {
+                    let r = u32::from_be_bytes(
+                        uuid::Uuid::new_v4().as_bytes()[..4]
+                            .try_into()
+                            .unwrap_or([0; 4]),
+                    );
+                    let Ok(n) = u16::try_from(u32::from(*NODE_PORT_RANGE.start()) + r % span)
+                    else {
+                        continue;
+                    };
+                    if taken.contains(&n) {
+                        continue;
+                    }
+                    match app
+                        .backend
+                        .create(
+                            node_port_key(n),
+                            store::ObjectValue::opaque(owner.clone()),
+                            None,
+                        )
+                        .await
+                    {
+                        Ok(Some(_)) => {
+                            found = Some(n);
+                            break;
+                        }
+                        Ok(None) => continue,
+                        Err(e) => {
+                            failure = Some(e.into());
+                            break;
+                        }
+                    }
+                }
+                if failure.is_some() {
+                    break;
+                }
+                let Some(n) = found else {
+                    failure = Some(ApiError::internal(
+                        "failed to allocate a nodePort: the range is full",
+                    ));
+                    break;
+                };
+                taken.push(n);
+                n
+            }
+            None => continue,
+        };
+        if let Some(p) = svc
+            .pointer_mut(&format!("/spec/ports/{i}"))
+            .and_then(Value::as_object_mut)
+        {
+            p.insert("nodePort".into(), json!(port));
+        }
+    }
+    if let Some(e) = failure {
+        release_node_ports(app, &taken).await;
+        return Err(e);
+    }
+    Ok(taken)
+}
+
+async fn release_node_ports(app: &App, ports: &[u16]) {
+    for p in ports {
+        if let Err(e) = app.backend.delete(node_port_key(*p), None).await {
+            tracing::warn!("releasing nodePort {p}: {e}");
+        }
+    }
 }
 
 async fn release_cluster_ip(app: &App, ip: &str) {

@@ -124,8 +124,13 @@ fn wait_port(a: SocketAddr) -> Res<()> {
 // ---------- jobs ----------
 
 /// One stream, `secs` of writing 1 MiB buffers; Gbit/s as the backend counted them.
+/// A stalled path fails its measurement after this long instead of hanging the run.
+const STALL: Duration = Duration::from_secs(20);
+
 fn bulk(a: SocketAddr, secs: f64) -> Res<f64> {
-    let mut s = TcpStream::connect(a)?;
+    let mut s = TcpStream::connect_timeout(&a, STALL)?;
+    s.set_write_timeout(Some(STALL))?;
+    s.set_read_timeout(Some(STALL))?;
     let buf = vec![7u8; 1 << 20];
     let t0 = Instant::now();
     while t0.elapsed().as_secs_f64() < secs {
@@ -184,7 +189,8 @@ fn conns(a: SocketAddr, secs: f64, threads: usize) -> Res<(f64, u64)> {
 
 /// Round trips of 1 byte on one connection; (p50, p99) in microseconds.
 fn latency(a: SocketAddr, n: usize) -> Res<(f64, f64)> {
-    let mut s = TcpStream::connect(a)?;
+    let mut s = TcpStream::connect_timeout(&a, STALL)?;
+    s.set_read_timeout(Some(STALL))?;
     s.set_nodelay(true)?;
     let mut b = [0u8; 1];
     let mut v = Vec::with_capacity(n);
@@ -602,11 +608,62 @@ fn shell_update(rt: &tokio::runtime::Runtime, n: usize, changes: usize) -> Res<(
     Ok((pct(&mut v, 0.5), pct(&mut v, 0.99)))
 }
 
+/// On SIGINT/SIGTERM, removes what this bench put on the machine (the VIPs on `lo` of every
+/// dataplane and of the nftables target, the nftables table) and exits: a run stopped by
+/// hand must not leave addresses behind. (Errors inside a run are covered by the guards'
+/// `Drop`.) The signals are blocked in every thread and taken by one waiting thread.
+fn cleanup_on_signal() -> Res<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    std::thread::spawn(move || {
+        let sig = set.wait();
+        eprintln!("{sig:?}: removing the bench's addresses and nftables table");
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", "kubeshard_bench"])
+            .stderr(Stdio::null())
+            .status();
+        if let Ok(out) = Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "dev", "lo"])
+            .output()
+        {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let ours = |ip: &str| {
+                ip.starts_with("10.96.233.") || ip.starts_with("10.97.") || ip == NFT_VIP
+            };
+            let mut script = String::new();
+            for line in text.lines() {
+                let Some(cidr) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) else {
+                    continue;
+                };
+                if ours(cidr.split('/').next().unwrap_or_default()) {
+                    script += &format!("address del {cidr} dev lo\n");
+                }
+            }
+            if let Ok(mut c) = Command::new("ip")
+                .args(["-force", "-batch", "-"])
+                .stdin(Stdio::piped())
+                .spawn()
+            {
+                if let Some(mut i) = c.stdin.take() {
+                    let _ = i.write_all(script.as_bytes());
+                }
+                let _ = c.wait();
+            }
+        }
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
 fn main() -> Res<()> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("proxy_vs_haproxy needs root (VIPs on lo, nftables); skipped");
         return Ok(());
     }
+    cleanup_on_signal()?;
     let runs = env_usize("RUNS", 5);
     let secs = env_usize("SECS", 2) as f64;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -626,6 +683,7 @@ fn main() -> Res<()> {
         rows.push(("direct".into(), measure("direct", direct, runs, secs)?));
     }
     for (name, mode, vip) in [
+        ("kubeshard (adaptive)", ForwardMode::Adaptive, "10.96.233.4"),
         ("kubeshard (splice)", ForwardMode::Splice, "10.96.233.1"),
         (
             "kubeshard (io_uring splice)",

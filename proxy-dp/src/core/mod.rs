@@ -23,7 +23,7 @@ pub mod balance;
 pub mod maglev;
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -206,6 +206,9 @@ pub struct RoutingTable {
     owners: HashMap<Frontend, ServiceKey>,
     /// Routes per VIP (the address is on the node while this is > 0).
     vip_refs: HashMap<IpAddr, usize>,
+    /// The node's own addresses: never added or removed, and the only LoadBalancer ingress
+    /// IPs served when set (see [`RoutingTable::with_local_addresses`]).
+    local_addresses: HashSet<IpAddr>,
     effects: VecDeque<Effect>,
     stats: TableStats,
 }
@@ -219,9 +222,23 @@ impl RoutingTable {
             slice_owner: HashMap::new(),
             owners: HashMap::new(),
             vip_refs: HashMap::new(),
+            local_addresses: HashSet::new(),
             effects: VecDeque::new(),
             stats: TableStats::default(),
         }
+    }
+
+    /// Tells the table the node's own addresses (call before the first change). They exist
+    /// on the node already, so no route ever emits [`Effect::AddAddress`] or
+    /// [`Effect::RemoveAddress`] for them. LoadBalancer ingress IPs are then served only when
+    /// they are among them: the service-LB controller ([`crate::servicelb`]) lists every
+    /// node's address, and each node serves its own; putting another node's address on this
+    /// node's loopback would make this node answer ARP for it. Without local addresses every
+    /// ingress IP is a VIP like a ClusterIP.
+    #[must_use]
+    pub fn with_local_addresses(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.local_addresses = ips.into_iter().collect();
+        self
     }
 
     /// The next effect for the shell, oldest first.
@@ -384,9 +401,11 @@ impl RoutingTable {
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref());
-        for ing in ingress.into_iter().flatten() {
+        let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
+        for ing in ingress.into_iter().flatten().filter(|_| is_lb) {
             if let Some(ip) = ing.ip.as_deref()
                 && let Some(ip) = self.parse_ip(ip)
+                && (self.local_addresses.is_empty() || self.local_addresses.contains(&ip))
             {
                 out.lb_ips.push(ip);
             }
@@ -545,6 +564,7 @@ impl RoutingTable {
             self.owners.remove(&f);
             self.effects.push_back(Effect::Remove(f));
             if let Some(ip) = f.ip
+                && !self.local_addresses.contains(&ip)
                 && let Entry::Occupied(mut e) = self.vip_refs.entry(ip)
             {
                 *e.get_mut() -= 1;
@@ -566,7 +586,9 @@ impl RoutingTable {
             Some(_) => {}
             None => {
                 self.owners.insert(f, key.clone());
-                if let Some(ip) = f.ip {
+                if let Some(ip) = f.ip
+                    && !self.local_addresses.contains(&ip)
+                {
                     let n = self.vip_refs.entry(ip).or_insert(0);
                     *n += 1;
                     if *n == 1 {

@@ -16,7 +16,11 @@ use std::time::Duration;
 use hickory_proto::op::ResponseCode;
 use parking_lot::RwLock;
 use shards::ShardHandle;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -232,51 +236,138 @@ fn bind_both(listen: SocketAddr, n: usize) -> Result<Bound, ServeError> {
 
 // === UDP ===
 
+/// Datagrams received (and replies sent) per system call: one `recvmmsg` drains up to this
+/// many queries, and their answers leave in one `sendmmsg`.
+pub const UDP_BATCH: usize = 32;
+
+/// One received datagram of a batch: its length in its buffer, and the sender.
+type Received = (usize, Option<SockaddrStorage>);
+
+/// Receives up to `bufs.len()` datagrams with one `recvmmsg(MSG_DONTWAIT)`. `WouldBlock`
+/// when none is queued.
+fn recv_batch(
+    fd: std::os::fd::RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    bufs: &mut [Vec<u8>],
+) -> std::io::Result<Vec<Received>> {
+    let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+        .iter_mut()
+        .map(|b| [IoSliceMut::new(b.as_mut_slice())])
+        .collect();
+    let res = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
+        .map_err(std::io::Error::from)?;
+    Ok(res.map(|m| (m.bytes, m.address)).collect())
+}
+
+/// Sends every reply with as few `sendmmsg` calls as the socket takes; what the socket
+/// refuses (a full send buffer) is dropped, as a lost datagram (the client retries).
+fn send_batch(
+    fd: std::os::fd::RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    replies: &[(Vec<u8>, SockaddrStorage)],
+) -> usize {
+    let mut sent = 0;
+    // Each call sends a prefix; bounded by the batch size since every call sends >= 1.
+    while sent < replies.len() {
+        let rest = &replies[sent..];
+        let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|(b, _)| [IoSlice::new(b)]).collect();
+        let addrs: Vec<Option<SockaddrStorage>> = rest.iter().map(|(_, a)| Some(*a)).collect();
+        match sendmmsg(fd, headers, iovs.iter(), &addrs, [], MsgFlags::MSG_DONTWAIT) {
+            Ok(r) => {
+                let n = r.count();
+                if n == 0 {
+                    break;
+                }
+                sent += n;
+            }
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    a.as_sockaddr_in()
+        .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+        .or_else(|| {
+            a.as_sockaddr_in6()
+                .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+        })
+}
+
 async fn serve_udp(sock: UdpSocket, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let sock = Rc::new(sock);
+    let fd = sock.as_raw_fd();
     let forwards = Arc::new(Semaphore::new(ctx.max_forwards));
-    let mut buf = vec![0u8; UDP_RECV_BUFFER];
+    let mut bufs: Vec<Vec<u8>> = (0..UDP_BATCH).map(|_| vec![0u8; UDP_RECV_BUFFER]).collect();
+    let mut rx_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut tx_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut replies: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(UDP_BATCH);
     loop {
-        let (len, peer) = tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(error = %e, "DNS UDP receive");
-                    continue;
-                }
+        tokio::select! {
+            r = sock.readable() => if let Err(e) = r {
+                tracing::debug!(error = %e, "DNS UDP readiness");
+                continue;
             },
             _ = stop.changed() => return,
-        };
-        let packet = &buf[..len];
-        match ctx.answer(packet, Transport::Udp) {
-            Outcome::Reply(bytes) => {
-                let _ = sock.send_to(&bytes, peer).await;
+        }
+        // `try_io` notes the readiness before the call: clearing it on EAGAIN loses nothing.
+        let got = match sock.try_io(Interest::READABLE, || {
+            recv_batch(fd, &mut rx_headers, &mut bufs)
+        }) {
+            Ok(g) => g,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS UDP receive");
+                continue;
             }
-            Outcome::Drop => {}
-            Outcome::Forward => match forwards.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let (sock, ctx, packet) = (sock.clone(), ctx.clone(), packet.to_vec());
-                    tokio::task::spawn_local(async move {
-                        let reply = match forward_udp(&ctx, &packet).await {
-                            Some(r) => Some(r),
-                            None => {
-                                ctx.metrics.event(Event::ForwardFailed);
-                                ctx.servfail(&packet)
+        };
+        replies.clear();
+        for (i, (len, from)) in got.into_iter().enumerate() {
+            let (Some(from), Some(buf)) = (from, bufs.get(i)) else {
+                continue;
+            };
+            let packet = &buf[..len.min(buf.len())];
+            let Some(peer) = std_addr(&from) else {
+                continue;
+            };
+            match ctx.answer(packet, Transport::Udp) {
+                Outcome::Reply(bytes) => replies.push((bytes, from)),
+                Outcome::Drop => {}
+                Outcome::Forward => match forwards.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (sock, ctx, packet) = (sock.clone(), ctx.clone(), packet.to_vec());
+                        tokio::task::spawn_local(async move {
+                            let reply = match forward_udp(&ctx, &packet).await {
+                                Some(r) => Some(r),
+                                None => {
+                                    ctx.metrics.event(Event::ForwardFailed);
+                                    ctx.servfail(&packet)
+                                }
+                            };
+                            if let Some(r) = reply {
+                                let _ = sock.send_to(&r, peer).await;
                             }
-                        };
-                        if let Some(r) = reply {
-                            let _ = sock.send_to(&r, peer).await;
-                        }
-                        drop(permit);
-                    });
-                }
-                Err(_) => {
-                    ctx.metrics.event(Event::ForwardOverload);
-                    if let Some(r) = ctx.servfail(packet) {
-                        let _ = sock.send_to(&r, peer).await;
+                            drop(permit);
+                        });
                     }
+                    Err(_) => {
+                        ctx.metrics.event(Event::ForwardOverload);
+                        if let Some(r) = ctx.servfail(packet) {
+                            replies.push((r, from));
+                        }
+                    }
+                },
+            }
+        }
+        if !replies.is_empty() {
+            let sent = send_batch(fd, &mut tx_headers, &replies);
+            // Whatever a full send buffer refused goes out one by one, waiting for room.
+            for (bytes, to) in replies.drain(..).skip(sent) {
+                if let Some(peer) = std_addr(&to) {
+                    let _ = sock.send_to(&bytes, peer).await;
                 }
-            },
+            }
         }
     }
 }

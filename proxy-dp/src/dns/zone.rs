@@ -17,13 +17,15 @@
 //! | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV for the named port (targets: the Service name, or each ready endpoint's name for headless) with the addresses as additionals |
 //! | `<a-b-c-d>.<ns>.pod.<zone>` | A a.b.c.d (AAAA for dashed IPv6), as CoreDNS's `pods insecure` |
 //!
+//! | `d.c.b.a.in-addr.arpa` / `<nibbles>.ip6.arpa` | PTR: a ClusterIP's `<svc>.<ns>.svc.<zone>`, an endpoint (pod) IP's `<hostname-or-dashed-ip>.<svc>.<ns>.svc.<zone>`, as CoreDNS's `kubernetes` plugin with the reverse zones; an address the cluster does not know is outside the zone (forwarded upstream when there is one, CoreDNS's `fallthrough in-addr.arpa ip6.arpa`) |
+//!
 //! Negative answers carry the zone's SOA in the authority section (RFC 2308).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -183,8 +185,73 @@ impl Answer {
 pub struct ClusterZone {
     cfg: ZoneConfig,
     namespaces: HashMap<String, Namespace>,
+    /// Address -> the names PTR answers for it (ClusterIPs, endpoint addresses); kept in step
+    /// with the index by each apply/delete, so it costs O(the object) too.
+    reverse: HashMap<IpAddr, Vec<Name>>,
     /// Bumped on every change; the SOA serial (the core reads no clock).
     serial: u32,
+}
+
+/// The address a reverse name (`4.3.2.1.in-addr.arpa.`, 32 nibbles + `ip6.arpa.`) stands
+/// for; `None` for any other name, including partial reverse names.
+pub fn reverse_name_ip(lower: &Name) -> Option<IpAddr> {
+    let labels: Vec<&[u8]> = lower.iter().collect();
+    match labels.as_slice() {
+        [d, c, b, a, in_addr, arpa] if *in_addr == b"in-addr" && *arpa == b"arpa" => {
+            let o = |l: &[u8]| std::str::from_utf8(l).ok()?.parse::<u8>().ok();
+            Some(IpAddr::V4(Ipv4Addr::new(o(a)?, o(b)?, o(c)?, o(d)?)))
+        }
+        [nibbles @ .., ip6, arpa] if nibbles.len() == 32 && *ip6 == b"ip6" && *arpa == b"arpa" => {
+            let mut v: u128 = 0;
+            for l in nibbles.iter().rev() {
+                let [h] = l else { return None };
+                let d = char::from(*h).to_digit(16)?;
+                v = (v << 4) | u128::from(d);
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(v)))
+        }
+        _ => None,
+    }
+}
+
+fn rev_add(rev: &mut HashMap<IpAddr, Vec<Name>>, ip: IpAddr, name: &Name) {
+    let v = rev.entry(ip).or_default();
+    if !v.contains(name) {
+        v.push(name.clone());
+    }
+}
+
+fn rev_del(rev: &mut HashMap<IpAddr, Vec<Name>>, ip: IpAddr, name: &Name) {
+    if let Some(v) = rev.get_mut(&ip) {
+        v.retain(|n| n != name);
+        if v.is_empty() {
+            rev.remove(&ip);
+        }
+    }
+}
+
+fn rev_service(rev: &mut HashMap<IpAddr, Vec<Name>>, e: &ServiceEntry, add: bool) {
+    if let ServiceKind::ClusterIp(ips) = &e.kind {
+        for ip in ips {
+            if add {
+                rev_add(rev, *ip, &e.fqdn);
+            } else {
+                rev_del(rev, *ip, &e.fqdn);
+            }
+        }
+    }
+}
+
+fn rev_slice(rev: &mut HashMap<IpAddr, Vec<Name>>, s: &SliceEntry, add: bool) {
+    for ep in &s.endpoints {
+        for ip in &ep.addrs {
+            if add {
+                rev_add(rev, *ip, &ep.fqdn);
+            } else {
+                rev_del(rev, *ip, &ep.fqdn);
+            }
+        }
+    }
 }
 
 fn ns_key(
@@ -250,6 +317,7 @@ impl ClusterZone {
         Self {
             cfg,
             namespaces: HashMap::new(),
+            reverse: HashMap::new(),
             serial: 1,
         }
     }
@@ -334,11 +402,19 @@ impl ClusterZone {
                 })
             })
             .collect();
-        self.namespaces
+        let entry = ServiceEntry { kind, ports, fqdn };
+        rev_service(&mut self.reverse, &entry, true);
+        if let Some(old) = self
+            .namespaces
             .entry(ns.to_owned())
             .or_default()
             .services
-            .insert(name.to_owned(), ServiceEntry { kind, ports, fqdn });
+            .insert(name.to_owned(), entry.clone())
+        {
+            rev_service(&mut self.reverse, &old, false);
+            // The same name and address stay if they did not change.
+            rev_service(&mut self.reverse, &entry, true);
+        }
         self.bump();
     }
 
@@ -347,7 +423,8 @@ impl ClusterZone {
         let Some(n) = self.namespaces.get_mut(namespace) else {
             return;
         };
-        if n.services.remove(name).is_some() {
+        if let Some(old) = n.services.remove(name) {
+            rev_service(&mut self.reverse, &old, false);
             bump(&mut self.serial);
         }
         if n.is_empty() {
@@ -396,7 +473,8 @@ impl ClusterZone {
             ports,
         };
         let n = self.namespaces.entry(ns.to_owned()).or_default();
-        if let Some(old) = n.slices.insert(name.to_owned(), entry)
+        let old = n.slices.insert(name.to_owned(), entry);
+        if let Some(old) = &old
             && old.service != service
             && let Some(set) = n.slices_by_service.get_mut(&old.service)
         {
@@ -404,6 +482,12 @@ impl ClusterZone {
             if set.is_empty() {
                 n.slices_by_service.remove(&old.service);
             }
+        }
+        if let Some(old) = &old {
+            rev_slice(&mut self.reverse, old, false);
+        }
+        if let Some(new) = n.slices.get(name) {
+            rev_slice(&mut self.reverse, new, true);
         }
         n.slices_by_service
             .entry(service)
@@ -441,6 +525,7 @@ impl ClusterZone {
             return;
         };
         if let Some(old) = n.slices.remove(name) {
+            rev_slice(&mut self.reverse, &old, false);
             if let Some(set) = n.slices_by_service.get_mut(&old.service) {
                 set.remove(name);
                 if set.is_empty() {
@@ -505,7 +590,7 @@ impl ClusterZone {
         let zone = &self.cfg.zone;
         let lower = qname.to_lowercase();
         if !zone.zone_of(&lower) {
-            return Lookup::NotInZone;
+            return self.reverse_lookup(qname, &lower, qtype);
         }
         let depth = usize::from(lower.num_labels()) - usize::from(zone.num_labels());
         let labels: Vec<&[u8]> = lower.iter().take(depth).collect();
@@ -530,6 +615,31 @@ impl ClusterZone {
             [port, proto, svc, ns, "svc"] => self.srv_named(&owner, qtype, ns, svc, port, proto),
             [ip, _ns, "pod"] => self.pod(&owner, qtype, ip),
             _ => self.nxdomain(),
+        })
+    }
+
+    /// PTR for an address the cluster knows; anything else outside the zone.
+    fn reverse_lookup(&self, qname: &Name, lower: &Name, qtype: RecordType) -> Lookup {
+        let Some(names) = reverse_name_ip(lower).and_then(|ip| self.reverse.get(&ip)) else {
+            return Lookup::NotInZone;
+        };
+        let mut owner = qname.clone();
+        owner.set_fqdn(true);
+        let answers = if matches!(qtype, RecordType::PTR | RecordType::ANY) {
+            names
+                .iter()
+                .map(|n| {
+                    Record::from_rdata(owner.clone(), self.cfg.ttl, RData::PTR(PTR(n.clone())))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // NODATA here carries no SOA: the cluster zone is not the reverse zone's authority.
+        Lookup::Answer(Answer {
+            rcode: ResponseCode::NoError,
+            answers,
+            ..Answer::default()
         })
     }
 

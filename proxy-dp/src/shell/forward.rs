@@ -7,11 +7,16 @@
 //! - [`ForwardMode::Splice`]: `splice(2)` socket → pipe → socket, driven by tokio readiness
 //!   (zero-copy: the payload never enters user space). The default: it measured fastest
 //!   (see BENCHMARKS.md, `## proxy-dp`).
-//! - [`ForwardMode::UringSplice`]: the same pipe, with each splice submitted to the shard's
-//!   io_uring ring (`shards::uring::Ring::splice`). The kernel runs io_uring splices in its
-//!   worker pool (they are always punted), which costs a thread hop per operation.
+//! - [`ForwardMode::UringSplice`]: the same pipe, driven by the shard's io_uring ring alone:
+//!   each side is a poll linked to a splice (`shards::uring::Ring::poll_splice`). The kernel
+//!   runs io_uring splices in its worker pool (they are always punted), which costs a thread
+//!   hop per operation.
 //! - [`ForwardMode::Copy`]: `tokio::io::copy_bidirectional` through user-space buffers.
+//! - [`ForwardMode::Adaptive`]: per direction, copy while reads are short (request/response
+//!   traffic: fewer system calls and no pipe round trip), splice once a read fills the
+//!   16 KiB buffer (bulk data).
 
+use std::future::Future as _;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +36,10 @@ pub enum ForwardMode {
     UringSplice,
     /// User-space copy (`tokio::io::copy_bidirectional`).
     Copy,
+    /// Per direction: copy through a user-space buffer while reads come back short (small
+    /// request/response exchanges: one `read` and one `write` each, no pipe), and switch to
+    /// `splice(2)` for the rest of the connection once a read fills the buffer (bulk data).
+    Adaptive,
 }
 
 impl std::str::FromStr for ForwardMode {
@@ -40,8 +49,9 @@ impl std::str::FromStr for ForwardMode {
             "splice" => Ok(ForwardMode::Splice),
             "uring" | "uring-splice" => Ok(ForwardMode::UringSplice),
             "copy" => Ok(ForwardMode::Copy),
+            "adaptive" | "auto" => Ok(ForwardMode::Adaptive),
             other => Err(format!(
-                "unknown forward mode {other:?} (splice, uring, copy)"
+                "unknown forward mode {other:?} (splice, uring, copy, adaptive)"
             )),
         }
     }
@@ -98,15 +108,19 @@ pub async fn forward(
 ) -> (Outcome, Vec<Pipe>) {
     match mode {
         ForwardMode::Copy => (copy(client, backend, bytes).await, Vec::new()),
-        ForwardMode::Splice | ForwardMode::UringSplice => {
-            let uring = mode == ForwardMode::UringSplice;
+        ForwardMode::Splice | ForwardMode::UringSplice | ForwardMode::Adaptive => {
+            let engine = match mode {
+                ForwardMode::UringSplice => Engine::Uring,
+                ForwardMode::Adaptive => Engine::Adaptive,
+                _ => Engine::Splice,
+            };
             let [p1, p2] = pipes;
             // No pipe (fd limit): fall back to copying rather than refusing.
             let (Ok(p1), Ok(p2)) = (p1.map_or_else(Pipe::new, Ok), p2.map_or_else(Pipe::new, Ok))
             else {
                 return (copy(client, backend, bytes).await, Vec::new());
             };
-            spliced(client, backend, bytes, p1, p2, uring).await
+            spliced(client, backend, bytes, p1, p2, engine).await
         }
     }
 }
@@ -132,19 +146,41 @@ async fn copy(mut client: TcpStream, mut backend: TcpStream, bytes: &AtomicU64) 
     }
 }
 
+/// How [`spliced`] moves each direction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Splice,
+    Uring,
+    Adaptive,
+}
+
+async fn direction(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    bytes: &AtomicU64,
+    engine: Engine,
+) -> io::Result<u64> {
+    match engine {
+        Engine::Splice => one_way(src, dst, pipe, bytes, false).await,
+        Engine::Uring => one_way(src, dst, pipe, bytes, true).await,
+        Engine::Adaptive => one_way_adaptive(src, dst, pipe, bytes).await,
+    }
+}
+
 async fn spliced(
     client: TcpStream,
     backend: TcpStream,
     bytes: &AtomicU64,
     p1: Pipe,
     p2: Pipe,
-    uring: bool,
+    engine: Engine,
 ) -> (Outcome, Vec<Pipe>) {
     let (mut up_done, mut down_done) = (None, None);
     let mut out = Outcome::default();
     {
-        let up = one_way(&client, &backend, &p1, bytes, uring);
-        let down = one_way(&backend, &client, &p2, bytes, uring);
+        let up = direction(&client, &backend, &p1, bytes, engine);
+        let down = direction(&backend, &client, &p2, bytes, engine);
         tokio::pin!(up, down);
         // Both directions run until each ends; the first error resets both sides at once.
         while up_done.is_none() || down_done.is_none() {
@@ -185,12 +221,10 @@ async fn one_way(
     bytes: &AtomicU64,
     uring: bool,
 ) -> io::Result<u64> {
+    if uring && let Ok(ring) = shards::uring::Ring::current() {
+        return one_way_uring(src, dst, pipe, bytes, &ring).await;
+    }
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let ring = if uring {
-        shards::uring::Ring::current().ok()
-    } else {
-        None
-    };
     let mut in_pipe = 0usize;
     let mut eof = false;
     let mut total = 0u64;
@@ -198,28 +232,12 @@ async fn one_way(
         let mut progressed = false;
         if !eof && in_pipe < pipe.cap {
             let room = pipe.cap - in_pipe;
-            let r = match &ring {
-                Some(ring) => {
-                    src.readable().await?;
-                    match ring.splice(src, None, &pipe.w, None, room as u32).await {
-                        Ok(n) => Ok(n),
-                        Err(e) if e.raw_os_error() == Some(nix::libc::EAGAIN) => {
-                            // Clear tokio's readiness so the next `readable` waits.
-                            let _ = src.try_io(Interest::READABLE, || {
-                                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                            });
-                            Err(io::ErrorKind::WouldBlock.into())
-                        }
-                        Err(e) => Err(io::Error::from_raw_os_error(
-                            e.raw_os_error().unwrap_or(nix::libc::EIO),
-                        )),
-                    }
-                }
-                None => src.try_io(Interest::READABLE, || {
-                    splice(src.as_fd(), None, pipe.w.as_fd(), None, room, flags)
-                        .map_err(io::Error::from)
-                }),
-            };
+            // `try_io` notes the readiness before the syscall, so clearing it on EAGAIN
+            // cannot swallow an event that arrived meanwhile.
+            let r = src.try_io(Interest::READABLE, || {
+                splice(src.as_fd(), None, pipe.w.as_fd(), None, room, flags)
+                    .map_err(io::Error::from)
+            });
             match r {
                 Ok(0) => {
                     eof = true;
@@ -234,27 +252,10 @@ async fn one_way(
             }
         }
         if in_pipe > 0 {
-            let r = match &ring {
-                Some(ring) => {
-                    dst.writable().await?;
-                    match ring.splice(&pipe.r, None, dst, None, in_pipe as u32).await {
-                        Ok(n) => Ok(n),
-                        Err(e) if e.raw_os_error() == Some(nix::libc::EAGAIN) => {
-                            let _ = dst.try_io(Interest::WRITABLE, || {
-                                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                            });
-                            Err(io::ErrorKind::WouldBlock.into())
-                        }
-                        Err(e) => Err(io::Error::from_raw_os_error(
-                            e.raw_os_error().unwrap_or(nix::libc::EIO),
-                        )),
-                    }
-                }
-                None => dst.try_io(Interest::WRITABLE, || {
-                    splice(pipe.r.as_fd(), None, dst.as_fd(), None, in_pipe, flags)
-                        .map_err(io::Error::from)
-                }),
-            };
+            let r = dst.try_io(Interest::WRITABLE, || {
+                splice(pipe.r.as_fd(), None, dst.as_fd(), None, in_pipe, flags)
+                    .map_err(io::Error::from)
+            });
             match r {
                 Ok(n) => {
                     in_pipe -= n;
@@ -282,6 +283,144 @@ async fn one_way(
                     r = src.readable() => r?,
                     r = dst.writable() => r?,
                 }
+            }
+        }
+    }
+}
+
+/// The adaptive engine's copy buffer (per direction). A read that fills it means bulk data
+/// is flowing, and the direction switches to splice.
+pub const ADAPTIVE_COPY_BUFFER: usize = 16 * 1024;
+
+/// [`ForwardMode::Adaptive`] for one direction: copy while reads are short, then [`one_way`]
+/// by splice. Every copied byte is written before the switch, so the pipe starts empty.
+async fn one_way_adaptive(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    bytes: &AtomicU64,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; ADAPTIVE_COPY_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = loop {
+            // Try first: data is often there already (a request that opened the
+            // connection); `try_read` clears the readiness only on a real EAGAIN.
+            match src.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if would_block(&e) => src.readable().await?,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+            return Ok(total);
+        }
+        let mut off = 0;
+        while off < n {
+            match dst.try_write(&buf[off..n]) {
+                Ok(k) => off += k,
+                Err(e) if would_block(&e) => dst.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if n == buf.len() {
+            break;
+        }
+    }
+    drop(buf);
+    Ok(total + one_way(src, dst, pipe, bytes, false).await?)
+}
+
+fn uring_err(e: shards::uring::UringError) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(nix::libc::EIO))
+}
+
+/// [`one_way`] through the shard's io_uring ring alone: each side is a linked
+/// poll-then-splice ([`shards::uring::Ring::poll_splice`]), so readiness and data movement
+/// come from the same place. (The first version awaited tokio's readiness, spliced through
+/// the ring, and on `EAGAIN` cleared the readiness *after* the splice: an edge that arrived
+/// during the splice was cleared with it, and a sender blocked on a full window never sent
+/// another. It also waited for the source while the pipe still held data for the
+/// destination. Both hung the bench's first bulk run.)
+///
+/// The read (socket → pipe) and the write (pipe → socket) run concurrently, at most one of
+/// each in flight: a read asks for at most the room left when it is submitted and a write
+/// for at most what the pipe held then, so the pipe never overflows whatever completes
+/// first. Futures are only dropped once complete, except when this whole direction is
+/// dropped (the other direction failed): then the ring cancels them.
+async fn one_way_uring(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    bytes: &AtomicU64,
+    ring: &shards::uring::Ring,
+) -> io::Result<u64> {
+    use shards::uring::PollEvents;
+    use std::task::Poll;
+    let mut in_pipe = 0usize;
+    let mut eof = false;
+    let mut total = 0u64;
+    let mut rd = None;
+    let mut wr = None;
+    loop {
+        if rd.is_none() && !eof && in_pipe < pipe.cap {
+            let room = u32::try_from(pipe.cap - in_pipe).unwrap_or(u32::MAX);
+            rd = Some(ring.poll_splice(src, PollEvents::Readable, src, &pipe.w, room));
+        }
+        if wr.is_none() && in_pipe > 0 {
+            let len = u32::try_from(in_pipe).unwrap_or(u32::MAX);
+            wr = Some(ring.poll_splice(dst, PollEvents::Writable, &pipe.r, dst, len));
+        }
+        if rd.is_none() && wr.is_none() {
+            // EOF read and the pipe drained: half-close, the other direction goes on.
+            let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+            return Ok(total);
+        }
+        let (r, w) = std::future::poll_fn(|cx| {
+            let r = rd
+                .as_mut()
+                .map(|op| std::pin::Pin::new(op).poll(cx))
+                .and_then(|p| match p {
+                    Poll::Ready(v) => Some(v),
+                    Poll::Pending => None,
+                });
+            let w = wr
+                .as_mut()
+                .map(|op| std::pin::Pin::new(op).poll(cx))
+                .and_then(|p| match p {
+                    Poll::Ready(v) => Some(v),
+                    Poll::Pending => None,
+                });
+            if r.is_some() || w.is_some() {
+                Poll::Ready((r, w))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        if let Some(res) = r {
+            rd = None;
+            match res {
+                Ok(0) => eof = true,
+                Ok(n) => in_pipe += n,
+                // Readiness without data (a spurious wake-up): poll again.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EAGAIN) => {}
+                Err(e) => return Err(uring_err(e)),
+            }
+        }
+        if let Some(res) = w {
+            wr = None;
+            match res {
+                Ok(n) => {
+                    in_pipe = in_pipe.saturating_sub(n);
+                    total += n as u64;
+                    bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.raw_os_error() == Some(nix::libc::EAGAIN) => {}
+                Err(e) => return Err(uring_err(e)),
             }
         }
     }

@@ -239,7 +239,8 @@ impl Dataplane {
             set: Some(set),
             handle,
             control: tokio::sync::Mutex::new(Control {
-                table: RoutingTable::new(config.node_name.clone()),
+                table: RoutingTable::new(config.node_name.clone())
+                    .with_local_addresses(config.node_addresses.iter().copied()),
                 listening: HashMap::new(),
                 addresses: HashSet::new(),
             }),
@@ -492,15 +493,17 @@ impl Dataplane {
     }
 
     fn teardown(&mut self) -> Result<(), ShellError> {
+        // Addresses first: joining the shards waits for their threads, and a VIP must not
+        // outlive the dataplane even if a shard never stops.
         let mut result = Ok(());
+        if let Some(dev) = &self.config.address_device {
+            let ips: Vec<IpAddr> = self.control.get_mut().addresses.drain().collect();
+            result = addr::change_addresses(dev, &ips, false);
+        }
         if let Some(set) = self.set.take()
             && let Err(e) = set.shutdown()
         {
-            result = Err(ShellError::Invoke(e.to_string()));
-        }
-        if let Some(dev) = &self.config.address_device {
-            let ips: Vec<IpAddr> = self.control.get_mut().addresses.drain().collect();
-            addr::change_addresses(dev, &ips, false)?;
+            result = result.and(Err(ShellError::Invoke(e.to_string())));
         }
         result
     }
