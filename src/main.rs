@@ -344,8 +344,8 @@ struct ProxyArgs {
     /// Forwarding shards (cores).
     #[arg(long, default_value_t = 2)]
     shards: usize,
-    /// TCP forwarding engine: splice, uring or copy.
-    #[arg(long, default_value = "splice")]
+    /// TCP forwarding engine: adaptive (copy, then splice for bulk), splice, uring or copy.
+    #[arg(long, default_value = "adaptive")]
     forward_mode: proxy_dp::ForwardMode,
     /// Addresses NodePorts listen on (comma-separated); LoadBalancer ingress IPs are served
     /// when they are among them.

@@ -275,6 +275,7 @@ async fn big_transfer_is_byte_identical_both_ways_with_half_close_in_every_mode(
         (ForwardMode::Splice, 64 << 20),
         (ForwardMode::UringSplice, 8 << 20),
         (ForwardMode::Copy, 8 << 20),
+        (ForwardMode::Adaptive, 32 << 20),
     ]
     .into_iter()
     .enumerate()
@@ -559,6 +560,7 @@ fn bulk_into_a_silent_sink_completes_in_every_mode() {
         ForwardMode::UringSplice,
         ForwardMode::Splice,
         ForwardMode::Copy,
+        ForwardMode::Adaptive,
     ]
     .into_iter()
     .enumerate()

@@ -5,8 +5,7 @@
 //! reset (an error on one side closes the other with `SO_LINGER 0`, i.e. an RST):
 //!
 //! - [`ForwardMode::Splice`]: `splice(2)` socket → pipe → socket, driven by tokio readiness
-//!   (zero-copy: the payload never enters user space). The default: it measured fastest
-//!   (see BENCHMARKS.md, `## proxy-dp`).
+//!   (zero-copy: the payload never enters user space).
 //! - [`ForwardMode::UringSplice`]: the same pipe, driven by the shard's io_uring ring alone:
 //!   each side is a poll linked to a splice (`shards::uring::Ring::poll_splice`). The kernel
 //!   runs io_uring splices in its worker pool (they are always punted), which costs a thread
@@ -14,7 +13,7 @@
 //! - [`ForwardMode::Copy`]: `tokio::io::copy_bidirectional` through user-space buffers.
 //! - [`ForwardMode::Adaptive`]: per direction, copy while reads are short (request/response
 //!   traffic: fewer system calls and no pipe round trip), splice once a read fills the
-//!   16 KiB buffer (bulk data).
+//!   16 KiB buffer (bulk data). The default: it measured best (BENCHMARKS.md, `## proxy-dp`).
 
 use std::future::Future as _;
 use std::io;
@@ -30,7 +29,6 @@ use tokio::net::TcpStream;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ForwardMode {
     /// `splice(2)` through a pipe, on tokio readiness.
-    #[default]
     Splice,
     /// `splice` through a pipe, submitted to the shard's io_uring ring.
     UringSplice,
@@ -39,6 +37,8 @@ pub enum ForwardMode {
     /// Per direction: copy through a user-space buffer while reads come back short (small
     /// request/response exchanges: one `read` and one `write` each, no pipe), and switch to
     /// `splice(2)` for the rest of the connection once a read fills the buffer (bulk data).
+    /// The default: it measured best on bulk and on short connections (BENCHMARKS.md).
+    #[default]
     Adaptive,
 }
 
