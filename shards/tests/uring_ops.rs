@@ -565,7 +565,10 @@ fn poll_splice_waits_for_data_and_cancels_when_dropped() {
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while ring.stats().in_flight > 0 {
-            assert!(std::time::Instant::now() < deadline, "cancel did not complete");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cancel did not complete"
+            );
             // Any op reaps completions; a nop is the cheapest.
             ring.nop().await.expect("nop");
             tokio::time::sleep(Duration::from_millis(5)).await;
