@@ -54,6 +54,10 @@ pub struct Plan {
     pub create: Vec<String>,
     /// Pods to delete.
     pub delete: Vec<PodRef>,
+    /// Failed daemon pods `(node, pod)`: the shell deletes each unless its node's
+    /// [`FailedPodBackoff`] holds it back (upstream's hot-loop guard against a kubelet that
+    /// keeps rejecting the pod).
+    pub failed: Vec<(String, PodRef)>,
     /// The status after this reconcile's view.
     pub status: DaemonSetStatus,
     /// Reconcile again after this long (a ready pod becomes available).
@@ -317,6 +321,61 @@ fn rolling(ds: &DaemonSet) -> bool {
         .is_none_or(|t| t == "RollingUpdate")
 }
 
+/// Per (DaemonSet, node) backoff of failed-pod deletions (upstream `failedPodsBackoff`:
+/// client-go `flowcontrol.Backoff` from 1 s doubling to 15 min; an entry idle for twice
+/// the maximum starts over). Sans-IO: callers pass `now` in milliseconds. Bounded: at most
+/// [`FailedPodBackoff::MAX_ENTRIES`] keys, expired ones are dropped first.
+#[derive(Debug, Default)]
+pub struct FailedPodBackoff {
+    entries: HashMap<String, (Duration, i64)>,
+}
+
+impl FailedPodBackoff {
+    /// First delay.
+    pub const INITIAL: Duration = Duration::from_secs(1);
+    /// Largest delay.
+    pub const MAX: Duration = Duration::from_secs(15 * 60);
+    /// Keys kept at most.
+    pub const MAX_ENTRIES: usize = 65_536;
+
+    fn expired(last_ms: i64, now_ms: i64) -> bool {
+        now_ms - last_ms > 2 * i64::try_from(Self::MAX.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// `Ok` when the failed pod of `key` (`<ns>/<ds>/<node>`) may be deleted now (and the
+    /// backoff steps up), `Err(delay)` while the last deletion's backoff still runs.
+    pub fn allow(&mut self, key: &str, now_ms: i64) -> Result<(), Duration> {
+        if let Some((d, last)) = self.entries.get(key).copied()
+            && !Self::expired(last, now_ms)
+        {
+            let d_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            if now_ms - last < d_ms {
+                return Err(Duration::from_millis(
+                    u64::try_from(d_ms - (now_ms - last)).unwrap_or(0),
+                ));
+            }
+            self.entries
+                .insert(key.to_string(), ((d * 2).min(Self::MAX), now_ms));
+            return Ok(());
+        }
+        if self.entries.len() >= Self::MAX_ENTRIES {
+            self.entries
+                .retain(|_, (_, last)| !Self::expired(*last, now_ms));
+            if self.entries.len() >= Self::MAX_ENTRIES {
+                self.entries.clear();
+            }
+        }
+        self.entries
+            .insert(key.to_string(), (Self::INITIAL, now_ms));
+        Ok(())
+    }
+
+    /// Forgets a deleted DaemonSet's keys (prefix `<ns>/<ds>/`).
+    pub fn forget(&mut self, prefix: &str) {
+        self.entries.retain(|k, _| !k.starts_with(prefix));
+    }
+}
+
 /// Plans one reconcile of `ds` over every node and the pods it controls.
 pub fn plan(
     ds: &DaemonSet,
@@ -379,7 +438,15 @@ pub fn plan(
             // stays (with surge: the oldest of each revision).
             let mut running: Vec<&Pod> = Vec::new();
             for p in here.iter().filter(|p| !is_deleting(&p.metadata)) {
-                if matches!(pod_phase(p), "Failed" | "Succeeded") {
+                if pod_phase(p) == "Failed" {
+                    plan.failed.push((
+                        name.to_string(),
+                        PodRef {
+                            name: p.metadata.name.clone().unwrap_or_default(),
+                            uid: p.metadata.uid.clone().unwrap_or_default(),
+                        },
+                    ));
+                } else if pod_phase(p) == "Succeeded" {
                     delete(p, &mut plan);
                 } else {
                     running.push(p);
@@ -813,5 +880,39 @@ mod tests {
             "the old pod goes once the new one is available"
         );
         assert_eq!(p.create, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn failed_pod_deletions_back_off_per_node() {
+        let mut b = FailedPodBackoff::default();
+        let k = "ns/agent/n1";
+        let t0 = 1_000_000;
+        assert_eq!(b.allow(k, t0), Ok(()), "first failure: delete at once");
+        assert_eq!(b.allow(k, t0 + 500), Err(Duration::from_millis(500)));
+        assert_eq!(b.allow("ns/agent/n2", t0 + 500), Ok(()), "per node");
+        assert_eq!(b.allow(k, t0 + 1000), Ok(()));
+        // The delay doubles: 2 s now.
+        assert!(b.allow(k, t0 + 2500).is_err());
+        assert_eq!(b.allow(k, t0 + 3000), Ok(()));
+        assert_eq!(b.allow(k, t0 + 3000 + 3999), Err(Duration::from_millis(1)));
+        // Capped at 15 min (16 min apart: never expired, always past the delay).
+        let mut t = t0 + 7000;
+        for _ in 0..12 {
+            assert_eq!(b.allow(k, t), Ok(()));
+            t += 16 * 60 * 1000;
+        }
+        let last = t - 16 * 60 * 1000;
+        assert_eq!(b.allow(k, last + 899_000), Err(Duration::from_millis(1000)));
+        // Reset after 30 min idle.
+        let mut fresh = FailedPodBackoff::default();
+        assert_eq!(fresh.allow(k, 0), Ok(()));
+        assert_eq!(fresh.allow(k, 31 * 60 * 1000), Ok(()));
+        assert_eq!(
+            fresh.allow(k, 31 * 60 * 1000 + 10),
+            Err(Duration::from_millis(990)),
+            "back to 1 s"
+        );
+        fresh.forget("ns/agent/");
+        assert_eq!(fresh.allow(k, 31 * 60 * 1000 + 20), Ok(()));
     }
 }

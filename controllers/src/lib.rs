@@ -26,6 +26,7 @@ pub mod endpointslice;
 pub mod expectations;
 pub mod gc;
 pub mod history;
+pub mod hpa;
 pub mod job;
 pub mod manager;
 pub mod namespace;
@@ -33,11 +34,13 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod ttl;
 pub mod util;
+pub mod volumebinding;
 
 #[cfg(test)]
 mod testutil;

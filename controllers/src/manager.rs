@@ -38,8 +38,10 @@ use crate::{deployment, endpointslice, job, namespace, replicaset, serviceaccoun
 mod apps;
 mod batch;
 mod nodes;
+mod policy;
 
 pub use self::nodes::NodeOptions;
+pub use self::policy::{ApiMetrics, ContainerUsage, Metrics, MetricsSource, PodUsage};
 
 /// Every controller this manager runs, by its upstream name.
 pub const CONTROLLERS: &[&str] = &[
@@ -61,6 +63,9 @@ pub const CONTROLLERS: &[&str] = &[
     "ttl-after-finished",
     "replicationcontroller",
     "disruption",
+    "resourcequota",
+    "horizontalpodautoscaling",
+    "persistentvolume-binder",
 ];
 
 /// Bound of every work queue (distinct keys).
@@ -111,6 +116,8 @@ pub struct Options {
     pub nodes: NodeOptions,
     /// The clock of the time-driven controllers.
     pub clock: Clock,
+    /// Where the HPA controller reads pod metrics (`None`: the resource metrics API).
+    pub metrics: Option<Metrics>,
 }
 
 impl Options {
@@ -124,6 +131,7 @@ impl Options {
             identity: "controller-manager".into(),
             nodes: NodeOptions::default(),
             clock: Clock::system(),
+            metrics: None,
         }
     }
 }
@@ -350,6 +358,7 @@ struct Ctx {
     apps: apps::Apps,
     batch: batch::Batch,
     nodes: nodes::Nodes,
+    policy: policy::Policy,
 }
 
 /// Runs the enabled controllers until `shutdown` completes (or leadership is lost).
@@ -400,6 +409,7 @@ pub async fn run(
         &enabled,
         node_state,
         opts.clock.clone(),
+        opts.metrics.clone(),
     )
     .await;
     if let Some(port) = opts.metrics_port {
@@ -442,6 +452,7 @@ async fn start(
     enabled: &BTreeSet<&'static str>,
     node_state: nodes::NodesInit,
     clock: Clock,
+    metrics: Option<Metrics>,
 ) -> Arc<Ctx> {
     let on = |n: &str| enabled.contains(n);
     let (pods, pod_inf) = informer::<Pod>(&client);
@@ -457,6 +468,8 @@ async fn start(
     let (apps_state, apps_informers) = apps::Apps::new(&client, enabled);
     let (batch_state, batch_informers) = batch::Batch::new(&client, enabled);
     let (node_state, node_informers) = node_state.informers(&client);
+    let (policy_state, policy_informers) =
+        policy::Policy::new(&client, enabled, metrics.map(|m| m.0));
     let watched = GC_KINDS
         .iter()
         .map(|(a, k)| ((*a).to_string(), (*k).to_string()));
@@ -494,6 +507,7 @@ async fn start(
         apps: apps_state,
         batch: batch_state,
         nodes: node_state,
+        policy: policy_state,
     });
     macro_rules! run_informer {
         ($inf:expr, $handler:ident) => {{
@@ -514,6 +528,7 @@ async fn start(
     apps_informers.spawn(tasks, &ctx);
     batch_informers.spawn(tasks, &ctx);
     node_informers.spawn(tasks, &ctx);
+    policy_informers.spawn(tasks, &ctx);
     // Workers start once every cache has its first list (a reconcile on a half-filled
     // cache would create what exists).
     ctx.pods.wait_until_synced().await;
@@ -529,6 +544,7 @@ async fn start(
     ctx.apps.wait_until_synced().await;
     ctx.batch.wait_until_synced().await;
     ctx.nodes.wait_until_synced().await;
+    ctx.policy.wait_until_synced().await;
     tracing::info!(controllers = ?enabled, "caches synced; starting workers");
     macro_rules! workers {
         ($lane:ident, $ctl:expr, $n:expr) => {
@@ -552,6 +568,7 @@ async fn start(
     apps::spawn_workers(tasks, &ctx);
     batch::spawn_workers(tasks, &ctx);
     nodes::spawn_workers(tasks, &ctx);
+    policy::spawn_workers(tasks, &ctx);
     // Resync: a periodic pass over every object catches anything a refused add dropped.
     let c = ctx.clone();
     tasks.spawn(async move {
@@ -611,6 +628,7 @@ impl Ctx {
         self.apps.resync();
         self.batch.resync();
         self.nodes.resync();
+        self.policy.resync();
     }
 
     /// Every lane (queue) of the manager.
@@ -627,6 +645,7 @@ impl Ctx {
         v.extend(self.apps.lanes());
         v.extend(self.batch.lanes());
         v.extend(self.nodes.lanes());
+        v.extend(self.policy.lanes());
         v
     }
 
@@ -772,6 +791,12 @@ impl Ctx {
             self.nodes.on_pod(&pod);
         }
         self.apps.on_any_pod(&ns);
+        // Quota replenishment (as upstream): creates were charged at admission; a recount
+        // follows what admission cannot see, a pod going away or finishing.
+        if deleted || terminating || matches!(crate::util::pod_phase(&pod), "Succeeded" | "Failed")
+        {
+            self.policy.on_ns_object(&ns);
+        }
         if deleted {
             self.gc_remove(&pod.metadata);
         } else {
@@ -821,6 +846,8 @@ impl Ctx {
             Event::Deleted(d) => {
                 self.gc_remove(&d.metadata);
                 self.deploy.add(key_of(&d.metadata));
+                self.policy
+                    .on_ns_object(d.metadata.namespace.as_deref().unwrap_or(""));
             }
             Event::Synced => {}
         }
@@ -873,6 +900,10 @@ impl Ctx {
             ));
         }
         if deleted {
+            self.policy
+                .on_ns_object(cm.metadata.namespace.as_deref().unwrap_or(""));
+        }
+        if deleted {
             self.gc_remove(&cm.metadata);
         } else {
             self.gc_upsert("v1", "ConfigMap", &cm.metadata);
@@ -880,11 +911,16 @@ impl Ctx {
     }
 
     fn on_svc(&self, ev: Event<Service>) {
-        let (s, deleted) = match ev {
-            Event::Added(p) | Event::Modified(p) => (p, false),
-            Event::Deleted(p) => (p, true),
+        let (s, deleted, added) = match ev {
+            Event::Added(p) => (p, false, true),
+            Event::Modified(p) => (p, false, false),
+            Event::Deleted(p) => (p, true, false),
             Event::Synced => return,
         };
+        if !added {
+            self.policy
+                .on_ns_object(s.metadata.namespace.as_deref().unwrap_or(""));
+        }
         if deleted {
             self.gc_remove(&s.metadata);
         } else {

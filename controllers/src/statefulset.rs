@@ -105,7 +105,7 @@ pub fn claims_for(set: &StatefulSet, ord: i32) -> Vec<PersistentVolumeClaim> {
                     labels: Some(labels),
                     annotations: t.metadata.annotations.clone(),
                     owner_references: delete_with_set
-                        .then(|| vec![new_controller_ref("apps/v1", "StatefulSet", &set.metadata)]),
+                        .then(|| vec![owner_ref_to("apps/v1", "StatefulSet", &set.metadata)]),
                     ..Default::default()
                 },
                 spec: t.spec,
@@ -113,6 +113,110 @@ pub fn claims_for(set: &StatefulSet, ord: i32) -> Vec<PersistentVolumeClaim> {
             }
         })
         .collect()
+}
+
+/// A plain (non-controller) owner reference, as upstream's claim retention sets.
+fn owner_ref_to(
+    api_version: &str,
+    kind: &str,
+    owner: &ObjectMeta,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: owner.name.clone().unwrap_or_default(),
+        uid: owner.uid.clone().unwrap_or_default(),
+        controller: None,
+        block_owner_deletion: None,
+    }
+}
+
+/// `persistentVolumeClaimRetentionPolicy` (upstream `updateClaimOwnerRefForSetAndPod`):
+/// the claims of the set's templates whose ownerReferences must change, with the new
+/// references. `whenDeleted: Delete` makes the set an owner of every claim (the garbage
+/// collector deletes them with the set); `whenScaled: Delete` makes a condemned pod (an
+/// ordinal outside the replicas) the owner of its claims, so they go with it. `Retain`
+/// removes those references. Other owners are left alone.
+pub fn claim_owner_updates(
+    set: &StatefulSet,
+    pods: &[&Pod],
+    claims: &[&PersistentVolumeClaim],
+) -> Vec<PersistentVolumeClaim> {
+    let spec = set.spec.as_ref();
+    let policy = spec.and_then(|s| s.persistent_volume_claim_retention_policy.as_ref());
+    let when_deleted = policy.and_then(|p| p.when_deleted.as_deref()) == Some("Delete");
+    let when_scaled = policy.and_then(|p| p.when_scaled.as_deref()) == Some("Delete");
+    let name = set_name(set);
+    let replicas = spec.and_then(|s| s.replicas).unwrap_or(1).max(0);
+    let start = spec
+        .and_then(|s| s.ordinals.as_ref())
+        .and_then(|o| o.start)
+        .unwrap_or(0)
+        .max(0);
+    let end = start.saturating_add(replicas);
+    let set_uid = set.metadata.uid.clone().unwrap_or_default();
+    let templates: Vec<String> = spec
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.metadata.name.clone())
+        .collect();
+    let mut out = Vec::new();
+    for claim in claims {
+        let cname = claim.metadata.name.as_deref().unwrap_or("");
+        let Some(ord) = templates.iter().find_map(|t| {
+            cname
+                .strip_prefix(t.as_str())?
+                .strip_prefix('-')?
+                .strip_prefix(name)?
+                .strip_prefix('-')?
+                .parse::<i32>()
+                .ok()
+        }) else {
+            continue;
+        };
+        let pod = pods
+            .iter()
+            .find(|p| ordinal_of(name, p) == Some(ord))
+            .copied();
+        let refs = claim.metadata.owner_references.clone().unwrap_or_default();
+        let mut next: Vec<_> = refs
+            .iter()
+            .filter(|r| !(r.kind == "StatefulSet" && r.uid == set_uid))
+            .filter(|r| !(r.kind == "Pod" && r.api_version == "v1"))
+            .cloned()
+            .collect();
+        if when_deleted {
+            next.push(owner_ref_to("apps/v1", "StatefulSet", &set.metadata));
+        }
+        let condemned = !(start..end).contains(&ord);
+        if when_scaled
+            && condemned
+            && let Some(p) = pod
+        {
+            next.push(owner_ref_to("v1", "Pod", &p.metadata));
+        }
+        // A pod reference of a condemned ordinal whose pod is already gone stays (the
+        // garbage collector acts on it).
+        if when_scaled && condemned && pod.is_none() {
+            next.extend(
+                refs.iter()
+                    .filter(|r| r.kind == "Pod" && r.api_version == "v1")
+                    .cloned(),
+            );
+        }
+        let same =
+            |a: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
+             b: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
+                a.len() == b.len() && a.iter().all(|x| b.iter().any(|y| y.uid == x.uid))
+            };
+        if !same(&refs, &next) {
+            let mut c = (*claim).clone();
+            c.metadata.owner_references = Some(next).filter(|v| !v.is_empty());
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The pod of ordinal `ord` at revision `rev`.
@@ -568,5 +672,89 @@ mod tests {
             other.metadata.name = Some(name.into());
             assert_eq!(ordinal_of("db", &other), want, "{name}");
         }
+    }
+
+    #[test]
+    fn claim_retention_follows_the_policy() {
+        use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy as Policy;
+        let mut set = set(2, "OrderedReady", None);
+        let claim = |ord: i32| PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(claim_name("data", "db", ord)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let pod = |ord: i32| Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("db-{ord}")),
+                uid: Some(format!("pod-{ord}")),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (c0, c1, c2) = (claim(0), claim(1), claim(2));
+        let (p0, p1, p2) = (pod(0), pod(1), pod(2));
+        let pods = [&p0, &p1, &p2];
+        let claims = [&c0, &c1, &c2];
+        let owners = |v: &[PersistentVolumeClaim], name: &str| -> Vec<String> {
+            v.iter()
+                .find(|c| c.metadata.name.as_deref() == Some(name))
+                .and_then(|c| c.metadata.owner_references.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.uid)
+                .collect()
+        };
+        // Retain/Retain (the default): nothing to do.
+        assert!(claim_owner_updates(&set, &pods, &claims).is_empty());
+        // whenScaled Delete: only the condemned ordinal 2 gets its pod as owner.
+        set.spec
+            .as_mut()
+            .unwrap()
+            .persistent_volume_claim_retention_policy = Some(Policy {
+            when_deleted: Some("Retain".into()),
+            when_scaled: Some("Delete".into()),
+        });
+        let u = claim_owner_updates(&set, &pods, &claims);
+        assert_eq!(u.len(), 1);
+        assert_eq!(owners(&u, "data-db-2"), ["pod-2"]);
+        // whenDeleted Delete too: every claim gets the set; ordinal 2 also its pod.
+        set.spec
+            .as_mut()
+            .unwrap()
+            .persistent_volume_claim_retention_policy = Some(Policy {
+            when_deleted: Some("Delete".into()),
+            when_scaled: Some("Delete".into()),
+        });
+        let u = claim_owner_updates(&set, &pods, &claims);
+        assert_eq!(owners(&u, "data-db-0"), ["set-uid"]);
+        assert_eq!(owners(&u, "data-db-2"), ["set-uid", "pod-2"]);
+        assert!(u.iter().all(|c| {
+            c.metadata
+                .owner_references
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|r| r.controller.is_none())
+        }));
+        // Back to Retain: the references go again; a claim already right is not rewritten.
+        let mut owned = c0.clone();
+        owned.metadata.owner_references = u[0].metadata.owner_references.clone();
+        set.spec
+            .as_mut()
+            .unwrap()
+            .persistent_volume_claim_retention_policy = Some(Policy {
+            when_deleted: Some("Delete".into()),
+            when_scaled: Some("Retain".into()),
+        });
+        assert!(claim_owner_updates(&set, &pods, &[&owned]).is_empty());
+        set.spec
+            .as_mut()
+            .unwrap()
+            .persistent_volume_claim_retention_policy = None;
+        let u = claim_owner_updates(&set, &pods, &[&owned]);
+        assert_eq!(u.len(), 1);
+        assert!(u[0].metadata.owner_references.is_none());
     }
 }

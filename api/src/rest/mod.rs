@@ -9,6 +9,7 @@
 
 pub mod objects;
 mod proxy;
+mod quota;
 pub mod selector;
 
 use std::sync::Arc;

@@ -757,6 +757,7 @@ pub(crate) async fn create_object(
             def.kind == "Event",
         )
         .await?;
+        super::quota::admit(app, def, namespace.unwrap_or(""), &obj, dry).await?;
     }
     if dry {
         let raw = serde_json::to_vec(&obj).map_err(ApiError::internal)?;

@@ -17,7 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use serde_json::json;
 
 use super::{
-    Ctx, Lane, adopt_release, api_err, create_pods, delete_pods, invalid, key_of, requeue,
+    Ctx, Lane, adopt_release, api_err, create_pods, delete_pods, invalid, key_of, object_ref,
+    record_event, requeue,
 };
 use crate::expectations::{EXPECTATIONS_TIMEOUT, Expectations};
 use crate::history::{self, Owner};
@@ -35,6 +36,7 @@ pub(super) struct Apps {
     pdbs: Store<PodDisruptionBudget>,
     ds_exp: Expectations<ObjectKey>,
     rc_exp: Expectations<ObjectKey>,
+    ds_backoff: parking_lot::Mutex<daemonset::FailedPodBackoff>,
     ds: Lane,
     sts: Lane,
     rc: Lane,
@@ -70,6 +72,7 @@ impl Apps {
                 pdbs,
                 ds_exp: Expectations::default(),
                 rc_exp: Expectations::default(),
+                ds_backoff: parking_lot::Mutex::new(daemonset::FailedPodBackoff::default()),
                 ds: Lane::new("daemonset", on("daemonset")),
                 sts: Lane::new("statefulset", on("statefulset")),
                 rc: Lane::new("replicationcontroller", on("replicationcontroller")),
@@ -149,6 +152,43 @@ impl Apps {
             }
         }
         lane.add(owner.clone());
+    }
+
+    /// Cached claims that pass `f`.
+    pub(super) fn claims(
+        &self,
+        f: impl Fn(&PersistentVolumeClaim) -> bool,
+    ) -> Vec<Arc<PersistentVolumeClaim>> {
+        self.pvcs.filter(f)
+    }
+
+    /// One cached claim.
+    pub(super) fn claim(&self, ns: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+        self.pvcs.get(ns, name)
+    }
+
+    /// `(group, resource, count)` of the app kinds cached here, in `ns` (quota counts).
+    pub(super) fn counts(&self, ns: &str) -> Vec<(&'static str, &'static str, usize)> {
+        let n = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.namespace.as_deref() == Some(ns)
+        };
+        vec![
+            (
+                "apps",
+                "daemonsets",
+                self.dss.filter(|x| n(&x.metadata)).len(),
+            ),
+            (
+                "apps",
+                "statefulsets",
+                self.stss.filter(|x| n(&x.metadata)).len(),
+            ),
+            (
+                "",
+                "replicationcontrollers",
+                self.rcs.filter(|x| n(&x.metadata)).len(),
+            ),
+        ]
     }
 
     /// Every DaemonSet (a Node changed: which nodes are eligible may have too).
@@ -249,6 +289,7 @@ impl Ctx {
         let key = key_of(&d.metadata);
         if deleted {
             self.apps.ds_exp.delete(&key);
+            self.apps.ds_backoff.lock().forget(&format!("{key}/"));
         }
         self.gc_event("apps/v1", "DaemonSet", &d.metadata, deleted);
         self.apps.ds.add(key);
@@ -278,10 +319,12 @@ impl Ctx {
     }
 
     fn on_claim(&self, ev: Event<PersistentVolumeClaim>) {
+        let added = matches!(ev, Event::Added(_));
         let Some((c, deleted)) = split(ev) else {
             return;
         };
         self.gc_event("v1", "PersistentVolumeClaim", &c.metadata, deleted);
+        self.policy.on_claim(&c, added);
     }
 
     fn on_rc(&self, ev: Event<ReplicationController>) {
@@ -425,8 +468,38 @@ impl Controller for DaemonSetController {
         let nodes = c.nodes.list_nodes();
         let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
         let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
-        let plan = daemonset::plan(&ds, &hp.hash, &node_refs, &pod_refs, c.clock.now())
+        let mut plan = daemonset::plan(&ds, &hp.hash, &node_refs, &pod_refs, c.clock.now())
             .map_err(invalid)?;
+        // Failed pods: deleted (and recreated) under a per-node backoff.
+        let now_ms = c.clock.now().as_millisecond();
+        let mut backoff_retry: Option<Duration> = None;
+        for (node, pod) in std::mem::take(&mut plan.failed) {
+            let allowed = a.ds_backoff.lock().allow(&format!("{key}/{node}"), now_ms);
+            match allowed {
+                Ok(()) => {
+                    let msg = format!(
+                        "Found failed daemon pod {}/{} on node {node}, will try to kill it",
+                        key.namespace, pod.name
+                    );
+                    record_event(
+                        c,
+                        object_ref("apps/v1", "DaemonSet", &ds.metadata),
+                        "daemonset-controller",
+                        "Warning",
+                        "FailedDaemonPod",
+                        &msg,
+                    )
+                    .await;
+                    plan.delete.push(pod);
+                }
+                Err(d) => {
+                    backoff_retry = Some(backoff_retry.map_or(d, |r| r.min(d)));
+                }
+            }
+        }
+        if let Some(d) = backoff_retry {
+            plan.requeue_after = Some(plan.requeue_after.map_or(d, |r| r.min(d)));
+        }
         let api: Api<Pod> = Api::namespaced(c.client.clone(), &key.namespace);
         let deletes: Vec<String> = plan
             .delete
@@ -546,6 +619,24 @@ impl Controller for StatefulSetController {
                 Ok(_) => {}
                 Err(e) if e.is_already_exists() => {}
                 Err(e) => return Err(api_err(e)),
+            }
+        }
+        // Claim retention: owner references follow the policy before any pod goes.
+        if set.metadata.deletion_timestamp.is_none() {
+            let ns_claims = a
+                .pvcs
+                .filter(|p| p.metadata.namespace.as_deref() == Some(key.namespace.as_str()));
+            let claim_refs: Vec<&PersistentVolumeClaim> =
+                ns_claims.iter().map(AsRef::as_ref).collect();
+            for claim in statefulset::claim_owner_updates(&set, &pod_refs, &claim_refs) {
+                match capi
+                    .replace(claim.metadata.name.as_deref().unwrap_or(""), &pp, &claim)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(api_err(e)),
+                }
             }
         }
         let api: Api<Pod> = Api::namespaced(c.client.clone(), &key.namespace);

@@ -52,6 +52,13 @@ impl Batch {
         [&self.cj, &self.ttl]
     }
 
+    /// CronJobs cached in `ns` (quota counts).
+    pub(super) fn count(&self, ns: &str) -> usize {
+        self.cjs
+            .filter(|c| c.metadata.namespace.as_deref() == Some(ns))
+            .len()
+    }
+
     pub(super) fn resync(&self) {
         for c in self.cjs.list() {
             self.cj.add(key_of(&c.metadata));
