@@ -29,64 +29,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 pub type Usage = BTreeMap<String, i128>;
 
 /// Parses a quantity (`100m`, `1.5Gi`, `2e3`) into thousandths, rounding up as
-/// `MilliValue()` does. `None` when malformed or out of range.
+/// `MilliValue()` does ([`crate::quantity::parse_milli`]). `None` when malformed.
 pub fn parse_milli(s: &str) -> Option<i128> {
-    let s = s.trim();
-    if s.is_empty() || s.len() > 64 {
-        return None;
-    }
-    let (neg, body) = match s.as_bytes()[0] {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let end = body
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(body.len());
-    let (num, suffix) = body.split_at(end);
-    let (int_part, frac) = num.split_once('.').unwrap_or((num, ""));
-    if num.is_empty() || num == "." || frac.contains('.') || int_part.len() + frac.len() > 30 {
-        return None;
-    }
-    let mantissa: i128 = format!("{int_part}{frac}").parse().ok()?;
-    let mut exp = -i32::try_from(frac.len()).ok()?;
-    let mut mult: i128 = 1;
-    match suffix {
-        "" => {}
-        "n" => exp -= 9,
-        "u" => exp -= 6,
-        "m" => exp -= 3,
-        "k" => exp += 3,
-        "M" => exp += 6,
-        "G" => exp += 9,
-        "T" => exp += 12,
-        "P" => exp += 15,
-        "E" => exp += 18,
-        "Ki" => mult = 1 << 10,
-        "Mi" => mult = 1 << 20,
-        "Gi" => mult = 1 << 30,
-        "Ti" => mult = 1 << 40,
-        "Pi" => mult = 1 << 50,
-        "Ei" => mult = 1 << 60,
-        other => {
-            let e: i32 = other
-                .strip_prefix(['e', 'E'])
-                .and_then(|x| x.parse().ok())?;
-            if !(-30..=30).contains(&e) {
-                return None;
-            }
-            exp += e;
-        }
-    }
-    let e = exp + 3;
-    let base = mantissa.checked_mul(mult)?;
-    let milli = if e >= 0 {
-        base.checked_mul(10i128.checked_pow(u32::try_from(e).ok()?)?)?
-    } else {
-        let d = 10i128.checked_pow(u32::try_from(-e).ok()?)?;
-        (base + d - 1) / d
-    };
-    Some(if neg { -milli } else { milli })
+    crate::quantity::parse_milli(s).ok().map(i128::from)
 }
 
 /// Formats thousandths as a canonical quantity: `500m`, `3`, `2k`, `128Mi` (binary suffixes
