@@ -32,6 +32,7 @@
 //! `#[allow(unsafe_code)]` (pidfds, capabilities, xattrs, the loopback ioctl, fork in the
 //! single-threaded shim); io_uring itself is `shards::uring`.
 
+pub mod attach;
 pub mod cgroup;
 pub mod hollow;
 pub mod image;

@@ -29,8 +29,8 @@ use tokio::io::AsyncBufReadExt as _;
 mod exec;
 
 pub use exec::{
-    EXEC_SYNC_MAX_OUTPUT, ExecExit, ExecOutput, ExecReader, ExecRequest, ExecSession, ExecWriter,
-    TtyResizer,
+    AttachConn, EXEC_SYNC_MAX_OUTPUT, ExecExit, ExecOutput, ExecReader, ExecRequest, ExecSession,
+    ExecWriter, TtyResizer,
 };
 
 use crate::cgroup::{CgroupDriver, CgroupError, Resources};
@@ -174,6 +174,12 @@ pub struct ContainerConfig {
     pub mounts: Vec<BindMount>,
     /// Log file (default: `<run>/containers/<id>/container.log`).
     pub log_path: Option<PathBuf>,
+    /// `stdin`: a stdin kept open across attaches.
+    pub stdin: bool,
+    /// `stdinOnce`: the first attach's end closes it.
+    pub stdin_once: bool,
+    /// `tty`: a terminal for stdin, stdout and stderr.
+    pub tty: bool,
 }
 
 /// A container's state.
@@ -739,6 +745,9 @@ impl Runtime {
                 .unwrap_or_else(|| dir.join("container.log")),
             log_max_bytes: self.cfg.log_max_bytes,
             log_max_files: self.cfg.log_max_files,
+            stdin: cfg.stdin,
+            stdin_once: cfg.stdin_once,
+            tty: cfg.tty,
         };
         write_json(&dir.join("spec.json"), &spec)?;
         Ok(id)

@@ -176,9 +176,18 @@ fn run_container(dir: &Path) -> i32 {
         }
     };
     match start_container(&spec) {
-        Ok((child, stdout_r, stderr_r)) => {
+        Ok((child, io)) => {
+            // The attach socket exists before the runtime sees the container running.
+            let _ = fs::remove_file(dir.join(crate::attach::SOCKET));
+            let listener = crate::attach::with_socket_path(dir, |p| {
+                let l = std::os::unix::net::UnixListener::bind(p)?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            })
+            .map_err(|e| eprintln!("kubeshard-shim: attach socket: {e}"))
+            .ok();
             report(&format!("started {child}"));
-            monitor(dir, &spec, child, stdout_r, stderr_r)
+            monitor(dir, &spec, child, io, listener)
         }
         Err(e) => {
             let exit = ExitState {
@@ -200,9 +209,40 @@ fn write_exit(dir: &Path, exit: &ExitState) -> Result<(), String> {
     crate::image::write_atomic(&dir.join("exit.json"), &b).map_err(|e| e.to_string())
 }
 
+/// The container's stdio as the shim keeps it.
+enum ShimIo {
+    /// Output pipes (read ends) and, with `stdin: true`, stdin's write end.
+    Pipes {
+        out: OwnedFd,
+        err: OwnedFd,
+        stdin: Option<OwnedFd>,
+    },
+    /// `tty: true`: the pty master (output, input and resizes).
+    Tty { master: OwnedFd },
+}
+
+/// The container's stdio as its first process gets it.
+enum ChildIo {
+    Pipes {
+        out: OwnedFd,
+        err: OwnedFd,
+        stdin: Option<OwnedFd>,
+    },
+    Tty {
+        slave: OwnedFd,
+    },
+}
+
+fn set_cloexec(fd: &OwnedFd) -> Result<(), String> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map(|_| ())
+        .map_err(|e| format!("FD_CLOEXEC: {e}"))
+}
+
 /// Joins the namespaces, forks the container's first process and waits until it has
-/// executed its command (or failed to). Returns its pid and the read ends of its output.
-fn start_container(spec: &ContainerSpec) -> Result<(i32, OwnedFd, OwnedFd), String> {
+/// executed its command (or failed to). Returns its pid and the shim's ends of its stdio.
+fn start_container(spec: &ContainerSpec) -> Result<(i32, ShimIo), String> {
     let start = crate::spec::proc_start_time(spec.sandbox_pid);
     if start != Some(spec.sandbox_start_time) {
         return Err(format!("sandbox holder {} is gone", spec.sandbox_pid));
@@ -230,20 +270,48 @@ fn start_container(spec: &ContainerSpec) -> Result<(i32, OwnedFd, OwnedFd), Stri
     }
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
+    let (shim_io, child_io) = if spec.tty {
+        let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+        set_cloexec(&pty.master)?;
+        set_cloexec(&pty.slave)?;
+        (
+            ShimIo::Tty { master: pty.master },
+            ChildIo::Tty { slave: pty.slave },
+        )
+    } else {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (in_r, in_w) = if spec.stdin {
+            let (r, w) = pipe()?;
+            (Some(r), Some(w))
+        } else {
+            (None, None)
+        };
+        (
+            ShimIo::Pipes {
+                out: out_r,
+                err: err_r,
+                stdin: in_w,
+            },
+            ChildIo::Pipes {
+                out: out_w,
+                err: err_w,
+                stdin: in_r,
+            },
+        )
+    };
     let (go_r, go_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
     match crate::sys::fork_single_threaded().map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            drop((out_r, err_r, go_w, rep_r));
-            let msg = container_init(spec, go_r, out_w, err_w).unwrap_err();
+            drop((shim_io, go_w, rep_r));
+            let msg = container_init(spec, go_r, child_io).unwrap_err();
             let mut f = fs::File::from(rep_w);
             let _ = f.write_all(msg.as_bytes());
             std::process::exit(127);
         }
         ForkResult::Parent { child } => {
-            drop((out_w, err_w, go_r, rep_w));
+            drop((child_io, go_r, rep_w));
             let _ = nix::sched::setns(own_pidns.as_fd(), CloneFlags::CLONE_NEWPID);
             let pid = child.as_raw();
             let placed = spec.cgroup.add_pid(pid).map_err(|e| e.to_string());
@@ -265,7 +333,7 @@ fn start_container(spec: &ContainerSpec) -> Result<(i32, OwnedFd, OwnedFd), Stri
                 let _ = waitpid(child, None);
                 return Err(msg);
             }
-            Ok((pid, out_r, err_r))
+            Ok((pid, shim_io))
         }
     }
 }
@@ -275,8 +343,7 @@ fn start_container(spec: &ContainerSpec) -> Result<(i32, OwnedFd, OwnedFd), Stri
 fn container_init(
     spec: &ContainerSpec,
     go: OwnedFd,
-    out_w: OwnedFd,
-    err_w: OwnedFd,
+    io: ChildIo,
 ) -> Result<std::convert::Infallible, String> {
     let mut b = [0u8; 1];
     let n = fs::File::from(go)
@@ -298,17 +365,32 @@ fn container_init(
     };
     fs::create_dir_all(cwd).map_err(|e| format!("creating working dir {cwd}: {e}"))?;
     // Output and input.
-    let null = nix::fcntl::open(
-        "/dev/null",
-        nix::fcntl::OFlag::O_RDONLY,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| format!("opening /dev/null: {e}"))?;
     let dup_err = |e: nix::errno::Errno| format!("dup2: {e}");
-    nix::unistd::dup2_stdin(&null).map_err(dup_err)?;
-    nix::unistd::dup2_stdout(&out_w).map_err(dup_err)?;
-    nix::unistd::dup2_stderr(&err_w).map_err(dup_err)?;
-    drop((null, out_w, err_w));
+    match io {
+        ChildIo::Pipes { out, err, stdin } => {
+            let stdin = match stdin {
+                Some(r) => r,
+                None => nix::fcntl::open(
+                    "/dev/null",
+                    nix::fcntl::OFlag::O_RDONLY,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(|e| format!("opening /dev/null: {e}"))?,
+            };
+            nix::unistd::dup2_stdin(&stdin).map_err(dup_err)?;
+            nix::unistd::dup2_stdout(&out).map_err(dup_err)?;
+            nix::unistd::dup2_stderr(&err).map_err(dup_err)?;
+        }
+        ChildIo::Tty { slave } => {
+            // A session of its own with the terminal as its controlling tty.
+            nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+            nix::unistd::dup2_stdin(&slave).map_err(dup_err)?;
+            nix::unistd::dup2_stdout(&slave).map_err(dup_err)?;
+            nix::unistd::dup2_stderr(&slave).map_err(dup_err)?;
+            drop(slave);
+            crate::sys::set_controlling_tty(0).map_err(|e| format!("TIOCSCTTY: {e}"))?;
+        }
+    }
     drop_privileges(spec, uid, gid, &groups)?;
     std::env::set_current_dir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
     let argv0 = spec.argv.first().ok_or("no command")?;
@@ -445,8 +527,28 @@ fn resolve_user(spec: &ContainerSpec) -> Result<(u32, u32, Vec<u32>), String> {
     Ok((uid, gid, groups))
 }
 
-/// Copies output into the CRI log until the process exits, then records how it ended.
-fn monitor(dir: &Path, spec: &ContainerSpec, child: i32, out_r: OwnedFd, err_r: OwnedFd) -> i32 {
+/// What the attach clients send the container's stdin owner.
+enum StdinMsg {
+    Data(bytes::Bytes),
+    /// A stdin client ended (closed its stdin or went away).
+    Eof,
+    Resize(u16, u16),
+}
+
+/// Most output chunks queued for each attached client; a slower client skips ahead.
+const ATTACH_BACKLOG: usize = 256;
+/// How long attached clients may take to receive the last output after the exit.
+const ATTACH_DRAIN: Duration = Duration::from_secs(1);
+
+/// Copies output into the CRI log (and to attached clients) until the process exits, keeps
+/// its stdin for attaches, then records how it ended.
+fn monitor(
+    dir: &Path,
+    spec: &ContainerSpec,
+    child: i32,
+    io: ShimIo,
+    listener: Option<std::os::unix::net::UnixListener>,
+) -> i32 {
     // Detach from the kubelet's pipe: nothing more is reported there.
     if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(&null);
@@ -458,9 +560,41 @@ fn monitor(dir: &Path, spec: &ContainerSpec, child: i32, out_r: OwnedFd, err_r: 
         return 1;
     };
     let status = rt.block_on(async {
-        let logs = copy_logs(spec, out_r, err_r);
+        use crate::attach::FdIo;
+        type Reader = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+        let (out_tx, _) = tokio::sync::broadcast::channel::<(u8, bytes::Bytes)>(ATTACH_BACKLOG);
+        let (stdin_tx, stdin_rx) = tokio::sync::mpsc::channel::<StdinMsg>(64);
+        let pipe_reader = |fd: OwnedFd| -> Option<Reader> {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map_err(|e| eprintln!("kubeshard-shim: output pipe: {e}"))
+                .ok()
+                .map(|r| Box::pin(r) as Reader)
+        };
+        let (out, err, sink): (Option<Reader>, Option<Reader>, StdinSink) = match io {
+            ShimIo::Pipes { out, err, stdin } => (
+                pipe_reader(out),
+                pipe_reader(err),
+                match stdin.map(tokio::net::unix::pipe::Sender::from_owned_fd) {
+                    Some(Ok(w)) => StdinSink::Pipe(w),
+                    _ => StdinSink::None,
+                },
+            ),
+            ShimIo::Tty { master } => match FdIo::new(master) {
+                Ok(m) => (Some(Box::pin(m.clone()) as Reader), None, StdinSink::Tty(m)),
+                Err(e) => {
+                    eprintln!("kubeshard-shim: pty: {e}");
+                    (None, None, StdinSink::None)
+                }
+            },
+        };
+        tokio::spawn(stdin_loop(sink, stdin_rx, spec.stdin, spec.stdin_once));
+        // Attached clients each hold a clone of `alive`: its receiver ends when all are gone.
+        let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let accept = accept_attaches(listener, out_tx.clone(), stdin_tx, alive_tx);
+        // Boxed (not pinned on the stack) so both can be dropped before the drain below.
+        let mut logs = Box::pin(copy_logs(spec, out, err, out_tx));
+        let mut accept = Box::pin(accept);
         let exited = wait_exit(child);
-        tokio::pin!(logs);
         tokio::pin!(exited);
         let status = tokio::select! {
             s = &mut exited => {
@@ -469,10 +603,21 @@ fn monitor(dir: &Path, spec: &ContainerSpec, child: i32, out_r: OwnedFd, err_r: 
                 let _ = tokio::time::timeout(Duration::from_millis(500), &mut logs).await;
                 s
             }
-            _ = &mut logs => exited.await,
+            _ = &mut logs => tokio::select! {
+                s = &mut exited => s,
+                _ = &mut accept => exited.await,
+            },
+            _ = &mut accept => exited.await,
         };
+        // Every output sender is gone once `logs` and `accept` are dropped: the clients
+        // send what is queued and close their connections.
+        drop(logs);
+        drop(accept);
+        let _ = tokio::time::timeout(ATTACH_DRAIN, alive_rx.recv()).await;
         status
     });
+    drop(rt);
+    let _ = fs::remove_file(dir.join(crate::attach::SOCKET));
     let (exit_code, signal) = match status {
         Some(WaitStatus::Exited(_, c)) => (c, None),
         Some(WaitStatus::Signaled(_, s, _)) => (128 + s as i32, Some(s as i32)),
@@ -491,20 +636,147 @@ fn monitor(dir: &Path, spec: &ContainerSpec, child: i32, out_r: OwnedFd, err_r: 
     }
 }
 
-async fn wait_exit(child: i32) -> Option<WaitStatus> {
-    if let Ok(fd) = crate::sys::pidfd_open(child) {
-        let _ = crate::sys::pidfd_readable(fd).await;
-    }
-    loop {
-        match waitpid(crate::sys::pid(child), None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Ok(s) => return Some(s),
-            Err(_) => return None,
+/// Where the container's stdin goes.
+enum StdinSink {
+    None,
+    Pipe(tokio::net::unix::pipe::Sender),
+    Tty(crate::attach::FdIo),
+}
+
+/// Owns the container's stdin: writes what attached clients send, resizes the terminal, and
+/// with `stdinOnce` (and no terminal) closes stdin when the first stdin client ends, as
+/// containerd does.
+async fn stdin_loop(
+    mut sink: StdinSink,
+    mut rx: tokio::sync::mpsc::Receiver<StdinMsg>,
+    stdin: bool,
+    stdin_once: bool,
+) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut open = stdin;
+    while let Some(m) = rx.recv().await {
+        match m {
+            StdinMsg::Data(b) if open => {
+                let r = match &mut sink {
+                    StdinSink::Pipe(w) => w.write_all(&b).await,
+                    StdinSink::Tty(m) => m.write_all(&b).await,
+                    StdinSink::None => Ok(()),
+                };
+                if r.is_err() {
+                    open = false;
+                }
+            }
+            StdinMsg::Data(_) => {}
+            // A terminal keeps its stdin: the master also carries the output.
+            StdinMsg::Eof if open && stdin_once && matches!(sink, StdinSink::Pipe(_)) => {
+                open = false;
+                sink = StdinSink::None;
+            }
+            StdinMsg::Eof => {}
+            StdinMsg::Resize(cols, rows) => {
+                if let StdinSink::Tty(m) = &sink {
+                    let _ = crate::sys::set_winsize(&m.fd(), cols, rows);
+                }
+            }
         }
     }
 }
 
-async fn copy_logs(spec: &ContainerSpec, out_r: OwnedFd, err_r: OwnedFd) {
+/// Accepts attach connections until the container ends (the future is dropped), each served
+/// by a task of its own.
+async fn accept_attaches(
+    listener: Option<std::os::unix::net::UnixListener>,
+    out: tokio::sync::broadcast::Sender<(u8, bytes::Bytes)>,
+    stdin: tokio::sync::mpsc::Sender<StdinMsg>,
+    alive: tokio::sync::mpsc::Sender<()>,
+) {
+    let Some(l) = listener.and_then(|l| tokio::net::UnixListener::from_std(l).ok()) else {
+        return std::future::pending().await;
+    };
+    loop {
+        match l.accept().await {
+            Ok((conn, _)) => {
+                tokio::spawn(serve_attach(
+                    conn,
+                    out.subscribe(),
+                    stdin.clone(),
+                    alive.clone(),
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// One attached client: its frames to the stdin owner, the container's output to it.
+async fn serve_attach(
+    conn: tokio::net::UnixStream,
+    mut out: tokio::sync::broadcast::Receiver<(u8, bytes::Bytes)>,
+    stdin: tokio::sync::mpsc::Sender<StdinMsg>,
+    _alive: tokio::sync::mpsc::Sender<()>,
+) {
+    use crate::attach::{
+        TO_HELLO_STDIN, TO_RESIZE, TO_STDIN, TO_STDIN_EOF, read_frame, write_frame,
+    };
+    use tokio::sync::broadcast::error::RecvError;
+    let (mut r, mut w) = conn.into_split();
+    // Frames from the client, in a task of their own (reading a frame is not cancel-safe).
+    let inbound = tokio::spawn(async move {
+        let mut stdin_client = false;
+        let mut eof_sent = false;
+        loop {
+            match read_frame(&mut r).await {
+                Ok(Some((TO_HELLO_STDIN, _))) => stdin_client = true,
+                Ok(Some((TO_STDIN, b))) => {
+                    if stdin.send(StdinMsg::Data(b)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some((TO_STDIN_EOF, _))) => {
+                    if !eof_sent {
+                        eof_sent = true;
+                        let _ = stdin.send(StdinMsg::Eof).await;
+                    }
+                }
+                Ok(Some((TO_RESIZE, b))) if b.len() == 4 => {
+                    let cols = u16::from_be_bytes([b[0], b[1]]);
+                    let rows = u16::from_be_bytes([b[2], b[3]]);
+                    let _ = stdin.send(StdinMsg::Resize(cols, rows)).await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    if stdin_client && !eof_sent {
+                        let _ = stdin.send(StdinMsg::Eof).await;
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    loop {
+        match out.recv().await {
+            Ok((kind, b)) => {
+                if write_frame(&mut w, kind, &b).await.is_err() {
+                    break;
+                }
+            }
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => break,
+        }
+    }
+    // The container ended (or the client went away): stop reading from it too.
+    if !inbound.is_finished() {
+        inbound.abort();
+    }
+}
+
+async fn copy_logs(
+    spec: &ContainerSpec,
+    out: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>,
+    err: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>,
+    attached: tokio::sync::broadcast::Sender<(u8, bytes::Bytes)>,
+) {
+    use crate::attach::{FROM_STDERR, FROM_STDOUT};
     use crate::logs::{CriLogWriter, Stream};
     use tokio::io::AsyncReadExt as _;
     let mut w = match CriLogWriter::open(&spec.log_path, spec.log_max_bytes, spec.log_max_files) {
@@ -517,27 +789,44 @@ async fn copy_logs(spec: &ContainerSpec, out_r: OwnedFd, err_r: OwnedFd) {
             return;
         }
     };
-    let open = |fd: OwnedFd| {
-        tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-            .map_err(|e| eprintln!("kubeshard-shim: output pipe: {e}"))
-            .ok()
-    };
-    let (Some(mut out), Some(mut err)) = (open(out_r), open(err_r)) else {
-        return;
-    };
+    let (mut out_open, mut err_open) = (out.is_some(), err.is_some());
+    let mut out = out.unwrap_or_else(|| Box::pin(tokio::io::empty()));
+    let mut err = err.unwrap_or_else(|| Box::pin(tokio::io::empty()));
     let mut ob = vec![0u8; 32 * 1024];
     let mut eb = vec![0u8; 32 * 1024];
-    let (mut out_open, mut err_open) = (true, true);
     while out_open || err_open {
         tokio::select! {
             r = out.read(&mut ob), if out_open => match r {
                 Ok(0) | Err(_) => { out_open = false; let _ = w.finish(Stream::Stdout).await; }
-                Ok(n) => if let Err(e) = w.feed(Stream::Stdout, &ob[..n]).await { eprintln!("kubeshard-shim: log write: {e}"); },
+                Ok(n) => {
+                    if attached.receiver_count() > 0 {
+                        let _ = attached.send((FROM_STDOUT, bytes::Bytes::copy_from_slice(&ob[..n])));
+                    }
+                    if let Err(e) = w.feed(Stream::Stdout, &ob[..n]).await { eprintln!("kubeshard-shim: log write: {e}"); }
+                }
             },
             r = err.read(&mut eb), if err_open => match r {
                 Ok(0) | Err(_) => { err_open = false; let _ = w.finish(Stream::Stderr).await; }
-                Ok(n) => if let Err(e) = w.feed(Stream::Stderr, &eb[..n]).await { eprintln!("kubeshard-shim: log write: {e}"); },
+                Ok(n) => {
+                    if attached.receiver_count() > 0 {
+                        let _ = attached.send((FROM_STDERR, bytes::Bytes::copy_from_slice(&eb[..n])));
+                    }
+                    if let Err(e) = w.feed(Stream::Stderr, &eb[..n]).await { eprintln!("kubeshard-shim: log write: {e}"); }
+                }
             },
+        }
+    }
+}
+
+async fn wait_exit(child: i32) -> Option<WaitStatus> {
+    if let Ok(fd) = crate::sys::pidfd_open(child) {
+        let _ = crate::sys::pidfd_readable(fd).await;
+    }
+    loop {
+        match waitpid(crate::sys::pid(child), None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(s) => return Some(s),
+            Err(_) => return None,
         }
     }
 }

@@ -79,6 +79,15 @@ pub struct ContainerSpec {
     pub log_max_bytes: u64,
     /// Keep at most this many log files (the live one included).
     pub log_max_files: u32,
+    /// Give the container a stdin the shim keeps open for attaches (`stdin: true`).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Close that stdin when the first attached client ends (`stdinOnce: true`).
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// Run the container on a terminal (`tty: true`): stdout and stderr are its output.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// What the runtime records for a pod sandbox in `<run>/sandboxes/<id>/sandbox.json`.

@@ -77,6 +77,19 @@ pub(crate) async fn pidfd_readable(fd: OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Registers an owned descriptor (a pty master) with the Tokio reactor for reads and writes.
+pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the OwnedFd is a valid open fd owned by the AsyncFd until it is dropped, and
+    // as_raw_fd always returns that same fd.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            fd,
+            tokio::io::Interest::READABLE | tokio::io::Interest::WRITABLE,
+        )
+    }?;
+    Ok(afd)
+}
+
 /// Drops `cap` from the calling thread's bounding set (`PR_CAPBSET_DROP`).
 pub(crate) fn capbset_drop(cap: u32) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.

@@ -1105,6 +1105,9 @@ impl Worker {
             resources: container_resources(c),
             mounts,
             log_path: None,
+            stdin: c.stdin == Some(true),
+            stdin_once: c.stdin_once == Some(true),
+            tty: c.tty == Some(true),
         };
         let rt = self.ctx.runtime.clone();
         let id = match rt.create_container(&sb, &cfg).await {

@@ -341,3 +341,53 @@ impl crate::probe::ExecProber for Runtime {
         }
     }
 }
+
+/// A connection to a running container's own stdio through its shim (see
+/// [`crate::attach`] for the frames): output from now on, and its stdin and terminal size
+/// when the container has them.
+#[derive(Debug)]
+pub struct AttachConn {
+    /// The connection to the shim.
+    pub stream: tokio::net::UnixStream,
+    /// The container runs on a terminal (its output is all `stdout`).
+    pub tty: bool,
+    /// The container has a stdin.
+    pub stdin: bool,
+    /// Its stdin closes when the first stdin client ends (`stdinOnce`).
+    pub stdin_once: bool,
+}
+
+impl Runtime {
+    /// Attaches to the running container `container_id`; `with_stdin` declares this client
+    /// a stdin client (with `stdinOnce`, its end closes the container's stdin). `None` when
+    /// the container's shim offers no attach socket (one started by an older kubeshard).
+    pub async fn attach(
+        &self,
+        container_id: &str,
+        with_stdin: bool,
+    ) -> Result<Option<AttachConn>, RuntimeError> {
+        let (cdir, spec, state, exit) = self.container_files(container_id)?;
+        if state.is_none() || exit.is_some() {
+            return Err(RuntimeError::InvalidState(format!(
+                "container {container_id} is not running"
+            )));
+        }
+        if !cdir.join(crate::attach::SOCKET).exists() {
+            return Ok(None);
+        }
+        // Connecting to a listening Unix socket does not block on the peer.
+        let std_stream =
+            crate::attach::with_socket_path(&cdir, |p| std::os::unix::net::UnixStream::connect(p))?;
+        std_stream.set_nonblocking(true)?;
+        let mut stream = tokio::net::UnixStream::from_std(std_stream)?;
+        if with_stdin && spec.stdin {
+            crate::attach::write_frame(&mut stream, crate::attach::TO_HELLO_STDIN, &[]).await?;
+        }
+        Ok(Some(AttachConn {
+            stream,
+            tty: spec.tty,
+            stdin: spec.stdin,
+            stdin_once: spec.stdin_once,
+        }))
+    }
+}

@@ -632,10 +632,14 @@ async fn exec(
     let start: Result<remotecommand::Target, String> = if st.state != ContainerState::Running {
         Err(format!("container {c} is not running"))
     } else if attach {
-        Ok(remotecommand::Target::Attach(attach_output(
-            rt.clone(),
-            st.clone(),
-        )))
+        match rt.attach(&st.id, opts.stdin).await {
+            Ok(Some(conn)) => Ok(remotecommand::Target::Live(conn)),
+            Ok(None) => Ok(remotecommand::Target::Attach(attach_output(
+                rt.clone(),
+                st.clone(),
+            ))),
+            Err(e) => Err(format!("failed to attach to container: {e}")),
+        }
     } else {
         let cmd = format!("{argv:?}");
         match rt

@@ -20,11 +20,13 @@ use tokio::sync::mpsc;
 
 use super::spdy::{self, Event, SpdyReader, SpdyWriter};
 use super::ws::{Message, WsReader, WsWriter};
-use crate::runtime::{ExecExit, ExecReader, ExecSession, RuntimeError};
+use crate::runtime::{AttachConn, ExecExit, ExecReader, ExecSession, RuntimeError};
 
 /// How long the streams may take to deliver their last bytes after the process ended (a
 /// background child may hold them open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// How long an attach whose client closed its stdin waits for more output before it ends.
+const ATTACH_QUIET: Duration = Duration::from_millis(300);
 /// How long a SPDY client may take to open the streams it announced.
 const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -100,8 +102,11 @@ impl Outcome {
 /// The process side of a session: an exec, or an attach to the container's output.
 pub(crate) enum Target {
     Exec(Box<ExecSession>, String),
-    /// Attach: the container's log records from now on, until it exits.
+    /// Attach: the container's log records from now on, until it exits (a container whose
+    /// shim has no attach socket).
     Attach(mpsc::Receiver<Out>),
+    /// Attach through the shim: the container's output from now on, its stdin and terminal.
+    Live(AttachConn),
 }
 
 async fn copy_out(r: Option<ExecReader>, out: mpsc::Sender<Out>, stderr: bool) {
@@ -146,6 +151,87 @@ pub(crate) async fn pump(
                     },
                 }
             }
+            Outcome::Exited(
+                ExecExit {
+                    exit_code: 0,
+                    signal: None,
+                },
+                String::new(),
+            )
+        }
+        Target::Live(conn) => {
+            use crate::attach::{
+                FROM_STDERR, FROM_STDOUT, TO_RESIZE, TO_STDIN, TO_STDIN_EOF, read_frame,
+                write_frame,
+            };
+            let (stdin_once, tty) = (conn.stdin_once, conn.tty);
+            let (mut r, mut w) = conn.stream.into_split();
+            // Output read in a task of its own (reading a frame is not cancel-safe); it ends
+            // when the shim closes the connection after the container's exit.
+            let (ftx, mut frx) = mpsc::channel::<Out>(16);
+            let reader = tokio::spawn(async move {
+                while let Ok(Some((kind, b))) = read_frame(&mut r).await {
+                    let m = match kind {
+                        FROM_STDOUT => Out::Stdout(b),
+                        FROM_STDERR => Out::Stderr(b),
+                        _ => continue,
+                    };
+                    if ftx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut inp_open = true;
+            // When the client's stdin ended an attach: its output still flows until it has
+            // been quiet for ATTACH_QUIET (the answer to the last input), at most
+            // DRAIN_AFTER_EXIT.
+            let mut ending: Option<tokio::time::Instant> = None;
+            loop {
+                let quiet = async {
+                    match ending {
+                        Some(_) => tokio::time::sleep(ATTACH_QUIET).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    m = frx.recv() => match m {
+                        Some(m) => if out.send(m).await.is_err() { break },
+                        None => break,
+                    },
+                    _ = quiet => break,
+                    i = inp.recv(), if inp_open => {
+                        let sent = match i {
+                            Some(In::Stdin(b)) => write_frame(&mut w, TO_STDIN, &b).await,
+                            // As containerd: with stdinOnce (and no terminal) the end of
+                            // the client's stdin closes the container's, whose output then
+                            // runs to its exit; otherwise it ends the attach.
+                            Some(In::StdinEof) if stdin_once && !tty => {
+                                write_frame(&mut w, TO_STDIN_EOF, &[]).await
+                            }
+                            Some(In::StdinEof) => {
+                                ending = Some(tokio::time::Instant::now());
+                                inp_open = false;
+                                Ok(())
+                            }
+                            Some(In::Resize(c, rows)) => {
+                                let mut p = [0u8; 4];
+                                p[..2].copy_from_slice(&c.to_be_bytes());
+                                p[2..].copy_from_slice(&rows.to_be_bytes());
+                                write_frame(&mut w, TO_RESIZE, &p).await
+                            }
+                            // The client went away: detach (the container runs on).
+                            None => break,
+                        };
+                        if sent.is_err() {
+                            inp_open = false;
+                        }
+                    },
+                }
+                if ending.is_some_and(|t| t.elapsed() >= DRAIN_AFTER_EXIT) {
+                    break;
+                }
+            }
+            reader.abort();
             Outcome::Exited(
                 ExecExit {
                     exit_code: 0,
