@@ -156,6 +156,8 @@ pub struct Scheduler {
     pool: std::sync::Mutex<Vec<Part>>,
     /// Recycled score buffers, as `pool`.
     entries_pool: std::sync::Mutex<Vec<Vec<(u32, i64, i64)>>>,
+    /// Recycled max-tree buffers, as `pool`.
+    tree_pool: std::sync::Mutex<Vec<Vec<(i64, u32)>>>,
 }
 
 /// Most partition buffers kept for reuse.
@@ -215,6 +217,7 @@ impl Scheduler {
             stats: Stats::default(),
             pool: std::sync::Mutex::new(Vec::new()),
             entries_pool: std::sync::Mutex::new(Vec::new()),
+            tree_pool: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -617,8 +620,9 @@ impl Scheduler {
         }
 
         let mut decisions = Vec::with_capacity(slots.len());
-        // Stamp of the last placement on each node in this batch (0: untouched).
-        let mut dirty_at: Vec<u64> = vec![0; self.snap.nodes.len()];
+        // The nodes changed in this batch (placements, promised room), in stamp order: an
+        // evaluation taken at stamp `at` re-checks only the nodes logged after `at`.
+        let mut changed: Vec<(u64, u32)> = Vec::new();
         let mut stamp: u64 = 0;
         let mut last_assume: u64 = 0;
         let mut last_reach: u64 = 0;
@@ -661,7 +665,7 @@ impl Scheduler {
                     }
                     if let Some((_, parts, scored, _)) = cur.take() {
                         self.recycle(parts);
-                        self.recycle_entries(scored.entries);
+                        self.recycle_scored(scored);
                     }
                     match fw.prepare(&pod, &self.snap) {
                         Ok(pc) => {
@@ -682,29 +686,27 @@ impl Scheduler {
                 };
                 // Pick the best node, re-checking the nodes changed since the evaluation
                 // and keeping what the re-check found (a class's later pods start from it).
-                let mut best: Option<(i64, u32)> = None;
-                let mut dropped = false;
-                for entry in scored.entries.iter_mut() {
-                    let (node, _, normpart) = *entry;
-                    if dirty_at[node as usize] > *at {
-                        let n = &self.snap.nodes[node as usize];
-                        entry.1 = if self.feasible_with_nominated(e, n, node as usize) {
-                            fw.base_score(&e.pc, &pod, n, &self.snap) + normpart
-                        } else {
-                            i64::MIN
-                        };
-                        if entry.1 == i64::MIN {
-                            dropped = true;
-                        }
-                    }
-                    let score = entry.1;
-                    if score == i64::MIN {
-                        continue;
-                    }
-                    if best.is_none_or(|(b, bn)| score > b || (score == b && node < bn)) {
-                        best = Some((score, node));
-                    }
+                // The best is the root of a max tree over the entries: a pod of a class
+                // costs O(changed nodes x log nodes), not a scan of every feasible node.
+                if scored.tree.is_empty() {
+                    scored.build_tree();
                 }
+                let mut dropped = false;
+                let since = changed.partition_point(|&(s, _)| s <= *at);
+                for &(_, node) in &changed[since..] {
+                    let Ok(k) = scored.entries.binary_search_by_key(&node, |e| e.0) else {
+                        continue;
+                    };
+                    let n = &self.snap.nodes[node as usize];
+                    let score = if self.feasible_with_nominated(e, n, node as usize) {
+                        fw.base_score(&e.pc, &pod, n, &self.snap) + scored.entries[k].2
+                    } else {
+                        dropped = true;
+                        i64::MIN
+                    };
+                    scored.set(k, score);
+                }
+                let best = scored.best();
                 *at = stamp;
                 if dropped && scored.sensitive && rounds < 3 {
                     // A node dropping out can shift everyone's normalized score.
@@ -739,7 +741,7 @@ impl Scheduler {
                 if e.pc.reaches {
                     last_reach = stamp;
                 }
-                dirty_at[node as usize] = stamp;
+                changed.push((stamp, node));
                 let mut placed = (*pod).clone();
                 placed.node_name = Some(name.clone());
                 self.snap.add_pod(node as usize, Arc::new(placed));
@@ -778,7 +780,7 @@ impl Scheduler {
                 // The nominated pod's room is now promised: the node changed for the
                 // pods after it.
                 stamp += 1;
-                dirty_at[i] = stamp;
+                changed.push((stamp, i as u32));
             }
             match (class, cur) {
                 (Some(c), Some(ev)) => {
@@ -786,7 +788,7 @@ impl Scheduler {
                 }
                 (_, Some((_, parts, scored, _))) => {
                     self.recycle(parts);
-                    self.recycle_entries(scored.entries);
+                    self.recycle_scored(scored);
                 }
                 (_, None) => {}
             }
@@ -794,17 +796,28 @@ impl Scheduler {
         }
         for (_, (_, parts, scored, _)) in classes {
             self.recycle(parts);
-            self.recycle_entries(scored.entries);
+            self.recycle_scored(scored);
         }
         decisions
     }
 
-    fn recycle_entries(&self, mut e: Vec<(u32, i64, i64)>) {
+    fn recycle_scored(&self, s: Scored) {
+        let Scored {
+            mut entries,
+            mut tree,
+            ..
+        } = s;
         if let Ok(mut p) = self.entries_pool.lock()
             && p.len() < POOL_MAX
         {
-            e.clear();
-            p.push(e);
+            entries.clear();
+            p.push(entries);
+        }
+        if let Ok(mut p) = self.tree_pool.lock()
+            && p.len() < POOL_MAX
+        {
+            tree.clear();
+            p.push(tree);
         }
     }
 
@@ -986,7 +999,13 @@ impl Scheduler {
                 .ok()
                 .and_then(|mut p| p.pop())
                 .unwrap_or_default();
-            let scored = finalize(e, &parts, snap, buf);
+            let mut scored = finalize(e, &parts, snap, buf);
+            scored.tree = self
+                .tree_pool
+                .lock()
+                .ok()
+                .and_then(|mut p| p.pop())
+                .unwrap_or_default();
             (parts, scored)
         };
         if workers <= 1 {
@@ -1075,11 +1094,59 @@ fn eval_partition(
 
 #[derive(Debug, Default)]
 struct Scored {
-    /// (node, total weighted score, its normalized part).
+    /// (node, total weighted score, its normalized part), in node order; a score of
+    /// `i64::MIN` marks a node that dropped out.
     entries: Vec<(u32, i64, i64)>,
     /// Whether a normalizing plugin saw different raw scores on different nodes (then a node
     /// dropping out can shift everyone's normalized score).
     sensitive: bool,
+    /// Max tree over `entries` by (score, lowest node): leaves at `len..2 * len`, each inner
+    /// slot `i` the better of `2i` and `2i + 1`, the best of all at slot 1. Empty until the
+    /// first pick (`build_tree`).
+    tree: Vec<(i64, u32)>,
+}
+
+/// The better of two (score, node) candidates: higher score, then lower node.
+#[inline]
+fn better(a: (i64, u32), b: (i64, u32)) -> (i64, u32) {
+    if b.0 > a.0 || (b.0 == a.0 && b.1 < a.1) {
+        b
+    } else {
+        a
+    }
+}
+
+impl Scored {
+    /// Builds the max tree from `entries`.
+    fn build_tree(&mut self) {
+        let m = self.entries.len();
+        self.tree.clear();
+        self.tree.resize(2 * m, (i64::MIN, u32::MAX));
+        for (k, &(node, score, _)) in self.entries.iter().enumerate() {
+            self.tree[m + k] = (score, node);
+        }
+        for i in (1..m).rev() {
+            self.tree[i] = better(self.tree[2 * i], self.tree[2 * i + 1]);
+        }
+    }
+
+    /// Sets entry `k`'s score and updates the tree.
+    fn set(&mut self, k: usize, score: i64) {
+        self.entries[k].1 = score;
+        let m = self.entries.len();
+        let mut i = m + k;
+        self.tree[i].0 = score;
+        while i > 1 {
+            i /= 2;
+            self.tree[i] = better(self.tree[2 * i], self.tree[2 * i + 1]);
+        }
+    }
+
+    /// The best (score, node), None when every node dropped out.
+    fn best(&self) -> Option<(i64, u32)> {
+        let b = *self.tree.get(1)?;
+        (b.0 != i64::MIN).then_some(b)
+    }
 }
 
 /// Phase 2 for one pod: merge the partitions, normalize, weigh.
@@ -1132,7 +1199,11 @@ fn finalize(
         scores.clear();
         SCRATCH.with(|c| *c.borrow_mut() = scores);
     }
-    Scored { entries, sensitive }
+    Scored {
+        entries,
+        sensitive,
+        tree: Vec::new(),
+    }
 }
 
 /// The simple sequential scorer: final (normalized, weighted) scores of `nodes` for a pod.

@@ -30,10 +30,13 @@ pub struct NodeScore {
 }
 
 /// Per-pod, per-cycle state: one slot per plugin of the profile, written in PreFilter/PreScore
-/// and read by Filter/Score on every node.
-#[derive(Default)]
+/// and read by Filter/Score on every node. Cloning is cheap (slots are shared); a plugin
+/// that changes its slot in `PreFilterPlugin::add_pod`/`remove_pod` writes a new value, so
+/// the state of the cycle it was cloned from is untouched (upstream clones `CycleState` for
+/// the preemption dry run the same way).
+#[derive(Default, Clone)]
 pub struct CycleState {
-    slots: Vec<Option<Box<dyn Any + Send + Sync>>>,
+    slots: Vec<Option<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for CycleState {
@@ -57,12 +60,12 @@ impl CycleState {
         if slot >= self.slots.len() {
             self.slots.resize_with(slot + 1, || None);
         }
-        self.slots[slot] = Some(Box::new(v));
+        self.slots[slot] = Some(Arc::new(v));
     }
 
     /// Reads a plugin's data.
     pub fn read<T: Any>(&self, slot: usize) -> Option<&T> {
-        self.slots.get(slot)?.as_ref()?.downcast_ref()
+        self.slots.get(slot)?.as_deref()?.downcast_ref()
     }
 }
 
@@ -136,6 +139,38 @@ pub trait PreFilterPlugin: Send + Sync {
         pod: &PodInfo,
         snap: &Snapshot,
     ) -> Status;
+    /// Whether the state this plugin writes depends on the pods of *other* nodes, so that
+    /// `add_pod`/`remove_pod` must be run when a dry run (preemption, nominated pods)
+    /// changes a node (upstream `PreFilterExtensions` returning non-nil).
+    fn has_extensions(&self) -> bool {
+        false
+    }
+    /// Updates this plugin's state as if `other` were added to `node` (upstream
+    /// `PreFilterExtensions.AddPod`). `node` is the node as it is after the addition.
+    fn add_pod(
+        &self,
+        _slot: usize,
+        _state: &mut CycleState,
+        _pod: &PodInfo,
+        _other: &PodInfo,
+        _node: &NodeInfo,
+        _snap: &Snapshot,
+    ) -> Status {
+        Status::Success
+    }
+    /// Updates this plugin's state as if `other` were removed from `node` (upstream
+    /// `PreFilterExtensions.RemovePod`).
+    fn remove_pod(
+        &self,
+        _slot: usize,
+        _state: &mut CycleState,
+        _pod: &PodInfo,
+        _other: &PodInfo,
+        _node: &NodeInfo,
+        _snap: &Snapshot,
+    ) -> Status {
+        Status::Success
+    }
 }
 
 /// Decides whether one node can host the pod. Pure over `node`.
@@ -300,7 +335,7 @@ impl std::fmt::Debug for Framework {
 }
 
 /// What PreFilter/PreScore left for one pod: its state and the plugins active for it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PodCycle {
     /// Per-plugin state.
     pub state: CycleState,
@@ -366,6 +401,75 @@ impl Framework {
             coupled,
             reaches,
         })
+    }
+
+    /// Whether any of the pod's active PreFilter plugins keeps state that `add_pod` /
+    /// `remove_pod` must update when a dry run changes a node.
+    pub fn has_pre_filter_extensions(&self, pc: &PodCycle) -> bool {
+        pc.filters.iter().any(|&i| {
+            self.pre_filter.contains(&i)
+                && self.plugins[i]
+                    .as_pre_filter()
+                    .is_some_and(|p| p.has_extensions())
+        })
+    }
+
+    /// Runs every active PreFilter plugin's `add_pod` (upstream
+    /// `RunPreFilterExtensionAddPod`): `other` was added to `node`.
+    pub fn run_pre_filter_add_pod(
+        &self,
+        pc: &mut PodCycle,
+        pod: &PodInfo,
+        other: &PodInfo,
+        node: &NodeInfo,
+        snap: &Snapshot,
+    ) -> Status {
+        self.run_pre_filter_ext(pc, pod, other, node, snap, true)
+    }
+
+    /// Runs every active PreFilter plugin's `remove_pod` (upstream
+    /// `RunPreFilterExtensionRemovePod`): `other` was removed from `node`.
+    pub fn run_pre_filter_remove_pod(
+        &self,
+        pc: &mut PodCycle,
+        pod: &PodInfo,
+        other: &PodInfo,
+        node: &NodeInfo,
+        snap: &Snapshot,
+    ) -> Status {
+        self.run_pre_filter_ext(pc, pod, other, node, snap, false)
+    }
+
+    fn run_pre_filter_ext(
+        &self,
+        pc: &mut PodCycle,
+        pod: &PodInfo,
+        other: &PodInfo,
+        node: &NodeInfo,
+        snap: &Snapshot,
+        add: bool,
+    ) -> Status {
+        for &i in &self.pre_filter {
+            // Plugins skipped at PreFilter have no state and are not run at Filter.
+            if !pc.filters.contains(&i) {
+                continue;
+            }
+            let Some(pf) = self.plugins[i].as_pre_filter() else {
+                continue;
+            };
+            if !pf.has_extensions() {
+                continue;
+            }
+            let s = if add {
+                pf.add_pod(i, &mut pc.state, pod, other, node, snap)
+            } else {
+                pf.remove_pod(i, &mut pc.state, pod, other, node, snap)
+            };
+            if !s.is_success() {
+                return s;
+            }
+        }
+        Status::Success
     }
 
     /// Runs the pod's filters on one node; stops at the first rejection.

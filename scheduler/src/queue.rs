@@ -165,10 +165,19 @@ impl SchedulingQueue {
         let Some((qp, place)) = self.pods.remove(&pod.key) else {
             return self.add(pod, now);
         };
+        // Upstream `isPodUpdated`: an update that changes nothing the plugins read (the
+        // scheduler's own PodScheduled condition or nominatedNodeName echoed back, a status
+        // change) leaves an unschedulable pod where it is; otherwise each of our own
+        // status writes would retry the pod at once.
+        let relevant = !status_only(&qp.pod, &pod);
         let qp = QueuedPod { pod, ..qp };
         match place {
             _ if qp.pod.gated => {
                 self.pods.insert(qp.pod.key.clone(), (qp, Place::Gated));
+            }
+            Place::Unschedulable(t) if !relevant => {
+                self.pods
+                    .insert(qp.pod.key.clone(), (qp, Place::Unschedulable(t)));
             }
             Place::Gated | Place::Unschedulable(_) => self.push_active(qp),
             Place::Backoff(t) => self.push_backoff(qp, t),
@@ -346,6 +355,17 @@ impl SchedulingQueue {
     }
 }
 
+/// Whether `new` differs from `old` only where the plugins do not look (status,
+/// `nominatedNodeName`).
+fn status_only(old: &PodInfo, new: &PodInfo) -> bool {
+    if old.nominated_node == new.nominated_node {
+        return old.same_class(new);
+    }
+    let mut n = new.clone();
+    n.nominated_node = old.nominated_node.clone();
+    old.same_class(&n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +474,39 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    /// Our own status writes (PodScheduled=False, nominatedNodeName) come back through the
+    /// informer: they must not retry an unschedulable pod; a spec change (labels) must.
+    #[test]
+    fn status_only_updates_keep_unschedulable_pods_waiting() {
+        let t0 = Instant::now();
+        let mut q = q();
+        q.add(p("x", 0, false), t0).unwrap();
+        assert_eq!(names(&q.pop_batch(10, t0)), ["x"]);
+        q.unschedulable(
+            &PodKey {
+                namespace: "default".into(),
+                name: "x".into(),
+            },
+            vec!["NodeResourcesFit"],
+            t0,
+        );
+        let later = t0 + Duration::from_secs(5);
+        let nominated = Arc::new(pod(
+            json!({"metadata": {"name": "x", "namespace": "default"},
+            "spec": {"priority": 0, "containers": []},
+            "status": {"nominatedNodeName": "n1", "conditions": [{"type": "PodScheduled", "status": "False"}]}}),
+        ));
+        q.update(nominated, later).unwrap();
+        assert_eq!(q.len().unschedulable, 1);
+        assert!(q.pop_batch(10, later).is_empty());
+        let relabelled = Arc::new(pod(
+            json!({"metadata": {"name": "x", "namespace": "default", "labels": {"a": "b"}},
+            "spec": {"priority": 0, "containers": []}}),
+        ));
+        q.update(relabelled, later).unwrap();
+        assert_eq!(names(&q.pop_batch(10, later)), ["x"]);
     }
 
     #[test]

@@ -61,13 +61,23 @@ impl ShellOptions {
 }
 
 fn event(pod: &crate::model::PodInfo, reason: &str, kind: &str, message: &str) -> core::Event {
+    event_for(&pod.key, Some(&pod.uid), reason, kind, message)
+}
+
+fn event_for(
+    key: &PodKey,
+    uid: Option<&str>,
+    reason: &str,
+    kind: &str,
+    message: &str,
+) -> core::Event {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut msg = message.to_owned();
     msg.truncate(1024);
     serde_json::from_value(json!({
-        "metadata": {"generateName": format!("{}.", pod.key.name), "namespace": pod.key.namespace},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": pod.key.namespace,
-                           "name": pod.key.name, "uid": pod.uid},
+        "metadata": {"generateName": format!("{}.", key.name), "namespace": key.namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": key.namespace,
+                           "name": key.name, "uid": uid},
         "reason": reason, "message": msg, "type": kind, "count": 1,
         "firstTimestamp": now, "lastTimestamp": now,
         "source": {"component": "default-scheduler"}, "reportingComponent": "default-scheduler"
@@ -93,6 +103,10 @@ async fn post_event(
 
 /// Most `Scheduled` events being posted at once (more are dropped).
 const EVENTS_IN_FLIGHT: usize = 256;
+
+/// Most unschedulable outcomes (status patch, event, victim deletions) being written at once;
+/// the cycle waits for room beyond that.
+const FAILURES_IN_FLIGHT: usize = 64;
 
 /// Runs the scheduler until `shutdown` resolves.
 pub async fn run(
@@ -195,18 +209,39 @@ pub async fn run(
     // Events are posted off the binding path, at most EVENTS_IN_FLIGHT at once; beyond that
     // they are dropped (as upstream's event broadcaster drops when its queue is full).
     let events = Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT));
+    let failures = Arc::new(tokio::sync::Semaphore::new(FAILURES_IN_FLIGHT));
+    // Binding outcomes (pod, bound?) for the core. At most one per assumed pod, and assumed
+    // pods are bounded by the queue's capacity.
+    let (outcomes_tx, outcomes_rx) = std::sync::mpsc::channel::<(PodKey, bool)>();
+    let outcomes_rx = Arc::new(Mutex::new(outcomes_rx));
     loop {
         if leader.as_ref().is_some_and(|h| !h.is_leader()) {
             tracing::warn!("lost the scheduler lease; stopping");
             break;
         }
-        let decisions = {
-            let Ok(mut s) = core.lock() else { break };
+        // The batch runs on the blocking pool: it holds the core for milliseconds, and a
+        // runtime worker stuck on it would stall the connections the bindings and informers
+        // are using. Binding outcomes reach the core through `outcomes` (drained here), so
+        // a finished binding never waits for a batch either.
+        let (c, rx) = (core.clone(), outcomes_rx.clone());
+        let batch = tokio::task::spawn_blocking(move || {
+            let mut s = c.lock().ok()?;
             let now = Instant::now();
+            if let Ok(rx) = rx.lock() {
+                while let Ok((key, ok)) = rx.try_recv() {
+                    if ok {
+                        s.finish_binding(&key, now);
+                    } else {
+                        s.forget(&key, now);
+                    }
+                }
+            }
             s.queue.flush(now);
             s.cleanup_assumed(now);
-            s.schedule_batch(now)
-        };
+            Some(s.schedule_batch(now))
+        })
+        .await;
+        let Ok(Some(decisions)) = batch else { break };
         if decisions.is_empty() {
             tokio::select! {
                 _ = wake.notified() => {}
@@ -221,7 +256,8 @@ pub async fn run(
                     let Ok(permit) = binds.clone().acquire_owned().await else {
                         break;
                     };
-                    let (client, core, wake) = (client.clone(), core.clone(), wake.clone());
+                    let (client, outcomes, wake) =
+                        (client.clone(), outcomes_tx.clone(), wake.clone());
                     let events = events.clone();
                     tokio::spawn(async move {
                         let pods: Api<core::Pod> =
@@ -235,9 +271,7 @@ pub async fn run(
                         drop(permit);
                         match res {
                             Ok(_) => {
-                                if let Ok(mut s) = core.lock() {
-                                    s.finish_binding(&pod.key, Instant::now());
-                                }
+                                let _ = outcomes.send((pod.key.clone(), true));
                                 if let Ok(p) = events.try_acquire_owned() {
                                     let _p = p;
                                     let msg =
@@ -247,9 +281,8 @@ pub async fn run(
                             }
                             Err(e) => {
                                 tracing::warn!(pod = %pod.key, "binding failed: {e}");
-                                if let Ok(mut s) = core.lock() {
-                                    s.forget(&pod.key, Instant::now());
-                                }
+                                let _ = outcomes.send((pod.key.clone(), false));
+                                wake.notify_one();
                                 post_event(
                                     &client,
                                     &pod,
@@ -258,7 +291,6 @@ pub async fn run(
                                     &format!("Binding rejected: {e}"),
                                 )
                                 .await;
-                                wake.notify_one();
                             }
                         }
                     });
@@ -268,8 +300,12 @@ pub async fn run(
                     message,
                     nomination,
                 } => {
+                    let Ok(permit) = failures.clone().acquire_owned().await else {
+                        break;
+                    };
                     let client = client.clone();
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let pods: Api<core::Pod> =
                             Api::namespaced(client.clone(), &pod.key.namespace);
                         let mut status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
@@ -279,8 +315,23 @@ pub async fn run(
                             for v in victims {
                                 let vp: Api<core::Pod> =
                                     Api::namespaced(client.clone(), &v.namespace);
-                                if let Err(e) = vp.delete(&v.name, &DeleteParams::default()).await {
-                                    tracing::warn!(victim = %v, "preemption delete: {e}");
+                                match vp.delete(&v.name, &DeleteParams::default()).await {
+                                    Ok(_) => {
+                                        // Upstream's event on the victim.
+                                        let msg =
+                                            format!("Preempted by pod {} on node {node}", pod.uid);
+                                        let ev = event_for(v, None, "Preempted", "Normal", &msg);
+                                        let events: Api<core::Event> =
+                                            Api::namespaced(client.clone(), &v.namespace);
+                                        if let Err(e) =
+                                            events.create(&PostParams::default(), &ev).await
+                                        {
+                                            tracing::debug!(victim = %v, "event: {e}");
+                                        }
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(victim = %v, "preemption delete: {e}")
+                                    }
                                 }
                             }
                         }

@@ -24,6 +24,20 @@ fn bump(m: &mut TopoCounts, key: &str, val: &str, d: i64) {
         .or_default() += d;
 }
 
+/// Adds `d` and drops the entries that reach zero, so that "no matching pod anywhere" stays an
+/// empty map (the first-of-group rule reads emptiness).
+fn bump_prune(m: &mut TopoCounts, key: &str, val: &str, d: i64) {
+    let vals = m.entry(key.to_owned()).or_default();
+    let c = vals.entry(val.to_owned()).or_default();
+    *c += d;
+    if *c == 0 {
+        vals.remove(val);
+        if vals.is_empty() {
+            m.remove(key);
+        }
+    }
+}
+
 fn get(m: &TopoCounts, key: &str, val: &str) -> i64 {
     m.get(key).and_then(|v| v.get(val)).copied().unwrap_or(0)
 }
@@ -73,6 +87,7 @@ impl InterPodAffinity {
     }
 }
 
+#[derive(Clone)]
 struct FilterState {
     existing_anti: TopoCounts,
     affinity: TopoCounts,
@@ -158,6 +173,72 @@ impl PreFilterPlugin for InterPodAffinity {
                             }
                         }
                     }
+                }
+            }
+        }
+        state.write(slot, st);
+        Status::Success
+    }
+    fn has_extensions(&self) -> bool {
+        true
+    }
+    fn add_pod(
+        &self,
+        slot: usize,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        other: &PodInfo,
+        node: &NodeInfo,
+        snap: &Snapshot,
+    ) -> Status {
+        Self::update_with_pod(slot, state, pod, other, node, snap, 1)
+    }
+    fn remove_pod(
+        &self,
+        slot: usize,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        other: &PodInfo,
+        node: &NodeInfo,
+        snap: &Snapshot,
+    ) -> Status {
+        Self::update_with_pod(slot, state, pod, other, node, snap, -1)
+    }
+}
+
+impl InterPodAffinity {
+    /// Upstream `preFilterState.updateWithPod`: the counts PreFilter made, as if `other` were
+    /// added to (`d` = 1) or removed from (`d` = -1) `node`; the same per-term matching as
+    /// PreFilter.
+    fn update_with_pod(
+        slot: usize,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        other: &PodInfo,
+        node: &NodeInfo,
+        snap: &Snapshot,
+        d: i64,
+    ) -> Status {
+        let Some(st) = state.read::<FilterState>(slot) else {
+            return Status::Error("InterPodAffinity: no PreFilter state".into());
+        };
+        let mut st = st.clone();
+        for t in &other.required_anti_affinity {
+            if let Some(v) = node.labels.get(&t.topology_key)
+                && t.matches(pod, snap)
+            {
+                bump_prune(&mut st.existing_anti, &t.topology_key, v, d);
+            }
+        }
+        for (terms, out) in [
+            (&pod.required_affinity, &mut st.affinity),
+            (&pod.required_anti_affinity, &mut st.anti),
+        ] {
+            for t in terms {
+                if let Some(v) = node.labels.get(&t.topology_key)
+                    && t.matches(other, snap)
+                {
+                    bump_prune(out, &t.topology_key, v, d);
                 }
             }
         }

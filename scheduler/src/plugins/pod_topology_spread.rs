@@ -169,8 +169,11 @@ fn has_all_keys(node: &NodeInfo, cs: &[SpreadConstraint]) -> bool {
     cs.iter().all(|c| node.labels.contains_key(&c.topology_key))
 }
 
+#[derive(Clone)]
 struct FilterState {
     constraints: Vec<SpreadConstraint>,
+    /// Per constraint: domain value -> matching pods (kept for `add_pod`/`remove_pod`).
+    counts: Vec<HashMap<String, i64>>,
     /// Per constraint: the domain values decided once here rather than per node: the
     /// values that break maxSkew (`false`), or when a value outside the known domains breaks
     /// it too, the values that keep it (`true`).
@@ -275,46 +278,114 @@ impl PreFilterPlugin for PodTopologySpread {
                     count_matching(node, &c.selector, &pod.key.namespace);
             }
         }
-        let mins: Vec<i64> = constraints
-            .iter()
-            .zip(&counts)
-            .map(|(c, domains)| {
-                if c.min_domains
-                    .is_some_and(|m| (domains.len() as i64) < i64::from(m))
-                {
-                    0
-                } else {
-                    domains
-                        .values()
-                        .copied()
-                        .min()
-                        .unwrap_or(i64::from(i32::MAX))
-                }
-            })
-            .collect();
-        let verdicts = constraints
-            .iter()
-            .zip(&counts)
-            .zip(&mins)
-            .map(|((c, domains), &min)| {
-                let self_match = i64::from(c.selector.matches(&pod.labels));
-                let over = |m: i64| m + self_match - min > i64::from(c.max_skew);
-                let allow = over(0);
-                let set = domains
-                    .iter()
-                    .filter(|(_, m)| over(**m) != allow)
-                    .map(|(v, _)| v.clone())
-                    .collect();
-                (set, allow)
-            })
-            .collect();
+        let verdicts = decide(&constraints, &counts, pod);
         state.write(
             slot,
             FilterState {
                 constraints,
+                counts,
                 verdicts,
             },
         );
+        Status::Success
+    }
+    fn has_extensions(&self) -> bool {
+        true
+    }
+    fn add_pod(
+        &self,
+        slot: usize,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        other: &PodInfo,
+        node: &NodeInfo,
+        _: &Snapshot,
+    ) -> Status {
+        Self::update_with_pod(slot, state, pod, other, node, 1)
+    }
+    fn remove_pod(
+        &self,
+        slot: usize,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        other: &PodInfo,
+        node: &NodeInfo,
+        _: &Snapshot,
+    ) -> Status {
+        Self::update_with_pod(slot, state, pod, other, node, -1)
+    }
+}
+
+/// Per constraint, the domain values whose verdict differs from that of an unknown value (see
+/// `FilterState::verdicts`), from the counts per domain.
+fn decide(
+    constraints: &[SpreadConstraint],
+    counts: &[HashMap<String, i64>],
+    pod: &PodInfo,
+) -> Vec<(HashSet<String>, bool)> {
+    constraints
+        .iter()
+        .zip(counts)
+        .map(|(c, domains)| {
+            let min = if c
+                .min_domains
+                .is_some_and(|m| (domains.len() as i64) < i64::from(m))
+            {
+                0
+            } else {
+                domains
+                    .values()
+                    .copied()
+                    .min()
+                    .unwrap_or(i64::from(i32::MAX))
+            };
+            let self_match = i64::from(c.selector.matches(&pod.labels));
+            let over = |m: i64| m + self_match - min > i64::from(c.max_skew);
+            let allow = over(0);
+            let set = domains
+                .iter()
+                .filter(|(_, m)| over(**m) != allow)
+                .map(|(v, _)| v.clone())
+                .collect();
+            (set, allow)
+        })
+        .collect()
+}
+
+impl PodTopologySpread {
+    /// Upstream `preFilterState.updateWithPod`: the counts as if `other` were added to
+    /// (`d` = 1) or removed from (`d` = -1) `node`, and the verdicts decided again.
+    fn update_with_pod(
+        slot: usize,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        other: &PodInfo,
+        node: &NodeInfo,
+        d: i64,
+    ) -> Status {
+        let Some(st) = state.read::<FilterState>(slot) else {
+            return Status::Error("PodTopologySpread: no PreFilter state".into());
+        };
+        if other.terminating
+            || other.key.namespace != pod.key.namespace
+            || !has_all_keys(node, &st.constraints)
+        {
+            return Status::Success;
+        }
+        let mut st = st.clone();
+        let mut changed = false;
+        for (i, c) in st.constraints.iter().enumerate() {
+            if !node_included(c, pod, node) || !c.selector.matches(&other.labels) {
+                continue;
+            }
+            let v = &node.labels[&c.topology_key];
+            *st.counts[i].entry(v.clone()).or_insert(0) += d;
+            changed = true;
+        }
+        if changed {
+            st.verdicts = decide(&st.constraints, &st.counts, pod);
+            state.write(slot, st);
+        }
         Status::Success
     }
 }

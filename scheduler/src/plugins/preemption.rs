@@ -70,14 +70,48 @@ impl DefaultPreemption {
         {
             return None;
         }
+        // The dry run works on a copy of the node and of the pod's cycle state: plugins whose
+        // PreFilter state counts pods on other nodes (InterPodAffinity, PodTopologySpread)
+        // see each removal and re-addition through their AddPod/RemovePod extensions, as
+        // upstream's `SelectVictimsOnNode` does.
+        let ext = fw.has_pre_filter_extensions(pc);
+        let mut state = ext.then(|| pc.clone());
         // Pods nominated here with at least this priority keep their promised room.
-        let mut trial = snap
-            .with_nominated(node_idx as usize, pod)
-            .unwrap_or_else(|| node.clone());
+        let mut trial = node.clone();
+        let nominated: Vec<Arc<PodInfo>> = snap
+            .nominated
+            .get(&(node_idx as usize))
+            .map(|noms| {
+                noms.iter()
+                    .filter(|p| p.key != pod.key && p.priority >= pod.priority)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for p in nominated {
+            trial.add_pod(p.clone());
+            if let Some(st) = state.as_mut()
+                && !fw
+                    .run_pre_filter_add_pod(st, pod, &p, &trial, snap)
+                    .is_success()
+            {
+                return None;
+            }
+        }
         for p in &lower {
             trial.remove_pod(&p.key);
+            if let Some(st) = state.as_mut()
+                && !fw
+                    .run_pre_filter_remove_pod(st, pod, p, &trial, snap)
+                    .is_success()
+            {
+                return None;
+            }
         }
-        if !fw.run_filters(pc, pod, &trial, snap).is_success() {
+        if !fw
+            .run_filters(state.as_ref().unwrap_or(pc), pod, &trial, snap)
+            .is_success()
+        {
             return None;
         }
         let mut sorted = lower;
@@ -108,8 +142,21 @@ impl DefaultPreemption {
         for (group, is_violating) in [(violating, true), (fine, false)] {
             for p in group {
                 trial.add_pod(p.clone());
-                if !fw.run_filters(pc, pod, &trial, snap).is_success() {
+                let fits = match state.as_mut() {
+                    Some(st) => {
+                        fw.run_pre_filter_add_pod(st, pod, &p, &trial, snap)
+                            .is_success()
+                            && fw.run_filters(st, pod, &trial, snap).is_success()
+                    }
+                    None => fw.run_filters(pc, pod, &trial, snap).is_success(),
+                };
+                if !fits {
                     trial.remove_pod(&p.key);
+                    if let Some(st) = state.as_mut() {
+                        // Undo the addition in the state too (it cannot fail: it only
+                        // reverses the update just made).
+                        let _ = fw.run_pre_filter_remove_pod(st, pod, &p, &trial, snap);
+                    }
                     if is_violating {
                         pdb_violations += 1;
                     }
@@ -274,5 +321,111 @@ mod tests {
             disruptions_allowed: 0,
         });
         assert_eq!(run(&s, &prio("hi", "2", 20, json!({}))).unwrap().node, 1);
+    }
+
+    /// A framework with these plugins enabled at every point (weight 1).
+    fn multi(names: &[&str]) -> crate::framework::Framework {
+        let enabled = names
+            .iter()
+            .map(|n| format!("{{name: {n}}}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cfg = format!(
+            "profiles:\n- schedulerName: t\n  plugins:\n    multiPoint:\n      enabled: [{enabled}]\n      disabled: [{{name: '*'}}]\n"
+        );
+        let cfg: crate::config::Config = serde_yaml::from_str(&cfg).expect("config");
+        crate::config::build_profiles(&cfg)
+            .expect("profile")
+            .remove(0)
+    }
+
+    fn run_with(
+        fw: &crate::framework::Framework,
+        s: &crate::model::Snapshot,
+        p: &PodInfo,
+    ) -> Result<crate::framework::Nomination, crate::Status> {
+        let rejected: Vec<(u32, bool)> = (0..s.nodes.len() as u32).map(|n| (n, false)).collect();
+        super::DefaultPreemption.post_filter(fw, p, s, &rejected)
+    }
+
+    fn names(n: &crate::framework::Nomination) -> Vec<&str> {
+        let mut v: Vec<&str> = n.victims.iter().map(|k| k.name.as_str()).collect();
+        v.sort();
+        v
+    }
+
+    /// The victim is the very pod the preemptor's anti-affinity rejects: the dry run must
+    /// remove it from InterPodAffinity's PreFilter counts too (RemovePod), or no node is a
+    /// candidate.
+    #[test]
+    fn dry_run_removes_victims_from_inter_pod_affinity_state() {
+        let mut s = snap(vec![
+            cap_node("a", "2", "1Gi", &[("kubernetes.io/hostname", "a")]),
+            cap_node("b", "2", "1Gi", &[("kubernetes.io/hostname", "b")]),
+        ]);
+        s.add_pod(0, Arc::new(prio("web", "2", 1, json!({"app": "web"}))));
+        s.add_pod(1, Arc::new(prio("keep", "2", 100, json!({"app": "other"}))));
+        let hi = pod(json!({"metadata": {"name": "hi", "namespace": "default"},
+            "spec": {"priority": 50, "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}],
+                     "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}}));
+        let fw = multi(&["NodeResourcesFit", "InterPodAffinity"]);
+        let n = run_with(&fw, &s, &hi).expect("a candidate once the victim is gone");
+        assert_eq!((n.node, names(&n)), (0, vec!["web"]));
+        // The reprieve step re-adds through AddPod: a second, unrelated low-priority pod on
+        // the node is not evicted when there is room for it.
+        s.add_pod(0, Arc::new(prio("tiny", "0", 1, json!({"app": "tiny"}))));
+        let n = run_with(&fw, &s, &hi).expect("candidate");
+        assert_eq!((n.node, names(&n)), (0, vec!["web"]));
+        // An existing pod's anti-affinity towards the preemptor, on the victim: removed too.
+        let mut s = snap(vec![cap_node(
+            "a",
+            "2",
+            "1Gi",
+            &[("kubernetes.io/hostname", "a")],
+        )]);
+        let guard = pod(
+            json!({"metadata": {"name": "guard", "namespace": "default", "labels": {"app": "guard"}},
+            "spec": {"priority": 1, "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}],
+                     "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"labelSelector": {"matchLabels": {"app": "hi"}}, "topologyKey": "kubernetes.io/hostname"}]}}}}),
+        );
+        s.add_pod(0, Arc::new(guard));
+        let hi = prio("hi", "1", 50, json!({"app": "hi"}));
+        let n = run_with(&fw, &s, &hi).expect("candidate");
+        assert_eq!((n.node, names(&n)), (0, vec!["guard"]));
+    }
+
+    /// Evicting matching pods changes the spread counts: the dry run must see the domain
+    /// emptied (RemovePod) and refilled on each reprieve (AddPod).
+    #[test]
+    fn dry_run_updates_topology_spread_counts() {
+        let mut s = snap(vec![
+            cap_node("a", "2", "1Gi", &[("zone", "z1")]),
+            cap_node("b", "1", "1Gi", &[("zone", "z2")]),
+        ]);
+        s.add_pod(0, Arc::new(prio("v1", "1", 1, json!({"app": "web"}))));
+        s.add_pod(0, Arc::new(prio("v2", "1", 1, json!({"app": "web"}))));
+        s.add_pod(1, Arc::new(prio("keep", "1", 100, json!({"app": "other"}))));
+        let hi = pod(
+            json!({"metadata": {"name": "hi", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"priority": 50, "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}],
+                     "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
+        );
+        let fw = multi(&["NodeResourcesFit", "PodTopologySpread"]);
+        // z1 holds 2 matching pods, z2 none: with either victim back, z1 would hold 2 with
+        // the preemptor against 0 (skew 2 > 1), so both go; resources alone would need one.
+        let n = run_with(&fw, &s, &hi).expect("a candidate once z1 is emptied");
+        assert_eq!((n.node, names(&n)), (0, vec!["v1", "v2"]));
+        // With maxSkew 2 one victim can stay (z1: 1 + preemptor = 2 against 0).
+        let hi2 = pod(
+            json!({"metadata": {"name": "hi", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"priority": 50, "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}],
+                     "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "zone",
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
+        );
+        let n = run_with(&fw, &s, &hi2).expect("candidate");
+        assert_eq!((n.node, n.victims.len()), (0, 1));
     }
 }
