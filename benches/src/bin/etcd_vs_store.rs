@@ -4,7 +4,10 @@
 //!
 //! Run: `cargo run --release -p kubeshard-benches --bin etcd_vs_store`
 //! (builds `target/release/kubeshard` first if it is missing; `KUBESHARD_BIN` overrides).
-//! `BENCH_SECS` sets the seconds per throughput cell (default 3). Every loop is bounded in
+//! `BENCH_SECS` sets the seconds per throughput cell (default 3); `BENCH_ONLY=put,get,range,watch`
+//! picks cell groups, `BENCH_SIZES` / `BENCH_CLIENTS` the put cells (comma-separated). Each
+//! put/get cell also reports each server's CPU (user + system from `/proc/<pid>/stat`) per
+//! operation, since the clients share the cores with both servers. Every loop is bounded in
 //! count and time.
 
 use std::process::{Child, Command, Stdio};
@@ -34,7 +37,44 @@ const WATCHERS_PER_STREAM: usize = 100;
 struct Server {
     name: &'static str,
     url: String,
+    pid: u32,
     _guard: Box<dyn std::any::Any>,
+}
+
+/// User + system CPU seconds a process (all its threads) has used so far, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks; 100 per second on Linux).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // The command name (field 2) may hold spaces; the fields after it follow the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // `rest` starts at field 3, so fields 14 and 15 are at 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A comma-separated list of numbers from `var`, or `default`.
+fn list_env(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// Whether the cell group `name` runs (`BENCH_ONLY=put,get,range,watch`; all by default).
+fn wanted(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |v| v.split(',').any(|x| x.trim() == name))
 }
 
 /// The store process and its data dir (removed when dropped, after the kill).
@@ -63,6 +103,7 @@ fn start_store() -> Result<Server, BoxError> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
+    let pid = child.id();
     let guard = StoreChild(child, dir);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -74,6 +115,7 @@ fn start_store() -> Result<Server, BoxError> {
     Ok(Server {
         name: "kubeshard",
         url,
+        pid,
         _guard: Box::new(guard),
     })
 }
@@ -86,6 +128,7 @@ fn start_etcd() -> Result<Server, BoxError> {
     Ok(Server {
         name: "etcd",
         url: p.client_url().to_string(),
+        pid: p.pid(),
         _guard: Box::new(p),
     })
 }
@@ -113,6 +156,8 @@ struct Cell {
     ops_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Server CPU (user + system, all threads) per operation, in microseconds.
+    server_cpu_us_per_op: f64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -163,6 +208,7 @@ where
         ops_per_sec: all.len() as f64 / elapsed,
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
+        server_cpu_us_per_op: f64::NAN,
     })
 }
 
@@ -257,11 +303,14 @@ struct WatchCell {
 }
 
 /// `watchers` watchers on one prefix (100 per gRPC stream), `events` puts from 16 writers;
-/// each value carries its send time; counts deliveries and put-to-delivery latency.
+/// each value carries its send time; counts deliveries and put-to-delivery latency. With
+/// `rate` the writers are paced to that many puts per second in all (so the latency is the
+/// fan-out's, not the time to drain a backlog the clients cannot decode fast enough).
 async fn bench_watch(
     url: &str,
     watchers: usize,
     events: usize,
+    rate: Option<f64>,
     limit: Duration,
 ) -> Result<WatchCell, BoxError> {
     let origin = Instant::now();
@@ -350,6 +399,10 @@ async fn bench_watch(
         let mut client = kv(&chs[w % chs.len()]);
         wtasks.push(tokio::spawn(async move {
             for i in (w..events).step_by(writers) {
+                if let Some(r) = rate {
+                    let due = start + Duration::from_secs_f64(i as f64 / r);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let mut v = (origin.elapsed().as_nanos() as u64).to_le_bytes().to_vec();
                 v.resize(256, b'w');
                 client
@@ -429,11 +482,16 @@ fn main() -> Result<(), BoxError> {
         for s in &servers {
             chs.push(channels(&s.url).await?);
         }
-        for size in [256usize, 4096] {
-            for clients in [1usize, 16, 64] {
+        let sizes = list_env("BENCH_SIZES", &[256, 4096]);
+        let client_counts = list_env("BENCH_CLIENTS", &[1, 16, 64]);
+        for &size in sizes.iter().filter(|_| wanted("put")) {
+            for &clients in &client_counts {
                 let mut cells = Vec::new();
                 for (i, s) in servers.iter().enumerate() {
-                    let c = bench_put(&chs[i], clients, size, secs).await?;
+                    let cpu0 = cpu_secs(s.pid);
+                    let mut c = bench_put(&chs[i], clients, size, secs).await?;
+                    c.server_cpu_us_per_op =
+                        (cpu_secs(s.pid) - cpu0) * 1e6 / (c.ops_per_sec * secs);
                     eprintln!("{}: put {size} B x{clients}: {c:?}", s.name);
                     cells.push(c);
                 }
@@ -446,50 +504,85 @@ fn main() -> Result<(), BoxError> {
                     true,
                 );
                 res.add(w.clone(), "p50 ms", cells[0].p50_ms, cells[1].p50_ms, false);
-                res.add(w, "p99 ms", cells[0].p99_ms, cells[1].p99_ms, false);
+                res.add(w.clone(), "p99 ms", cells[0].p99_ms, cells[1].p99_ms, false);
+                res.add(
+                    w,
+                    "server CPU us/put",
+                    cells[0].server_cpu_us_per_op,
+                    cells[1].server_cpu_us_per_op,
+                    false,
+                );
             }
         }
-        let mut cells = Vec::new();
-        for (i, s) in servers.iter().enumerate() {
-            let c = bench_get(&chs[i], 64, secs).await?;
-            eprintln!("{}: get x64: {c:?}", s.name);
-            cells.push(c);
-        }
-        res.add(
-            "linearizable get, 1 key, 64 clients".into(),
-            "gets/s",
-            cells[0].ops_per_sec,
-            cells[1].ops_per_sec,
-            true,
-        );
-        res.add(
-            "linearizable get, 1 key, 64 clients".into(),
-            "p99 ms",
-            cells[0].p99_ms,
-            cells[1].p99_ms,
-            false,
-        );
-        let mut ms = Vec::new();
-        for (i, s) in servers.iter().enumerate() {
-            let m = bench_range(&chs[i]).await?;
-            eprintln!("{}: range {RANGE_KEYS}: {m:.2} ms", s.name);
-            ms.push(m);
-        }
-        res.add(
-            format!("range of {RANGE_KEYS} keys (256 B)"),
-            "median ms",
-            ms[0],
-            ms[1],
-            false,
-        );
-        for (watchers, events) in [(1_000usize, 10_000usize), (10_000, 1_000)] {
+        if wanted("get") {
             let mut cells = Vec::new();
-            for s in &servers {
-                let c = bench_watch(&s.url, watchers, events, Duration::from_secs(120)).await?;
-                eprintln!("{}: watch {watchers} x {events}: {c:?}", s.name);
+            for (i, s) in servers.iter().enumerate() {
+                let cpu0 = cpu_secs(s.pid);
+                let mut c = bench_get(&chs[i], 64, secs).await?;
+                c.server_cpu_us_per_op = (cpu_secs(s.pid) - cpu0) * 1e6 / (c.ops_per_sec * secs);
+                eprintln!("{}: get x64: {c:?}", s.name);
                 cells.push(c);
             }
-            let w = format!("watch fan-out, {watchers} watchers x {events} events");
+            let w = "linearizable get, 1 key, 64 clients";
+            res.add(
+                w.into(),
+                "gets/s",
+                cells[0].ops_per_sec,
+                cells[1].ops_per_sec,
+                true,
+            );
+            res.add(w.into(), "p99 ms", cells[0].p99_ms, cells[1].p99_ms, false);
+            res.add(
+                w.into(),
+                "server CPU us/get",
+                cells[0].server_cpu_us_per_op,
+                cells[1].server_cpu_us_per_op,
+                false,
+            );
+        }
+        if wanted("range") {
+            let mut ms = Vec::new();
+            for (i, s) in servers.iter().enumerate() {
+                let m = bench_range(&chs[i]).await?;
+                eprintln!("{}: range {RANGE_KEYS}: {m:.2} ms", s.name);
+                ms.push(m);
+            }
+            res.add(
+                format!("range of {RANGE_KEYS} keys (256 B)"),
+                "median ms",
+                ms[0],
+                ms[1],
+                false,
+            );
+        }
+        // (watchers, events, paced puts/s): unpaced cells measure throughput and the backlog;
+        // the paced 10,000-watcher cell stays under what the clients can decode on these cores.
+        let watch_cells: &[(usize, usize, Option<f64>)] = if wanted("watch") {
+            &[
+                (1_000, 10_000, None),
+                (10_000, 1_000, None),
+                (10_000, 1_000, Some(50.0)),
+            ]
+        } else if wanted("watch-paced") {
+            &[(10_000, 1_000, Some(50.0))]
+        } else {
+            &[]
+        };
+        for &(watchers, events, rate) in watch_cells {
+            let mut cells = Vec::new();
+            for s in &servers {
+                let cpu0 = cpu_secs(s.pid);
+                let c =
+                    bench_watch(&s.url, watchers, events, rate, Duration::from_secs(120)).await?;
+                eprintln!(
+                    "{}: watch {watchers} x {events} (rate {rate:?}): {c:?}; server CPU {:.2} s",
+                    s.name,
+                    cpu_secs(s.pid) - cpu0
+                );
+                cells.push(c);
+            }
+            let paced = rate.map_or(String::new(), |r| format!(", paced {r} puts/s"));
+            let w = format!("watch fan-out, {watchers} watchers x {events} events{paced}");
             res.add(
                 w.clone(),
                 "events/s delivered",

@@ -146,13 +146,49 @@ enum Undo {
     Revoke(i64, Lease, Vec<Change>),
 }
 
-/// A write waiting for its log appends, in revision order, handled by the pump thread.
+/// A write waiting for its log appends, in the commit queue (revision order).
 struct Pending {
     /// The revision that becomes visible when the appends are durable (0: none).
     rev: u64,
-    appends: Vec<AppendFuture>,
+    /// Every log append of the revision, joined; `None` once resolved (or for a barrier).
+    appends: Option<AppendFuture>,
     undo: Undo,
     done: futures::channel::oneshot::Sender<Result<(), StoreError>>,
+    /// Set when an append failed: the pump rolls this write and every later one back.
+    failed: Option<StoreError>,
+}
+
+/// The commit queue: writes whose appends are not yet known durable, in revision order.
+///
+/// Whoever finds the front durable publishes it: the log's own completion wakes
+/// [`Inner::settle`] through [`SettleWaker`], so a durable write becomes visible and is
+/// acknowledged on the WAL writer's thread, with no hand-off to another thread. Only a failed
+/// append (rollback needs the sequencer) and close go through the pump thread.
+#[derive(Default)]
+struct Commits {
+    queue: Mutex<std::collections::VecDeque<Pending>>,
+    /// A settle was asked for while another thread held the queue: the holder runs again.
+    dirty: AtomicBool,
+}
+
+impl std::fmt::Debug for Commits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commits").finish_non_exhaustive()
+    }
+}
+
+/// The waker every queued append future is polled with: settles the commit queue.
+struct SettleWaker(Weak<Inner>);
+
+impl std::task::Wake for SettleWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.settle();
+        }
+    }
 }
 
 type Ack = futures::channel::oneshot::Receiver<Result<(), StoreError>>;
@@ -184,8 +220,12 @@ struct Inner {
     watch_buffer: usize,
     clock: Arc<dyn Clock>,
     log: Option<Arc<dyn LogStore>>,
-    /// Hands pending writes to the pump thread (with a log).
-    pump: Mutex<Option<mpsc::Sender<Pending>>>,
+    /// Writes waiting for their log appends (with a log).
+    commits: Commits,
+    /// Polls the commit queue's futures (see [`Commits`]).
+    settle_waker: std::task::Waker,
+    /// Tells the pump thread that an append failed; `None` once closing.
+    pump: Mutex<Option<mpsc::Sender<()>>>,
     /// One snapshot at a time; holds the log size after the last one and its revision.
     snapshot_state: Mutex<(u64, u64)>,
     snapshot_log_bytes: Option<u64>,
@@ -279,8 +319,8 @@ impl Engine {
             cfg.event_history_events,
             cfg.progress_interval,
         ));
-        let (pump_tx, pump_rx) = mpsc::channel::<Pending>();
-        let inner = Arc::new(Inner {
+        let (pump_tx, pump_rx) = mpsc::channel::<()>();
+        let inner = Arc::new_cyclic(|weak| Inner {
             shards: shards.into_iter().map(RwLock::new).collect(),
             visible: AtomicU64::new(seq.applied),
             seq: Mutex::new(seq),
@@ -294,6 +334,8 @@ impl Engine {
             disk_quota: cfg.disk_quota_bytes,
             watch_buffer: cfg.watch_buffer_events,
             clock: cfg.clock.clone(),
+            commits: Commits::default(),
+            settle_waker: std::task::Waker::from(Arc::new(SettleWaker(weak.clone()))),
             pump: Mutex::new(log.is_some().then_some(pump_tx)),
             snapshot_state: Mutex::new((log.as_ref().map_or(0, |l| l.disk_bytes()), snap_at)),
             snapshot_log_bytes: cfg.snapshot_log_bytes,
@@ -337,8 +379,8 @@ impl Engine {
             cv.notify_all();
         }
         self.inner.hub.stop();
-        // Writes already sequenced finish (the pump drains its queue, then sees the channel
-        // closed).
+        // Writes already sequenced finish (the pump waits for the commit queue to drain once
+        // it sees the channel closed).
         drop(self.inner.pump.lock().take());
         let threads = std::mem::take(&mut *self.threads.lock());
         let had_threads = !threads.is_empty();
@@ -353,6 +395,13 @@ impl Engine {
                 tracing::warn!(error = %e, "snapshot at close failed; the WAL still has it all");
             }
             log.close();
+        }
+        // Anything still queued (a write sequenced while closing) can no longer settle.
+        let left: Vec<Pending> = self.inner.commits.queue.lock().drain(..).collect();
+        for p in left {
+            let _ = p
+                .done
+                .send(Err(StoreError::Unavailable("store closed".into())));
         }
         self.inner
             .hub
@@ -834,31 +883,91 @@ impl Inner {
         self.enqueue(0, Vec::new(), Undo::None)
     }
 
-    /// Hands a pending write to the pump. `None` only without a log.
+    /// Queues a pending write (sequencer held, so the queue is in revision order) and
+    /// settles what is durable. `None` only without a log.
     fn enqueue(&self, rev: u64, appends: Vec<AppendFuture>, undo: Undo) -> Option<Ack> {
         self.log.as_ref()?;
         let (done, ack) = futures::channel::oneshot::channel();
-        let pending = Pending {
+        if self.pump.lock().is_none() {
+            let _ = done.send(Err(StoreError::Unavailable("store closed".into())));
+            return Some(ack);
+        }
+        // Polled outside tokio's cooperative budget: inside a task the budget could answer
+        // Pending and wake at once, from inside `settle`.
+        let appends: Option<AppendFuture> = match appends.len() {
+            0 => None,
+            1 => appends
+                .into_iter()
+                .next()
+                .map(|a| -> AppendFuture { Box::pin(tokio::task::unconstrained(a)) }),
+            _ => Some(Box::pin(tokio::task::unconstrained(async move {
+                futures::future::join_all(appends)
+                    .await
+                    .into_iter()
+                    .find_map(Result::err)
+                    .map_or(Ok(()), Err)
+            }))),
+        };
+        self.commits.queue.lock().push_back(Pending {
             rev,
             appends,
             undo,
             done,
-        };
-        match &*self.pump.lock() {
-            Some(tx) => {
-                if let Err(mpsc::SendError(p)) = tx.send(pending) {
-                    let _ = p
-                        .done
-                        .send(Err(StoreError::Unavailable("store closed".into())));
-                }
+            failed: None,
+        });
+        self.settle();
+        Some(ack)
+    }
+
+    /// Publishes and acknowledges every durable write at the front of the commit queue.
+    /// Called by the log's completions (through [`SettleWaker`]) and after each enqueue;
+    /// never blocks on the queue: a caller finding it busy leaves the work to the holder.
+    fn settle(&self) {
+        self.commits.dirty.store(true, Ordering::SeqCst);
+        // Bounded: each round either takes the queue and clears `dirty`, or leaves.
+        loop {
+            let Some(mut q) = self.commits.queue.try_lock() else {
+                return;
+            };
+            while self.commits.dirty.swap(false, Ordering::SeqCst) {
+                self.settle_front(&mut q);
             }
-            None => {
-                let _ = pending
-                    .done
-                    .send(Err(StoreError::Unavailable("store closed".into())));
+            drop(q);
+            if !self.commits.dirty.load(Ordering::SeqCst) {
+                return;
             }
         }
-        Some(ack)
+    }
+
+    /// Settles the durable front of the queue (queue held). A failed front stays, marked,
+    /// for the pump thread.
+    fn settle_front(&self, q: &mut std::collections::VecDeque<Pending>) {
+        let mut cx = std::task::Context::from_waker(&self.settle_waker);
+        while let Some(front) = q.front_mut() {
+            if front.failed.is_some() {
+                return;
+            }
+            let ready = match front.appends.as_mut() {
+                None => std::task::Poll::Ready(Ok(())),
+                Some(f) => f.as_mut().poll(&mut cx),
+            };
+            match ready {
+                std::task::Poll::Pending => return,
+                std::task::Poll::Ready(Ok(())) => {
+                    if let Some(p) = q.pop_front() {
+                        self.durable(p);
+                    }
+                }
+                std::task::Poll::Ready(Err(e)) => {
+                    front.appends = None;
+                    front.failed = Some(e);
+                    if let Some(tx) = &*self.pump.lock() {
+                        let _ = tx.send(());
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     /// After a revision applied (sequencer held): lease attachments, then either
@@ -950,7 +1059,7 @@ impl Inner {
         self.hub.append(RevBatch { rev, events });
     }
 
-    /// The pump: a pending write's appends are durable.
+    /// A pending write's appends are durable: it becomes visible and is acknowledged.
     fn durable(&self, p: Pending) {
         match p.undo {
             Undo::Changes(changes) | Undo::Revoke(_, _, changes) if p.rev > 0 => {
@@ -961,15 +1070,17 @@ impl Inner {
         let _ = p.done.send(Ok(()));
     }
 
-    /// The pump: a pending write's append failed. It and every write sequenced after it
+    /// The pump: if the front write's append failed, it and every write sequenced after it
     /// are rolled back and fail; the store stays readable and takes new writes (which
     /// follow the last durable revision in the log's chain).
-    fn failed(&self, first: Pending, err: StoreError, rx: &mpsc::Receiver<Pending>) {
+    fn fail_front(&self) {
         let mut seq = self.seq.lock();
-        let mut items = vec![first];
-        while let Ok(p) = rx.try_recv() {
-            items.push(p);
-        }
+        let mut q = self.commits.queue.lock();
+        let Some(err) = q.front_mut().and_then(|p| p.failed.take()) else {
+            return;
+        };
+        let mut items: Vec<Pending> = q.drain(..).collect();
+        drop(q);
         for p in items.iter_mut().rev() {
             match std::mem::replace(&mut p.undo, Undo::None) {
                 Undo::None => {}
@@ -1519,22 +1630,30 @@ async fn wait(ack: Option<Ack>) -> Result<(), StoreError> {
     }
 }
 
-fn pump_loop(inner: &Weak<Inner>, rx: &mpsc::Receiver<Pending>) {
-    while let Ok(mut p) = rx.recv() {
-        let appends = std::mem::take(&mut p.appends);
-        let result = futures::executor::block_on(futures::future::join_all(appends))
-            .into_iter()
-            .find_map(Result::err);
-        let Some(i) = inner.upgrade() else {
-            let _ = p
-                .done
-                .send(Err(StoreError::Unavailable("store closed".into())));
-            continue;
-        };
-        match result {
-            None => i.durable(p),
-            Some(e) => i.failed(p, e, rx),
+/// The pump: rolls back after a failed append, and at close waits for the commit queue to
+/// drain. Durable writes are settled by the log's completions, not here (the periodic
+/// settle is only a safety net).
+fn pump_loop(inner: &Weak<Inner>, rx: &mpsc::Receiver<()>) {
+    // Until the channel closes (close drops the sender).
+    while let Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) =
+        rx.recv_timeout(Duration::from_millis(100))
+    {
+        let Some(i) = inner.upgrade() else { return };
+        i.fail_front();
+        i.settle();
+    }
+    // Closing: every write sequenced so far settles (bounded in time: the WAL answers every
+    // append, but a stuck disk must not hang close forever).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        i.fail_front();
+        i.settle();
+        if i.commits.queue.lock().is_empty() || std::time::Instant::now() > deadline {
+            return;
         }
+        drop(i);
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
