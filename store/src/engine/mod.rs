@@ -17,7 +17,8 @@
 //! - **Leases** live in a table beside the shards; a background thread revokes expired ones
 //!   (deleting their keys in one transaction). Time comes from a [`Clock`].
 //!
-//! **Lock order:** sequencer, leases, shards (ascending index), watch event log. The watch
+//! **Lock order:** sequencer, leases, shards (ascending index), commit queue, watch event
+//! log (the commit queue is only ever *tried* from a log completion, never waited for). The watch
 //! registry is taken before shards or the event log, and never while holding the sequencer.
 //!
 //! **Invariants:** `visible <= applied`; every version above `visible` belongs to a
@@ -972,7 +973,7 @@ impl Inner {
 
     /// After a revision applied (sequencer held): lease attachments, then either
     /// visibility and watch events right away (no log) or the log appends, with visibility
-    /// left to the pump. `extra` records go to shard 0 after the revision's parts.
+    /// left to the commit queue. `extra` records go to shard 0 after the revision's parts.
     fn commit(
         &self,
         rev: u64,
