@@ -770,7 +770,7 @@ pub(crate) async fn create_object(
         None
     };
     let node_ports = if is_service(def) {
-        match allocate_node_ports(app, &mut obj).await {
+        match allocate_node_ports(app, &mut obj, &[]).await {
             Ok(p) => p,
             Err(e) => {
                 if let Some(ip) = &service_ip {
@@ -965,6 +965,10 @@ where
             }
         }
         keep_server_fields(def, &old, &mut new, subresource);
+        let service_spec = is_service(def) && subresource.is_none();
+        if service_spec {
+            carry_node_ports(&old, &mut new);
+        }
         validation::default_object(def, &schemas, &mut new);
         validation::prepare_for_update(def, &mut new);
         validation::validate_update(def, &new, &old)?;
@@ -1000,17 +1004,44 @@ where
                 None => continue,
             }
         }
+        // A type change to NodePort/LoadBalancer allocates nodePorts; the ones the
+        // Service no longer holds are released once the write has landed.
+        let held = if service_spec {
+            service_node_ports(&old)
+        } else {
+            Vec::new()
+        };
+        let taken = if service_spec {
+            allocate_node_ports(app, &mut new, &held).await?
+        } else {
+            Vec::new()
+        };
         let index = registry::extract_index(def, &new);
-        let (raw, slot) = encode_for_store(&mut new)?;
+        let (raw, slot) = match encode_for_store(&mut new) {
+            Ok(v) => v,
+            Err(e) => {
+                release_node_ports(app, &taken).await;
+                return Err(e);
+            }
+        };
         let value = index.into_object_value(raw.clone(), store::ContentType::Json, Some(slot));
-        match app
+        let written = app
             .backend
             .update(t.key(), kv.mod_revision, value, None)
-            .await?
-        {
+            .await;
+        if !matches!(written, Ok(Ok(_))) {
+            release_node_ports(app, &taken).await;
+        }
+        match written? {
             Ok(rev) => {
                 if def.group == "apiextensions.k8s.io" && def.kind == "CustomResourceDefinition" {
                     app.crd_changed(&new, false);
+                }
+                if service_spec {
+                    let now_held = service_node_ports(&new);
+                    let gone: Vec<u16> =
+                        held.into_iter().filter(|p| !now_held.contains(p)).collect();
+                    release_node_ports(app, &gone).await;
                 }
                 return Ok(Outcome::Written(stamp(&raw, slot, rev)));
             }
@@ -1789,27 +1820,92 @@ fn service_node_ports(svc: &Value) -> Vec<u16> {
     v
 }
 
+/// Whether a Service of this spec holds nodePorts.
+fn wants_node_ports(svc: &Value) -> bool {
+    match svc.pointer("/spec/type").and_then(Value::as_str) {
+        Some("NodePort") => true,
+        Some("LoadBalancer") => svc
+            .pointer("/spec/allocateLoadBalancerNodePorts")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        _ => false,
+    }
+}
+
+/// Upstream's update rules for nodePorts (`patchAllocatedValues`, `dropTypeDependentFields`):
+/// a Service that keeps nodePorts keeps the ones it was given when the new spec omits them
+/// (matched by port and protocol); a Service whose new type holds none (ClusterIP,
+/// ExternalName) drops the nodePorts it had, so they are released.
+fn carry_node_ports(old: &Value, new: &mut Value) {
+    let key = |p: &Value| {
+        (
+            p.get("port").and_then(Value::as_i64),
+            p.get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("TCP")
+                .to_string(),
+        )
+    };
+    let old_ports: Vec<((Option<i64>, String), u64)> = old
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((key(p), p.get("nodePort").and_then(Value::as_u64)?)))
+        .collect();
+    let held = service_node_ports(old);
+    let wants = wants_node_ports(new);
+    let keeps_any = matches!(
+        new.pointer("/spec/type").and_then(Value::as_str),
+        Some("NodePort" | "LoadBalancer")
+    );
+    let Some(ports) = new.pointer_mut("/spec/ports").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for p in ports {
+        let k = key(p);
+        let Some(o) = p.as_object_mut() else { continue };
+        let given = o
+            .get("nodePort")
+            .and_then(Value::as_u64)
+            .filter(|n| *n != 0);
+        if wants {
+            if given.is_none()
+                && let Some((_, n)) = old_ports.iter().find(|(ok, _)| *ok == k)
+            {
+                o.insert("nodePort".into(), json!(n));
+            }
+        } else if !keeps_any
+            && given.is_some_and(|n| u16::try_from(n).is_ok_and(|n| held.contains(&n)))
+        {
+            o.remove("nodePort");
+        }
+    }
+}
+
 /// Reserves the nodePorts of a new NodePort or LoadBalancer Service: requested ones as
 /// given (one already taken by another Service fails with 422 "provided port is already
 /// allocated", as upstream), missing ones picked at random from 30000-32767 (LoadBalancer
 /// Services too, unless `allocateLoadBalancerNodePorts: false`). Each port is a store key
 /// created with compare-and-swap, so two Services never share one. Ports of one Service
 /// may share a number across protocols (upstream allows TCP and UDP on one nodePort).
-/// Returns the ports reserved, for release if the create fails.
-async fn allocate_node_ports(app: &App, svc: &mut Value) -> Result<Vec<u16>, ApiError> {
+/// `held` are the ports the Service already holds (on update): requested again, they are
+/// kept without a new reservation. Returns the ports newly reserved, for release if the
+/// write fails.
+async fn allocate_node_ports(
+    app: &App,
+    svc: &mut Value,
+    held: &[u16],
+) -> Result<Vec<u16>, ApiError> {
     let ty = svc
         .pointer("/spec/type")
         .and_then(Value::as_str)
         .unwrap_or("ClusterIP")
         .to_string();
-    let auto = match ty.as_str() {
-        "NodePort" => true,
-        "LoadBalancer" => svc
-            .pointer("/spec/allocateLoadBalancerNodePorts")
-            .and_then(Value::as_bool)
-            .unwrap_or(true),
-        _ => return Ok(Vec::new()),
-    };
+    if !matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+        return Ok(Vec::new());
+    }
+    let auto = wants_node_ports(svc);
     let name = svc
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -1836,7 +1932,7 @@ async fn allocate_node_ports(app: &App, svc: &mut Value) -> Result<Vec<u16>, Api
             // Validation has checked the range already.
             Some(n) => {
                 let Ok(n) = u16::try_from(n) else { continue };
-                if !taken.contains(&n) {
+                if !taken.contains(&n) && !held.contains(&n) {
                     let ok = app
                         .backend
                         .create(
@@ -1881,7 +1977,7 @@ async fn allocate_node_ports(app: &App, svc: &mut Value) -> Result<Vec<u16>, Api
                     else {
                         continue;
                     };
-                    if taken.contains(&n) {
+                    if taken.contains(&n) || held.contains(&n) {
                         continue;
                     }
                     match app
