@@ -231,6 +231,33 @@ fn wait_ready(sock: &UdpSocket, addr: SocketAddr, q: &[u8]) -> bool {
     false
 }
 
+/// Round trips of single queries (one outstanding), after 10% warm-up; (p50, p99) in
+/// microseconds. Lost replies are skipped (counted by the caller's q/s run).
+fn latency(sock: &UdpSocket, server: SocketAddr, queries: &[Vec<u8>], n: usize) -> (f64, f64) {
+    let mut buf = [0u8; 4096];
+    let mut v = Vec::with_capacity(n);
+    for i in 0..(n + n / 10) {
+        let q = &queries[i % queries.len()];
+        let t = Instant::now();
+        if sock.send_to(q, server).is_err() {
+            continue;
+        }
+        if sock.recv(&mut buf).is_ok() && i >= n / 10 {
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        v.get(((v.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (at(0.5), at(0.99))
+}
+
+/// Starts kubeshard's server and the peer (unbound), both running for the whole group so
+/// they are measured side by side in one run: first
+/// the single-query round-trip p50/p99 of each (printed), then criterion's q/s of each.
 fn udp_server(c: &mut Criterion) {
     let queries: Vec<Vec<u8>> = (0..SERVICES)
         .step_by(10)
@@ -247,10 +274,6 @@ fn udp_server(c: &mut Criterion) {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
 
-    let mut g = c.benchmark_group("dns_udp_loopback");
-    g.throughput(Throughput::Elements(QUERIES_PER_ITER as u64));
-    g.sample_size(20);
-
     // kubeshard: 2 shards (unpinned: the machine is shared).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -265,25 +288,16 @@ fn udp_server(c: &mut Criterion) {
             ServerConfig::new("127.0.0.1:0".parse().expect("addr")),
         ))
         .expect("dns server");
-    let addr = server.local_addr();
-    assert!(wait_ready(&client, addr, &queries[0]), "kubeshard dns up");
-    g.bench_function("kubeshard", |b| {
-        b.iter_custom(|iters| {
-            let t0 = Instant::now();
-            for _ in 0..iters {
-                black_box(blast(&client, addr, &queries, QUERIES_PER_ITER));
-            }
-            t0.elapsed()
-        })
-    });
-    drop(server);
-    let _ = set.shutdown();
+    let mut targets: Vec<(&str, SocketAddr)> = Vec::new();
+    let ks = server.local_addr();
+    assert!(wait_ready(&client, ks, &queries[0]), "kubeshard dns up");
+    targets.push(("kubeshard", ks));
 
     // unbound, same names as a static local zone, 2 threads.
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_udp_port();
     let conf = unbound_conf(dir.path(), port);
-    match Command::new("unbound")
+    let _guard = match Command::new("unbound")
         .args(["-d", "-c"])
         .arg(&conf)
         .stdout(Stdio::null())
@@ -291,25 +305,50 @@ fn udp_server(c: &mut Criterion) {
         .spawn()
     {
         Ok(child) => {
-            let _guard = Killed(child);
+            let guard = Killed(child);
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             if wait_ready(&client, addr, &queries[0]) {
-                g.bench_function("unbound", |b| {
-                    b.iter_custom(|iters| {
-                        let t0 = Instant::now();
-                        for _ in 0..iters {
-                            black_box(blast(&client, addr, &queries, QUERIES_PER_ITER));
-                        }
-                        t0.elapsed()
-                    })
-                });
+                targets.push(("unbound", addr));
             } else {
                 eprintln!("unbound did not answer on {addr}; skipping the peer");
             }
+            Some(guard)
         }
-        Err(e) => eprintln!("unbound not runnable ({e}); install Debian's `unbound` for the peer"),
+        Err(e) => {
+            eprintln!("unbound not runnable ({e}); install Debian's `unbound` for the peer");
+            None
+        }
+    };
+
+    let n = std::env::var("DNS_LATENCY_QUERIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000usize);
+    for (name, addr) in &targets {
+        let (p50, p99) = latency(&client, *addr, &queries, n);
+        eprintln!(
+            "dns_udp_loopback/{name}: single-query round trip p50 {p50:.1} us, p99 {p99:.1} us ({n} queries, 1 outstanding)"
+        );
+    }
+
+    let mut g = c.benchmark_group("dns_udp_loopback");
+    g.throughput(Throughput::Elements(QUERIES_PER_ITER as u64));
+    g.sample_size(20);
+    for (name, addr) in &targets {
+        let addr = *addr;
+        g.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    black_box(blast(&client, addr, &queries, QUERIES_PER_ITER));
+                }
+                t0.elapsed()
+            })
+        });
     }
     g.finish();
+    drop(server);
+    let _ = set.shutdown();
 }
 
 criterion_group!(benches, core, udp_server);

@@ -51,6 +51,11 @@ fn svc(name: &str, vip: &str, port: i32, proto: &str) -> Service {
 /// Loopback backends differ by port, and a slice has one port list; so each backend gets its
 /// own slice `svc-<port>` with one endpoint 127.0.0.1.
 fn slices(svc: &str, proto: &str, eps: &[(u16, bool)]) -> Vec<Change> {
+    slices_at(svc, proto, "IPv4", "127.0.0.1", eps)
+}
+
+/// [`slices`] with endpoints at `addr` of family `family` ("IPv4" or "IPv6").
+fn slices_at(svc: &str, proto: &str, family: &str, addr: &str, eps: &[(u16, bool)]) -> Vec<Change> {
     eps.iter()
         .map(|(port, ready)| {
             let s = EndpointSlice {
@@ -63,7 +68,7 @@ fn slices(svc: &str, proto: &str, eps: &[(u16, bool)]) -> Vec<Change> {
                     )])),
                     ..Default::default()
                 },
-                address_type: "IPv4".into(),
+                address_type: family.into(),
                 ports: Some(vec![EndpointPort {
                     name: Some("p".into()),
                     port: Some(i32::from(*port)),
@@ -71,7 +76,7 @@ fn slices(svc: &str, proto: &str, eps: &[(u16, bool)]) -> Vec<Change> {
                     ..Default::default()
                 }]),
                 endpoints: vec![Endpoint {
-                    addresses: vec!["127.0.0.1".into()],
+                    addresses: vec![addr.into()],
                     conditions: Some(EndpointConditions {
                         ready: Some(*ready),
                         serving: Some(*ready),
@@ -89,9 +94,12 @@ fn slices(svc: &str, proto: &str, eps: &[(u16, bool)]) -> Vec<Change> {
 /// A TCP backend on 127.0.0.1: sends its id line, then echoes until EOF, then sends "bye"
 /// and closes (so a half-close from the client is visible).
 async fn tcp_backend(id: usize) -> (u16, tokio::task::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind backend");
+    tcp_backend_on("127.0.0.1:0", id).await
+}
+
+/// [`tcp_backend`] bound to `bind` (e.g. `[::1]:0`).
+async fn tcp_backend_on(bind: &str, id: usize) -> (u16, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind(bind).await.expect("bind backend");
     let port = l.local_addr().expect("addr").port();
     let h = tokio::spawn(async move {
         loop {
@@ -585,4 +593,94 @@ fn bulk_into_a_silent_sink_completes_in_every_mode() {
         }
         dp.shutdown().expect("shutdown");
     }
+}
+
+/// Addresses on `lo` as `ip -6 -o addr show dev lo` lists them.
+fn lo_v6_addresses() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-6", "-o", "addr", "show", "dev", "lo"])
+        .output()
+        .expect("ip -6 addr");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An IPv6 ClusterIP: its VIP goes on `lo` (`ip -6` lists it), TCP through it reaches every
+/// IPv6 endpoint by round-robin, a large transfer is byte-identical, UDP works through it,
+/// and deleting the Service takes the VIP off `lo` again.
+#[tokio::test]
+async fn ipv6_cluster_ip_forwards_tcp_and_udp_and_its_vip_comes_and_goes() {
+    if !is_root() {
+        return;
+    }
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: IPv6 is disabled on lo");
+        return;
+    }
+    const VIP6: &str = "fd00:96::77:1";
+    let vip6 = |port: u16| SocketAddr::new(VIP6.parse().expect("v6"), port);
+    let dp = dataplane(ForwardMode::Adaptive).await;
+    let (p1, _h1) = tcp_backend_on("[::1]:0", 61).await;
+    let (p2, _h2) = tcp_backend_on("[::1]:0", 62).await;
+    let udp = UdpSocket::bind("[::1]:0").await.expect("bind udp6");
+    let up = udp.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let mut reply = b"echo6:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = udp.send_to(&reply, from).await;
+        }
+    });
+    let mut changes = vec![
+        Change::Service(Arc::new(svc("v6", VIP6, 80, "TCP"))),
+        Change::Service(Arc::new(svc("v6u", VIP6, 53, "UDP"))),
+    ];
+    changes.extend(slices_at(
+        "v6",
+        "TCP",
+        "IPv6",
+        "::1",
+        &[(p1, true), (p2, true)],
+    ));
+    changes.extend(slices_at("v6u", "UDP", "IPv6", "::1", &[(up, true)]));
+    dp.apply(changes).await.expect("apply");
+    assert!(
+        lo_v6_addresses().contains(&format!("{VIP6}/128")),
+        "VIP on lo: {}",
+        lo_v6_addresses()
+    );
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..6 {
+        *seen.entry(which(vip6(80)).await).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 2, "both IPv6 endpoints reached: {seen:?}");
+    let (ok, trailer) = transfer(vip6(80), 4 << 20).await;
+    assert!(ok, "echo over IPv6 differs");
+    assert_eq!(trailer, b"bye");
+
+    let client = UdpSocket::bind("[::1]:0").await.expect("client6");
+    client.send_to(b"q6", vip6(53)).await.expect("send");
+    let mut buf = [0u8; 64];
+    let (n, from) = tokio::time::timeout(T, client.recv_from(&mut buf))
+        .await
+        .expect("reply in time")
+        .expect("recv");
+    assert_eq!(from, vip6(53), "the reply comes from the IPv6 VIP");
+    assert_eq!(&buf[..n], b"echo6:q6");
+
+    for name in ["v6", "v6u"] {
+        dp.apply([Change::ServiceDeleted {
+            namespace: "default".into(),
+            name: name.into(),
+        }])
+        .await
+        .expect("delete");
+    }
+    assert!(
+        !lo_v6_addresses().contains(VIP6),
+        "VIP still on lo: {}",
+        lo_v6_addresses()
+    );
+    dp.shutdown().expect("shutdown");
 }

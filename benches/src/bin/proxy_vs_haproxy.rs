@@ -4,7 +4,9 @@
 //! 100,000 Services.
 //!
 //! Run (root: VIPs on lo, nftables): `cargo run --release -p kubeshard-benches --bin
-//! proxy_vs_haproxy`. `RUNS` (default 5) and `SECS` (default 2) bound each measurement.
+//! proxy_vs_haproxy`. `RUNS` (default 5) and `SECS` (default 2) bound each measurement;
+//! `ONLY` (comma-separated name prefixes; `table` for the table updates) picks the paths
+//! and `JOBS` (`bulk,conns,rtt`) the measurements of each path.
 //! Prints a markdown table of medians.
 
 use std::collections::BTreeMap;
@@ -217,10 +219,18 @@ struct Row {
 fn measure(name: &str, t: Target, runs: usize, secs: f64) -> Res<Row> {
     let (mut g, mut c, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut errs = 0;
+    // `JOBS` (default all: `bulk,conns,rtt`) picks the measurements, e.g. to profile one.
+    let jobs = std::env::var("JOBS").unwrap_or_else(|_| "bulk,conns,rtt".into());
+    let job = |j: &str| jobs.split(',').any(|x| x == j);
     for _ in 0..runs {
-        g.push(bulk(t.sink, secs)?);
+        if job("bulk") {
+            g.push(bulk(t.sink, secs)?);
+        }
     }
     for _ in 0..runs {
+        if !job("conns") {
+            break;
+        }
         let (r, e) = conns(t.oneshot, secs, 4)?;
         c.push(r);
         errs += e;
@@ -228,6 +238,9 @@ fn measure(name: &str, t: Target, runs: usize, secs: f64) -> Res<Row> {
         std::thread::sleep(Duration::from_millis(200));
     }
     for _ in 0..runs.min(3) {
+        if !job("rtt") {
+            break;
+        }
         let (a, b) = latency(t.echo, 5_000)?;
         p50.push(a);
         p99.push(b);

@@ -15,6 +15,7 @@
 //!   traffic: fewer system calls and no pipe round trip), splice once a read fills the
 //!   16 KiB buffer (bulk data). The default: it measured best (BENCHMARKS.md, `## proxy-dp`).
 
+use std::cell::RefCell;
 use std::future::Future as _;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -22,8 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+use tokio::io::AsyncReadExt as _;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 /// How TCP payload is moved (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -97,30 +100,103 @@ pub struct Outcome {
     pub reset: bool,
 }
 
-/// Forwards until both directions end. `bytes` is incremented as data moves. Pipes are
-/// taken from `pipes` and handed back when they end empty (the caller pools them).
-pub async fn forward(
+/// Pipes kept per shard for reuse (each is two fds).
+pub(crate) const PIPE_POOL: usize = 64;
+
+/// Adaptive copy buffers kept per shard for reuse (16 KiB each: 4 MiB at most).
+pub(crate) const BUF_POOL: usize = 256;
+
+/// One shard's free lists of pipes and copy buffers, so that after warm-up a connection
+/// costs no `pipe2`/`F_SETPIPE_SZ` and no 16 KiB allocation and zeroing. Bounded by
+/// [`PIPE_POOL`] and [`BUF_POOL`]; what does not fit is freed.
+#[derive(Debug, Default)]
+pub(crate) struct Pools {
+    pipes: RefCell<Vec<Pipe>>,
+    bufs: RefCell<Vec<Box<[u8]>>>,
+}
+
+impl Pools {
+    /// A pooled pipe, or a new one.
+    fn pipe(&self) -> io::Result<Pipe> {
+        match self.pipes.borrow_mut().pop() {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Returns a pipe (it must be empty).
+    fn put_pipe(&self, p: Pipe) {
+        let mut pool = self.pipes.borrow_mut();
+        if pool.len() < PIPE_POOL {
+            pool.push(p);
+        }
+    }
+
+    fn buf(&self) -> Box<[u8]> {
+        self.bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| vec![0u8; ADAPTIVE_COPY_BUFFER].into_boxed_slice())
+    }
+
+    fn put_buf(&self, b: Box<[u8]>) {
+        let mut pool = self.bufs.borrow_mut();
+        if pool.len() < BUF_POOL {
+            pool.push(b);
+        }
+    }
+}
+
+/// A copy buffer that goes back to its pool however the direction ends (a buffer, unlike
+/// a pipe, holds nothing that outlives the connection).
+struct PooledBuf<'a> {
+    buf: Option<Box<[u8]>>,
+    pools: &'a Pools,
+}
+
+impl Drop for PooledBuf<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.pools.put_buf(b);
+        }
+    }
+}
+
+/// Forwards until both directions end. `bytes` is incremented as data moves. Pipes and
+/// buffers come from `pools` and go back when their direction ends cleanly.
+pub(crate) async fn forward(
     mode: ForwardMode,
     client: TcpStream,
     backend: TcpStream,
     bytes: &AtomicU64,
-    pipes: [Option<Pipe>; 2],
-) -> (Outcome, Vec<Pipe>) {
+    pools: &Pools,
+) -> Outcome {
     match mode {
-        ForwardMode::Copy => (copy(client, backend, bytes).await, Vec::new()),
-        ForwardMode::Splice | ForwardMode::UringSplice | ForwardMode::Adaptive => {
-            let engine = match mode {
-                ForwardMode::UringSplice => Engine::Uring,
-                ForwardMode::Adaptive => Engine::Adaptive,
-                _ => Engine::Splice,
+        ForwardMode::Copy => copy(client, backend, bytes).await,
+        // Adaptive takes a pipe only when a direction turns to splice: short connections
+        // never touch one.
+        ForwardMode::Adaptive => {
+            spliced(
+                client,
+                backend,
+                bytes,
+                pools,
+                Engine::Adaptive,
+                [None, None],
+            )
+            .await
+        }
+        ForwardMode::Splice | ForwardMode::UringSplice => {
+            let engine = if mode == ForwardMode::UringSplice {
+                Engine::Uring
+            } else {
+                Engine::Splice
             };
-            let [p1, p2] = pipes;
             // No pipe (fd limit): fall back to copying rather than refusing.
-            let (Ok(p1), Ok(p2)) = (p1.map_or_else(Pipe::new, Ok), p2.map_or_else(Pipe::new, Ok))
-            else {
-                return (copy(client, backend, bytes).await, Vec::new());
+            let (Ok(p1), Ok(p2)) = (pools.pipe(), pools.pipe()) else {
+                return copy(client, backend, bytes).await;
             };
-            spliced(client, backend, bytes, p1, p2, engine).await
+            spliced(client, backend, bytes, pools, engine, [Some(p1), Some(p2)]).await
         }
     }
 }
@@ -154,33 +230,50 @@ enum Engine {
     Adaptive,
 }
 
+/// One direction with its engine. `pipe` is pre-taken for the splice engines; the
+/// adaptive engine takes one from `pools` when it switches. The pipe goes back to the pool
+/// when the direction ends cleanly (then it is empty).
 async fn direction(
-    src: &TcpStream,
-    dst: &TcpStream,
-    pipe: &Pipe,
+    mut src: ReadHalf<'_>,
+    dst: WriteHalf<'_>,
+    pools: &Pools,
     bytes: &AtomicU64,
     engine: Engine,
+    pipe: Option<Pipe>,
 ) -> io::Result<u64> {
-    match engine {
-        Engine::Splice => one_way(src, dst, pipe, bytes, false).await,
-        Engine::Uring => one_way(src, dst, pipe, bytes, true).await,
-        Engine::Adaptive => one_way_adaptive(src, dst, pipe, bytes).await,
+    let (n, pipe) = match (engine, pipe) {
+        (Engine::Adaptive, _) => one_way_adaptive(&mut src, dst.as_ref(), pools, bytes).await?,
+        (_, None) => return Err(io::Error::other("no pipe for a splice engine")),
+        (e, Some(p)) => {
+            let n = one_way(src.as_ref(), dst.as_ref(), &p, bytes, e == Engine::Uring).await?;
+            (n, Some(p))
+        }
+    };
+    if let Some(p) = pipe {
+        pools.put_pipe(p);
     }
+    Ok(n)
 }
 
 async fn spliced(
-    client: TcpStream,
-    backend: TcpStream,
+    mut client: TcpStream,
+    mut backend: TcpStream,
     bytes: &AtomicU64,
-    p1: Pipe,
-    p2: Pipe,
+    pools: &Pools,
     engine: Engine,
-) -> (Outcome, Vec<Pipe>) {
+    pipes: [Option<Pipe>; 2],
+) -> Outcome {
     let (mut up_done, mut down_done) = (None, None);
     let mut out = Outcome::default();
+    let [p1, p2] = pipes;
     {
-        let up = direction(&client, &backend, &p1, bytes, engine);
-        let down = direction(&backend, &client, &p2, bytes, engine);
+        // Split halves: their `AsyncRead` clears read readiness after a short read (the
+        // socket is drained), which saves the `EAGAIN` read per exchange that `try_read`
+        // needs.
+        let (cr, cw) = client.split();
+        let (br, bw) = backend.split();
+        let up = direction(cr, bw, pools, bytes, engine, p1);
+        let down = direction(br, cw, pools, bytes, engine, p2);
         tokio::pin!(up, down);
         // Both directions run until each ends; the first error resets both sides at once.
         while up_done.is_none() || down_done.is_none() {
@@ -189,23 +282,22 @@ async fn spliced(
                 r = &mut down, if down_done.is_none() => { let f = r.is_err(); down_done = Some(r); f }
             };
             if failed {
-                set_rst_on_close(&client);
-                set_rst_on_close(&backend);
                 out.reset = true;
                 break;
             }
         }
     }
-    let mut pipes = Vec::new();
+    if out.reset {
+        set_rst_on_close(&client);
+        set_rst_on_close(&backend);
+    }
     if let Some(Ok(n)) = up_done {
         out.up = n;
-        pipes.push(p1);
     }
     if let Some(Ok(n)) = down_done {
         out.down = n;
-        pipes.push(p2);
     }
-    (out, pipes)
+    out
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -293,28 +385,56 @@ async fn one_way(
 pub const ADAPTIVE_COPY_BUFFER: usize = 16 * 1024;
 
 /// [`ForwardMode::Adaptive`] for one direction: copy while reads are short, then [`one_way`]
-/// by splice. Every copied byte is written before the switch, so the pipe starts empty.
+/// by splice through a pipe taken from `pools` (if none can be had, it keeps copying).
+/// Every copied byte is written before the switch, so the pipe starts empty. Returns the
+/// bytes moved and the pipe used, if any.
 async fn one_way_adaptive(
-    src: &TcpStream,
+    src: &mut ReadHalf<'_>,
     dst: &TcpStream,
-    pipe: &Pipe,
+    pools: &Pools,
     bytes: &AtomicU64,
-) -> io::Result<u64> {
-    let mut buf = vec![0u8; ADAPTIVE_COPY_BUFFER];
+) -> io::Result<(u64, Option<Pipe>)> {
+    let mut guard = PooledBuf {
+        buf: Some(pools.buf()),
+        pools,
+    };
+    let Some(buf) = guard.buf.as_deref_mut() else {
+        return Err(io::Error::other("copy buffer missing"));
+    };
+    let (n, eof) = copy_through(src, dst, buf, bytes, true).await?;
+    if eof {
+        return Ok((n, None));
+    }
+    match pools.pipe() {
+        Ok(pipe) => {
+            drop(guard);
+            let m = one_way(src.as_ref(), dst, &pipe, bytes, false).await?;
+            Ok((n + m, Some(pipe)))
+        }
+        // Out of fds for a pipe: stay on copy for the rest of the connection.
+        Err(_) => {
+            let (m, _) = copy_through(src, dst, buf, bytes, false).await?;
+            Ok((n + m, None))
+        }
+    }
+}
+
+/// Copies `src` → `dst` through `buf` until EOF (then half-closes `dst` and returns
+/// `(bytes, true)`) or, with `until_full`, until a read fills `buf` (returns
+/// `(bytes, false)`, everything read written).
+async fn copy_through(
+    src: &mut ReadHalf<'_>,
+    dst: &TcpStream,
+    buf: &mut [u8],
+    bytes: &AtomicU64,
+    until_full: bool,
+) -> io::Result<(u64, bool)> {
     let mut total = 0u64;
     loop {
-        let n = loop {
-            // Try first: data is often there already (a request that opened the
-            // connection); `try_read` clears the readiness only on a real EAGAIN.
-            match src.try_read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if would_block(&e) => src.readable().await?,
-                Err(e) => return Err(e),
-            }
-        };
+        let n = src.read(buf).await?;
         if n == 0 {
             let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
-            return Ok(total);
+            return Ok((total, true));
         }
         let mut off = 0;
         while off < n {
@@ -326,12 +446,10 @@ async fn one_way_adaptive(
         }
         total += n as u64;
         bytes.fetch_add(n as u64, Ordering::Relaxed);
-        if n == buf.len() {
-            break;
+        if until_full && n == buf.len() {
+            return Ok((total, false));
         }
     }
-    drop(buf);
-    Ok(total + one_way(src, dst, pipe, bytes, false).await?)
 }
 
 fn uring_err(e: shards::uring::UringError) -> io::Error {

@@ -181,11 +181,8 @@ pub(crate) struct ShardState {
     listeners: RefCell<HashMap<Frontend, Vec<JoinHandle<()>>>>,
     pub(crate) conns: Cell<usize>,
     pub(crate) flows: Cell<usize>,
-    pub(crate) pipes: RefCell<Vec<forward::Pipe>>,
+    pub(crate) pools: forward::Pools,
 }
-
-/// Pipes kept per shard for reuse (each is two fds).
-pub(crate) const PIPE_POOL: usize = 64;
 
 type RouteUpdate = (Frontend, Arc<BackendSet>, Arc<ServiceMetrics>);
 
@@ -231,7 +228,7 @@ impl Dataplane {
                 listeners: RefCell::new(HashMap::new()),
                 conns: Cell::new(0),
                 flows: Cell::new(0),
-                pipes: RefCell::new(Vec::new()),
+                pools: forward::Pools::default(),
             })
             .await
             .map_err(|e| ShellError::Invoke(e.to_string()))?;
@@ -420,6 +417,11 @@ impl Dataplane {
                     let (_, ls) =
                         shards::listen::bind_tcp(addr, n, shards::listen::DEFAULT_BACKLOG)
                             .map_err(|source| ShellError::Listen { addr, source })?;
+                    // Accepted sockets inherit TCP_NODELAY from the listener (Linux copies
+                    // it at accept): one `setsockopt` per connection saved.
+                    for l in &ls {
+                        let _ = socket2::SockRef::from(l).set_tcp_nodelay(true);
+                    }
                     for (shard, l) in self.handle.shard_ids().zip(ls) {
                         self.handle
                             .invoke_on(shard, move || async move {

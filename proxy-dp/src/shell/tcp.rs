@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::forward::{self, set_rst_on_close};
-use super::{PIPE_POOL, ShardState, shard_state};
+use super::{ShardState, shard_state};
 use crate::core::Frontend;
 
 /// Backends tried for one connection at most (each within the connect timeout).
@@ -137,24 +137,11 @@ async fn handle(st: Rc<ShardState>, f: Frontend, client: TcpStream, peer: Socket
             }
         }
     };
-    let _ = client.set_nodelay(true);
+    // The client socket has TCP_NODELAY from its listener already.
     let _ = backend.set_nodelay(true);
     metrics.active.fetch_add(1, Ordering::Relaxed);
     metrics.total.fetch_add(1, Ordering::Relaxed);
-    let pipes = {
-        let mut pool = st.pipes.borrow_mut();
-        [pool.pop(), pool.pop()]
-    };
-    let (_, back) =
-        forward::forward(st.settings.mode, client, backend, &metrics.bytes, pipes).await;
-    {
-        let mut pool = st.pipes.borrow_mut();
-        for p in back {
-            if pool.len() < PIPE_POOL {
-                pool.push(p);
-            }
-        }
-    }
+    forward::forward(st.settings.mode, client, backend, &metrics.bytes, &st.pools).await;
     metrics.active.fetch_sub(1, Ordering::Relaxed);
     release(&st, f, addr);
 }
