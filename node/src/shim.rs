@@ -721,7 +721,7 @@ async fn serve_attach(
     use tokio::sync::broadcast::error::RecvError;
     let (mut r, mut w) = conn.into_split();
     // Frames from the client, in a task of their own (reading a frame is not cancel-safe).
-    let inbound = tokio::spawn(async move {
+    let mut inbound = tokio::spawn(async move {
         let mut stdin_client = false;
         let mut eof_sent = false;
         loop {
@@ -754,20 +754,22 @@ async fn serve_attach(
         }
     });
     loop {
-        match out.recv().await {
-            Ok((kind, b)) => {
-                if write_frame(&mut w, kind, &b).await.is_err() {
-                    break;
+        tokio::select! {
+            m = out.recv() => match m {
+                Ok((kind, b)) => {
+                    if write_frame(&mut w, kind, &b).await.is_err() {
+                        break;
+                    }
                 }
-            }
-            Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => break,
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            },
+            // The client went away: no task is left behind for a quiet container.
+            _ = &mut inbound => return,
         }
     }
-    // The container ended (or the client went away): stop reading from it too.
-    if !inbound.is_finished() {
-        inbound.abort();
-    }
+    // The container ended (or the client stopped reading): stop reading from it too.
+    inbound.abort();
 }
 
 async fn copy_logs(
