@@ -446,3 +446,160 @@ fn openapi_v2_is_protobuf_only() {
     assert_eq!(code, 406, "{body}");
     assert!(body.contains("\"kind\":\"Status\""), "{body}");
 }
+
+/// The `kubernetes` Service points at the apiserver itself, in Endpoints and in an
+/// EndpointSlice, and a restart on another port rewrites both.
+#[test]
+fn kubernetes_service_has_the_apiservers_endpoints() {
+    if !have_kubectl(33) {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for _ in 0..2 {
+        // Each start binds a fresh port in the same data directory.
+        let s = TestServer::start_in(tmp.path(), &[]);
+        let want = format!("127.0.0.1:{}", s.port);
+        let ep = s.ok(
+            33,
+            &[
+                "get",
+                "endpoints",
+                "kubernetes",
+                "-o",
+                "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+            ],
+        );
+        assert_eq!(ep.trim(), want);
+        let slice = s.ok(
+            33,
+            &[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=kubernetes",
+                "-o",
+                "jsonpath={.items[*].endpoints[0].addresses[0]}:{.items[*].ports[0].port}",
+            ],
+        );
+        assert_eq!(slice.trim(), want);
+        let svc = s.ok(
+            33,
+            &[
+                "get",
+                "service",
+                "kubernetes",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+        );
+        assert_eq!(svc.trim(), "10.96.0.1");
+        drop(s);
+    }
+}
+
+/// pods/eviction honours a PodDisruptionBudget: an eviction the budget allows deletes the pod
+/// and takes one disruption from the budget's status; the next one gets upstream's 429.
+#[test]
+fn eviction_respects_the_pod_disruption_budget() {
+    if !have_kubectl(33) {
+        return;
+    }
+    let s = TestServer::start(&[]);
+    let k = 33;
+    for p in ["web-1", "web-2"] {
+        s.ok(k, &["run", p, "--image=busybox:1.36", "--labels=app=web"]);
+        s.ok(
+            k,
+            &[
+                "patch",
+                "pod",
+                p,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
+            ],
+        );
+    }
+    s.ok(
+        k,
+        &[
+            "create",
+            "pdb",
+            "web",
+            "--selector=app=web",
+            "--min-available=1",
+        ],
+    );
+    let generation = s.ok(
+        k,
+        &["get", "pdb", "web", "-o", "jsonpath={.metadata.generation}"],
+    );
+    // What the disruption controller would report for two healthy pods and minAvailable 1.
+    let status = format!(
+        r#"{{"status":{{"observedGeneration":{},"disruptionsAllowed":1,"currentHealthy":2,"desiredHealthy":1,"expectedPods":2}}}}"#,
+        generation.trim()
+    );
+    s.ok(
+        k,
+        &[
+            "patch",
+            "pdb",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+    );
+    let evict = |pod: &str| {
+        let body = format!(
+            r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"default"}}}}"#
+        );
+        s.kubectl_stdin(
+            k,
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/default/pods/{pod}/eviction"),
+                "-f",
+                "-",
+            ],
+            Some(&body),
+        )
+    };
+    let first = evict("web-1");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let pods = s.ok(k, &["get", "pods", "-o", "name"]);
+    assert_eq!(pods.trim(), "pod/web-2", "the evicted pod is gone");
+    let pdb = s.ok(
+        k,
+        &[
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "jsonpath={.status.disruptionsAllowed} {.status.disruptedPods}",
+        ],
+    );
+    assert!(pdb.starts_with("0 "), "one disruption taken: {pdb}");
+    assert!(pdb.contains("web-1"), "the eviction is recorded: {pdb}");
+
+    let second = evict("web-2");
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("TooManyRequests")
+            && err.contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{err}"
+    );
+    assert_eq!(
+        s.ok(k, &["get", "pods", "-o", "name"]).trim(),
+        "pod/web-2",
+        "nothing deleted"
+    );
+}

@@ -392,6 +392,18 @@ fn txn_key(t: &Txn) -> &[u8] {
 
 #[async_trait::async_trait]
 impl Backend for MeteredBackend {
+    async fn list_raw(
+        &self,
+        req: RangeRequest,
+        filter: &store::WatchFilter,
+    ) -> Result<store::RawList, StoreError> {
+        let t = Instant::now();
+        let key = req.key.clone();
+        let r = self.inner.list_raw(req, filter).await;
+        self.done("list", &key, t);
+        r
+    }
+
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
         let t = Instant::now();
         let key = req.key.clone();

@@ -127,6 +127,8 @@ pub fn serving_sans(extra: &[String]) -> Vec<String> {
         "localhost",
         "127.0.0.1",
         "::1",
+        // The `kubernetes` Service's ClusterIP: in-cluster clients verify it.
+        "10.96.0.1",
         "kubernetes",
         "kubernetes.default",
         "kubernetes.default.svc",

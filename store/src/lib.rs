@@ -29,9 +29,9 @@ pub mod wal;
 
 pub use backend::{
     Backend, Compare, CompareOp, CompareTarget, ContentType, KeyValue, LeaseGrant, LeaseId,
-    LeaseTimeToLive, ObjectValue, RangeEnd, RangeRequest, RangeResponse, Requirement, Revision,
-    StoreStatus, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent, WatchFilter, WatchRequest,
-    WatchStream,
+    LeaseTimeToLive, ObjectValue, RangeEnd, RangeRequest, RangeResponse, RawKv, RawList,
+    Requirement, Revision, StoreStatus, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchEvent,
+    WatchFilter, WatchRequest, WatchStream,
 };
 pub use engine::{Clock, Engine, EngineConfig, LogStore, ManualClock, MemLog, SystemClock};
 pub use error::{MAX_VALUE_BYTES, StoreError};

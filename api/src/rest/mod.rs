@@ -7,6 +7,7 @@
 //! Store keys are `/registry/<group>/<resource>/[<namespace>/]<name>` with the core group
 //! written `core` ([`crate::registry::ResourceDef::key_prefix`]).
 
+mod eviction;
 pub mod objects;
 mod proxy;
 mod quota;
@@ -552,6 +553,78 @@ pub(crate) async fn bootstrap(app: &Arc<App>) -> Result<(), ApiError> {
             | Err(ApiError {
                 code: 409 | 422, ..
             }) => {}
+            Err(e) => return Err(e),
+        }
+        ensure_kubernetes_endpoints(app, &reg).await?;
+    }
+    Ok(())
+}
+
+/// Points the `kubernetes` Service at this apiserver, as upstream's endpoint reconciler
+/// does: the Endpoints (with `endpointslice.kubernetes.io/skip-mirror`) and the EndpointSlice
+/// `kubernetes`, at the address clients reach the server on (`server_address`: the bind
+/// address, or 127.0.0.1 when bound to all addresses, which the node's service proxy reaches
+/// from the host). Rewritten only when the address or port changed since the last start.
+async fn ensure_kubernetes_endpoints(
+    app: &Arc<App>,
+    reg: &crate::registry::Registry,
+) -> Result<(), ApiError> {
+    let Some((ip, port)) = app.server_address.rsplit_once(':').and_then(|(h, p)| {
+        Some((
+            h.trim_matches(['[', ']']).to_string(),
+            p.parse::<u16>().ok()?,
+        ))
+    }) else {
+        return Ok(());
+    };
+    let address_type = if ip.contains(':') { "IPv6" } else { "IPv4" };
+    let endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": ip}],
+                     "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes",
+                                "endpointslice.kubernetes.io/managed-by": "kubeshard-apiserver"}},
+        "addressType": address_type,
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
+    for (group, version, resource, obj, addr_ptr, port_ptr) in [
+        (
+            "",
+            "v1",
+            "endpoints",
+            endpoints,
+            "/subsets/0/addresses/0/ip",
+            "/subsets/0/ports/0/port",
+        ),
+        (
+            "discovery.k8s.io",
+            "v1",
+            "endpointslices",
+            slice,
+            "/endpoints/0/addresses/0",
+            "/ports/0/port",
+        ),
+    ] {
+        let Some(def) = reg.lookup(group, version, resource).cloned() else {
+            continue;
+        };
+        let key = object_key(&def, Some("default"), "kubernetes");
+        if let Some(cur) = app.backend.get(key.clone()).await? {
+            let cur: serde_json::Value =
+                serde_json::from_slice(&cur.value.raw).map_err(ApiError::internal)?;
+            if cur.pointer(addr_ptr) == obj.pointer(addr_ptr)
+                && cur.pointer(port_ptr) == obj.pointer(port_ptr)
+            {
+                continue;
+            }
+            // The server moved (another port or address): replace the stale endpoints.
+            app.backend.delete(key, None).await?;
+        }
+        match objects::create_object(app, &def, Some("default"), obj, "kubeshard", false).await {
+            Ok(_) | Err(ApiError { code: 409, .. }) => {}
             Err(e) => return Err(e),
         }
     }

@@ -343,16 +343,8 @@ pub(crate) async fn serve(
             value_response(StatusCode::OK, &registry::scale_of(&def, &obj)?, &[])
         }
         (&Method::POST, true, Some("binding")) => binding(app, &t, &q, &headers, &body).await,
-        (&Method::POST, true, Some("eviction")) => {
-            // No PodDisruptionBudget enforcement yet: an eviction is a delete.
-            let mut t = t.clone();
-            t.subresource = None;
-            delete(app, &t, &q, b"").await?;
-            value_response(
-                StatusCode::CREATED,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-                &[],
-            )
+        (&Method::POST, true, Some("eviction")) if def.plural == "pods" && def.group.is_empty() => {
+            super::eviction::evict(app, &t, &q, &headers, &body).await
         }
         (&Method::PUT | &Method::PATCH, true, Some("scale")) => {
             scale_write(app, &t, &q, &headers, &body).await
@@ -472,6 +464,14 @@ impl Selectors {
         self.labels.is_empty() && self.fields.is_empty()
     }
 
+    /// The same requirements as the store checks them on its envelopes.
+    pub(crate) fn filter(&self) -> store::WatchFilter {
+        store::WatchFilter {
+            labels: self.labels.clone(),
+            fields: self.fields.clone(),
+        }
+    }
+
     /// Whether a stored value passes, from the store envelope's labels and fields alone.
     pub(crate) fn matches(&self, v: &store::ObjectValue) -> bool {
         super::selector::matches(&self.labels, &v.labels)
@@ -513,7 +513,7 @@ async fn list(
     };
     let prefix = t.prefix();
     let end = prefix_end(&prefix);
-    let (mut start, mut revision) = match q.get("continue").filter(|c| !c.is_empty()) {
+    let (start, mut revision) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let tok = decode_continue(c)?;
             let mut k = prefix.to_vec();
@@ -531,65 +531,30 @@ async fn list(
             (prefix.clone(), rv)
         }
     };
-    let mut items: Vec<Bytes> = Vec::new();
-    let mut next: Option<Bytes> = None;
-    let batch = if limit == 0 {
-        0
-    } else if sel.is_empty() {
-        limit + 1
-    } else {
-        (limit * 2).max(500)
-    };
-    for _ in 0..MAX_LIST_PAGES {
-        let resp = app
-            .backend
-            .range(RangeRequest {
-                key: start.clone(),
-                range_end: RangeEnd::Until(end.clone()),
+    let page = app
+        .backend
+        .list_raw(
+            RangeRequest {
+                key: start,
+                range_end: RangeEnd::Until(end),
                 revision,
-                limit: (batch > 0).then_some(batch),
+                limit: (limit > 0).then_some(limit),
                 keys_only: false,
                 count_only: false,
                 skip_count: true,
-            })
-            .await
-            .map_err(|e| match e {
-                store::StoreError::Compacted { .. } if q.get("continue").is_some() => ApiError::gone(
-                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-                ),
-                other => other.into(),
-            })?;
-        revision = Some(resp.revision);
-        let n = resp.kvs.len();
-        let mut stopped_early = false;
-        for (i, kv) in resp.kvs.into_iter().enumerate() {
-            if limit > 0 && items.len() as u64 >= limit {
-                // One more matching (or unexamined) item remains: hand out a token.
-                next = Some(kv.key);
-                stopped_early = true;
-                let _ = i;
-                break;
-            }
-            if sel.matches(&kv.value) {
-                items.push(kv.value.raw);
-            }
-            start = {
-                let mut k = kv.key.to_vec();
-                k.push(0);
-                Bytes::from(k)
-            };
-        }
-        if stopped_early || !resp.more || n == 0 || limit == 0 {
-            if !stopped_early && resp.more && limit > 0 {
-                next = Some(start.clone());
-            }
-            break;
-        }
-        if items.len() as u64 >= limit {
-            next = Some(start.clone());
-            break;
-        }
-    }
+            },
+            &sel.filter(),
+        )
+        .await
+        .map_err(|e| match e {
+            store::StoreError::Compacted { .. } if q.get("continue").is_some() => ApiError::gone(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+            ),
+            other => other.into(),
+        })?;
+    revision = Some(page.revision);
+    let next = page.resume;
+    let items: Vec<Bytes> = page.items.into_iter().map(|i| i.raw).collect();
     let rv = revision.unwrap_or_default();
     let cont = next.map(|k| encode_continue(rv, &k, &prefix));
     let mut meta = Map::new();
@@ -606,18 +571,17 @@ async fn list(
             }))
             .map_err(ApiError::internal)?;
             // {"apiVersion":..,"kind":..,"metadata":{..}} -> drop the final '}' and append items.
-            let total: usize = items.iter().map(|i| i.len() + 1).sum::<usize>() + head.len() + 16;
-            let mut out = BytesMut::with_capacity(total);
-            out.extend_from_slice(&head[..head.len() - 1]);
-            out.extend_from_slice(b",\"items\":[");
-            for (i, it) in items.iter().enumerate() {
-                if i > 0 {
-                    out.extend_from_slice(b",");
-                }
-                out.extend_from_slice(it);
-            }
-            out.extend_from_slice(b"]}");
-            Ok(object_response(StatusCode::OK, out.freeze(), &[]))
+            let mut prefix = head;
+            prefix.pop();
+            prefix.extend_from_slice(b",\"items\":[");
+            let joined =
+                body::JoinedBody::new(Bytes::from(prefix), items, b",", Bytes::from_static(b"]}"));
+            let mut r = Response::new(http_body_util::BodyExt::boxed(joined));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(r)
         }
         Output::Table => {
             let objs: Vec<Value> = items
@@ -1386,6 +1350,22 @@ fn validate_delete_options(opts: &DeleteOptions) -> Result<(), ApiError> {
 struct Preconditions {
     uid: Option<String>,
     resource_version: Option<String>,
+}
+
+/// The delete an allowed eviction makes, with the Eviction's `deleteOptions` as its body.
+pub(crate) async fn delete_for_eviction(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    delete_options: &[u8],
+) -> Result<(), ApiError> {
+    delete(app, t, q, delete_options).await.map(drop)
+}
+
+/// A `metav1.Status` Success answer with `code`.
+pub(crate) fn status_response(code: StatusCode) -> Response<Body> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code.as_u16()});
+    body::json(code, serde_json::to_vec(&body).unwrap_or_default())
 }
 
 async fn delete(app: &App, t: &Target, q: &Query, body: &[u8]) -> Result<Response<Body>, ApiError> {

@@ -2,6 +2,10 @@
 //! `http/1.1`, upgrades on HTTP/1.1), accepted by one acceptor per core, each a
 //! `current_thread` tokio runtime with its own `SO_REUSEPORT` listener; plus an optional
 //! plain-HTTP port on loopback for development whose requests are the unsecured admin.
+//! The kernel spreads new connections over the listeners by address hash, which leaves one
+//! core with both of a few long-lived clients often enough; so an acceptor hands a new
+//! connection to the acceptor serving the fewest (a bounded queue per acceptor), and a
+//! connection then lives on that one core.
 //!
 //! [`start`] prepares everything that can fail (PKI, token file, TLS config, sockets,
 //! default namespaces) before it returns, so a caller sees start-up errors at once; the
@@ -317,17 +321,33 @@ pub fn start(
     let (stop, stop_rx) = watch::channel(false);
     let mut threads = Vec::new();
     let mut insecure = insecure.map(Vec::into_iter);
+    let balance = Arc::new(Balance::new(n));
+    let mut inboxes: Vec<_> = (0..n)
+        .map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::channel(HANDOFF_QUEUE);
+            (tx, Some(rx))
+        })
+        .collect();
+    let outboxes: Arc<[tokio::sync::mpsc::Sender<Handoff>]> =
+        inboxes.iter().map(|(tx, _)| tx.clone()).collect();
     for (i, l) in listeners.into_iter().enumerate() {
-        let app = app.clone();
-        let tls = tls.clone();
-        let stop_rx = stop_rx.clone();
+        let shard = Shard {
+            index: i,
+            app: app.clone(),
+            tls: tokio_rustls::TlsAcceptor::from(tls.clone()),
+            stop: stop_rx.clone(),
+            balance: balance.clone(),
+            outboxes: outboxes.clone(),
+        };
         let plain = insecure.as_mut().and_then(Iterator::next);
+        let inbox = inboxes[i].1.take().expect("one inbox per acceptor");
         let t = std::thread::Builder::new()
             .name(format!("api-accept-{i}"))
-            .spawn(move || acceptor(app, tls, l, plain, stop_rx))
+            .spawn(move || acceptor(shard, l, plain, inbox))
             .map_err(io("spawning an acceptor thread"))?;
         threads.push(t);
     }
+    drop(inboxes);
     Ok(RunningServer {
         port,
         insecure_port,
@@ -338,12 +358,86 @@ pub fn start(
     })
 }
 
-fn acceptor(
+/// Most connections waiting in one acceptor's hand-off queue.
+const HANDOFF_QUEUE: usize = 256;
+
+/// Open connections per acceptor, so a new connection goes to the least busy one. The kernel
+/// spreads connections over the `SO_REUSEPORT` listeners by a hash of their addresses: with
+/// the few long-lived HTTP/2 connections that real clients keep (a scheduler and its
+/// informers, a controller-manager), two of them often hash to the same acceptor and one
+/// core serves both while the other idles.
+struct Balance {
+    open: Box<[std::sync::atomic::AtomicUsize]>,
+}
+
+impl Balance {
+    fn new(n: usize) -> Self {
+        Self {
+            open: (0..n)
+                .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                .collect(),
+        }
+    }
+
+    /// The acceptor that should serve a connection accepted by `me`: `me` unless another
+    /// serves fewer connections.
+    fn pick(&self, me: usize) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut best = me;
+        let mut least = self.open[me].load(Relaxed);
+        for (i, c) in self.open.iter().enumerate() {
+            let c = c.load(Relaxed);
+            if c < least {
+                best = i;
+                least = c;
+            }
+        }
+        best
+    }
+
+    /// Counts a connection on acceptor `i` until the guard drops.
+    fn serving(self: &Arc<Self>, i: usize) -> Serving {
+        self.open[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Serving {
+            balance: self.clone(),
+            index: i,
+        }
+    }
+}
+
+struct Serving {
+    balance: Arc<Balance>,
+    index: usize,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.balance.open[self.index].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A connection accepted by one acceptor and handed to another.
+struct Handoff {
+    sock: std::net::TcpStream,
+    secure: bool,
+}
+
+/// What one acceptor thread needs to serve connections.
+#[derive(Clone)]
+struct Shard {
+    index: usize,
     app: Arc<App>,
-    tls: Arc<rustls::ServerConfig>,
+    tls: tokio_rustls::TlsAcceptor,
+    stop: watch::Receiver<bool>,
+    balance: Arc<Balance>,
+    outboxes: Arc<[tokio::sync::mpsc::Sender<Handoff>]>,
+}
+
+fn acceptor(
+    shard: Shard,
     listener: std::net::TcpListener,
     plain: Option<std::net::TcpListener>,
-    stop: watch::Receiver<bool>,
+    inbox: tokio::sync::mpsc::Receiver<Handoff>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -357,30 +451,48 @@ fn acceptor(
     };
     rt.block_on(async move {
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_ACCEPTOR));
-        let secure = accept_loop(
-            app.clone(),
-            Some(tls),
-            listener,
-            stop.clone(),
-            limit.clone(),
-        );
+        let mut conns = tokio::task::JoinSet::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ServeJob>();
+        let secure = accept_loop(&shard, true, listener, &limit, tx.clone());
+        let handed = receive_handoffs(&shard, inbox, &limit, tx.clone());
+        let spawner = async {
+            while let Some(job) = rx.recv().await {
+                conns.spawn(job);
+                // Reap finished connection tasks so the set stays small.
+                while conns.try_join_next().is_some() {}
+            }
+        };
         match plain {
             Some(p) => {
-                let insecure = accept_loop(app, None, p, stop, limit);
-                tokio::join!(secure, insecure);
+                let insecure = accept_loop(&shard, false, p, &limit, tx);
+                tokio::join!(secure, insecure, handed, spawner);
             }
-            None => secure.await,
+            None => {
+                drop(tx);
+                tokio::join!(secure, handed, spawner);
+            }
         }
+        // Stop: give open connections a moment, then drop them.
+        let _ = tokio::time::timeout(GRACEFUL_SHUTDOWN, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        conns.abort_all();
     });
     // Dropping the runtime cancels what is still running (open watches).
 }
 
+/// A connection's whole life, spawned on the acceptor that serves it.
+type ServeJob = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The accept loop of one listener: returns a future that sends each accepted connection's
+/// serving job to `jobs`, or hands the connection to a less busy acceptor.
 async fn accept_loop(
-    app: Arc<App>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    shard: &Shard,
+    secure: bool,
     listener: std::net::TcpListener,
-    mut stop: watch::Receiver<bool>,
-    limit: Arc<tokio::sync::Semaphore>,
+    limit: &Arc<tokio::sync::Semaphore>,
+    jobs: tokio::sync::mpsc::UnboundedSender<ServeJob>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -389,16 +501,15 @@ async fn accept_loop(
             return;
         }
     };
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let mut conns = tokio::task::JoinSet::new();
+    let mut stop = shard.stop.clone();
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = stop.changed() => break,
         };
-        let (sock, _peer) = tokio::select! {
+        let sock = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok((s, _)) => s,
                 Err(e) => {
                     tracing::warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -408,54 +519,96 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         let _ = sock.set_nodelay(true);
-        let app = app.clone();
-        let acceptor = acceptor.clone();
-        let stop = stop.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            match acceptor {
-                None => {
-                    let info = ConnInfo {
-                        secure: false,
-                        cert_user: None,
-                    };
-                    serve_conn(app, sock, info, stop).await;
-                }
-                Some(acceptor) => {
-                    let tls =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!("TLS handshake: {e}");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
-                    let cert_user = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| UserInfo::from_client_cert(c));
-                    let info = ConnInfo {
-                        secure: true,
-                        cert_user,
-                    };
-                    serve_conn(app, tls, info, stop).await;
-                }
+        let target = shard.balance.pick(shard.index);
+        let sock = if target == shard.index {
+            sock
+        } else {
+            match sock.into_std() {
+                Ok(sock) => match shard.outboxes[target].try_send(Handoff { sock, secure }) {
+                    Ok(()) => continue,
+                    // The other acceptor's queue is full or gone: serve it here.
+                    Err(e) => {
+                        let h = e.into_inner();
+                        match tokio::net::TcpStream::from_std(h.sock) {
+                            Ok(s) => s,
+                            Err(_) => continue,
+                        }
+                    }
+                },
+                Err(_) => continue,
             }
-        });
-        // Reap finished connection tasks so the set stays small.
-        while conns.try_join_next().is_some() {}
+        };
+        let _ = jobs.send(serve_job(shard, sock, secure, permit));
     }
-    // Stop: give open connections a moment, then drop them.
-    let _ = tokio::time::timeout(GRACEFUL_SHUTDOWN, async {
-        while conns.join_next().await.is_some() {}
+}
+
+/// Serves the connections other acceptors hand to this one.
+async fn receive_handoffs(
+    shard: &Shard,
+    mut inbox: tokio::sync::mpsc::Receiver<Handoff>,
+    limit: &Arc<tokio::sync::Semaphore>,
+    jobs: tokio::sync::mpsc::UnboundedSender<ServeJob>,
+) {
+    let mut stop = shard.stop.clone();
+    loop {
+        let h = tokio::select! {
+            h = inbox.recv() => match h { Some(h) => h, None => break },
+            _ = stop.changed() => break,
+        };
+        let Ok(sock) = tokio::net::TcpStream::from_std(h.sock) else {
+            continue;
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            // Full: the connection is refused rather than queued without bound.
+            continue;
+        };
+        let _ = jobs.send(serve_job(shard, sock, h.secure, permit));
+    }
+}
+
+/// The serving of one accepted connection on this acceptor: TLS handshake (secure port),
+/// then HTTP until the client or the server stops.
+fn serve_job(
+    shard: &Shard,
+    sock: tokio::net::TcpStream,
+    secure: bool,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> ServeJob {
+    let app = shard.app.clone();
+    let tls = shard.tls.clone();
+    let stop = shard.stop.clone();
+    let serving = shard.balance.serving(shard.index);
+    Box::pin(async move {
+        let _permit = permit;
+        let _serving = serving;
+        if !secure {
+            let info = ConnInfo {
+                secure: false,
+                cert_user: None,
+            };
+            serve_conn(app, sock, info, stop).await;
+            return;
+        }
+        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(sock)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        let cert_user = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| UserInfo::from_client_cert(c));
+        let info = ConnInfo {
+            secure: true,
+            cert_user,
+        };
+        serve_conn(app, tls, info, stop).await;
     })
-    .await;
-    conns.abort_all();
 }
 
 async fn serve_conn<I>(app: Arc<App>, io: I, info: ConnInfo, mut stop: watch::Receiver<bool>)
@@ -531,5 +684,45 @@ impl App {
         if let Ok(mut g) = self.openapi.write() {
             *g = Arc::new(oa);
         }
+    }
+}
+
+#[cfg(test)]
+mod balance_tests {
+    use super::Balance;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_new_connection_goes_to_the_least_busy_acceptor() {
+        let b = Arc::new(Balance::new(3));
+        // All idle: whoever accepted keeps it.
+        assert_eq!(b.pick(1), 1);
+        let first = b.serving(1);
+        // Acceptor 1 now serves one: a connection it accepts goes to an idle one.
+        let to = b.pick(1);
+        assert_ne!(to, 1);
+        let second = b.serving(to);
+        let third = b.serving(b.pick(1));
+        assert_eq!(
+            b.open
+                .iter()
+                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+                .collect::<Vec<_>>(),
+            vec![1, 1, 1]
+        );
+        // A tie keeps the connection where it was accepted.
+        assert_eq!(b.pick(2), 2);
+        drop(first);
+        assert_eq!(
+            b.pick(2),
+            1,
+            "the acceptor whose connection closed is now the least busy"
+        );
+        drop((second, third));
+        assert!(
+            b.open
+                .iter()
+                .all(|c| c.load(std::sync::atomic::Ordering::Relaxed) == 0)
+        );
     }
 }

@@ -26,9 +26,7 @@ use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use store::{
-    KeyValue, RangeEnd, RangeRequest, Revision, WatchEvent, WatchFilter, WatchRequest, WatchStream,
-};
+use store::{KeyValue, RangeEnd, RangeRequest, Revision, WatchEvent, WatchRequest, WatchStream};
 
 use crate::rest::objects::{Output, Selectors, negotiate_output, prefix_end};
 use crate::rest::{Query, Target};
@@ -246,10 +244,7 @@ pub(crate) async fn serve(
                     key: prefix,
                     range_end: RangeEnd::Until(end),
                     start_revision: Some(start),
-                    filter: WatchFilter {
-                        labels: sel.labels.clone(),
-                        fields: sel.fields.clone(),
-                    },
+                    filter: sel.filter(),
                     prev_kv: true,
                     progress_notify: bookmarks,
                 })

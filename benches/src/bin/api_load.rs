@@ -12,7 +12,10 @@
 //! Command: `cargo run --release -p kubeshard-benches --bin api_load`
 //! (builds `target/release/kubeshard` first when missing; `KUBESHARD_BIN` overrides).
 //! Knobs: `API_PODS` (stored pods, default 100000), `API_SECS` (seconds per GET cell, 5),
-//! `API_GET_RATE` (paced GET rate, 50000/s), `API_WATCHERS` (10000), `API_LISTS` (5).
+//! `API_GET_RATE` (paced GET rate, 50000/s), `API_WATCHERS` (10000), `API_LISTS` (5),
+//! `API_BIND_RATE` (paced binds in the watch phase, 2000/s),
+//! `API_ONLY` (a comma list of the phases to run after the creates: `get,list,watch`; all by
+//! default), `API_PAUSE_SECS` (a pause before each phase, so a profiler can be attached).
 //! Every phase is bounded in count and time.
 
 use std::sync::Arc;
@@ -86,6 +89,28 @@ async fn request(
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await?.to_bytes();
     Ok((status, bytes))
+}
+
+/// Sends a GET and reads the body frame by frame, counting bytes without keeping them: the
+/// full LIST's figure is then the server's and the transfer's, not the load generator
+/// assembling a 200 MB buffer on the same cores.
+async fn get_counted(mut s: Sender, path: &str) -> Result<(u16, usize), BoxError> {
+    let req = hyper::Request::builder()
+        .method("GET")
+        .uri(format!("http://127.0.0.1{path}"))
+        .header("accept", "application/json")
+        .body(Full::new(Bytes::new()))?;
+    s.ready().await?;
+    let resp = s.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut n = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame?.into_data() {
+            n += d.len();
+        }
+    }
+    Ok((status, n))
 }
 
 /// A pod shaped like scheduler_perf's (~1 KB of JSON), unbound unless `node` is given.
@@ -181,20 +206,20 @@ fn report(label: &str, lat: &mut [Duration], wall: Duration, failures: u64) {
     );
 }
 
-/// GETs paced at `rate` per second for `secs`, latency measured from each request's
-/// scheduled send time (so a stalled server is charged for the queue it causes).
-async fn run_paced(
-    pool: &Arc<Pool>,
-    pods: usize,
-    rate: u64,
-    secs: u64,
-) -> (Vec<Duration>, u64, u64) {
+/// `total` requests built by `make(i)`, paced at `rate` per second; latency is measured from
+/// each request's scheduled send time (so a stalled server is charged for the queue it
+/// causes). Returns the latencies of the 2xx answers, the failures, and the requests not sent
+/// because the client's in-flight bound was full.
+async fn run_paced<F>(pool: &Arc<Pool>, total: u64, rate: u64, make: F) -> (Vec<Duration>, u64, u64)
+where
+    F: Fn(usize) -> (&'static str, String, Bytes),
+{
+    let secs = total.div_ceil(rate.max(1));
     let sem = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let lat = Arc::new(Mutex::new(Vec::with_capacity((rate * secs) as usize)));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
     let failures = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
-    let total = rate * secs;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let mut sent = 0u64;
     let mut handles = Vec::new();
@@ -204,7 +229,7 @@ async fn run_paced(
         let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         while sent < due {
             let scheduled = t0 + Duration::from_secs_f64(sent as f64 / rate as f64);
-            let i = (sent as usize * 7919) % pods;
+            let (method, path, body) = make(sent as usize);
             sent += 1;
             let Ok(permit) = sem.clone().try_acquire_owned() else {
                 // The client's in-flight bound is full: the server is not keeping up.
@@ -213,9 +238,10 @@ async fn run_paced(
             };
             let (pool, lat, failures) = (pool.clone(), lat.clone(), failures.clone());
             handles.push(tokio::spawn(async move {
-                let path = format!("/api/v1/namespaces/load/pods/pod-{i}");
-                match request(pool.sender(), "GET", &path, Bytes::new()).await {
-                    Ok((200, _)) => lat.lock().push(scheduled.elapsed()),
+                match request(pool.sender(), method, &path, body).await {
+                    Ok((code, _)) if (200..300).contains(&code) => {
+                        lat.lock().push(scheduled.elapsed())
+                    }
                     _ => {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
@@ -316,6 +342,17 @@ fn main() -> Result<(), BoxError> {
     let rate: u64 = env_or("API_GET_RATE", 50_000);
     let watchers: usize = env_or("API_WATCHERS", 10_000);
     let lists: usize = env_or("API_LISTS", 5);
+    let bind_rate: u64 = env_or("API_BIND_RATE", 2_000);
+    let only: String = env_or("API_ONLY", "get,list,watch".to_string());
+    let pause = Duration::from_secs(env_or("API_PAUSE_SECS", 0));
+    let phase = move |name: &str| {
+        let on = only.split(',').any(|p| p.trim() == name);
+        if on && !pause.is_zero() {
+            println!("phase {name} starts in {} s", pause.as_secs());
+            std::thread::sleep(pause);
+        }
+        on
+    };
     let bin = kubeshard_bin()?;
     let dir = tempfile::Builder::new().prefix("api-load-").tempdir()?;
     let server = start_server(&bin, dir.path(), true)?;
@@ -362,7 +399,8 @@ fn main() -> Result<(), BoxError> {
         );
 
         // 2. Single-object GET, closed loop at two concurrencies, then paced.
-        for in_flight in [1usize, 64, 512] {
+        let run_get = phase("get");
+        for in_flight in [1usize, 64, 512].into_iter().filter(|_| run_get) {
             let cpu = cpu_secs(pid);
             let (mut lat, wall, failed) =
                 run_closed(&pool, usize::MAX, in_flight, Duration::from_secs(secs), move |i| {
@@ -377,7 +415,12 @@ fn main() -> Result<(), BoxError> {
                 (cpu_secs(pid) - cpu) * 1e6 / lat.len().max(1) as f64
             );
         }
-        let (mut lat, failed, dropped) = run_paced(&pool, pods, rate, secs).await;
+        if run_get {
+        let (mut lat, failed, dropped) = run_paced(&pool, rate * secs, rate, |i| {
+            let i = (i * 7919) % pods;
+            ("GET", format!("/api/v1/namespaces/load/pods/pod-{i}"), Bytes::new())
+        })
+        .await;
         let n = lat.len();
         println!(
             "GET one pod paced at {rate}/s for {secs} s: {n} ok ({:.0}/s), {failed} failed, {dropped} not sent (client bound full); from scheduled time p50 {:.3} ms, p99 {:.3} ms",
@@ -386,19 +429,21 @@ fn main() -> Result<(), BoxError> {
             ms(quantile(&mut lat, 0.99))
         );
 
+        }
+
+        if phase("list") {
         // 3. LIST every pod: full, then paged by 500 as kubectl does.
         let mut full = Vec::new();
         let mut bytes = 0usize;
         let cpu = cpu_secs(pid);
         for _ in 0..lists {
             let t = Instant::now();
-            let (code, body) =
-                request(pool.sender(), "GET", "/api/v1/namespaces/load/pods", Bytes::new()).await?;
+            let (code, n) = get_counted(pool.sender(), "/api/v1/namespaces/load/pods").await?;
             full.push(t.elapsed());
             if code != 200 {
                 return Err(format!("list: {code}").into());
             }
-            bytes = body.len();
+            bytes = n;
         }
         println!(
             "LIST {pods} pods, full: median {:.1} ms, {:.1} MB ({} runs; server CPU {:.0} ms per LIST)",
@@ -436,6 +481,9 @@ fn main() -> Result<(), BoxError> {
             ms(quantile(&mut paged, 0.5))
         );
 
+        }
+
+        if phase("watch") {
         // 4. Watch fan-out: one watcher per node, each filtered to its node's pods; one pod
         //    bound to each node; bind-to-delivery delay.
         let (code, body) =
@@ -486,8 +534,11 @@ fn main() -> Result<(), BoxError> {
         let cpu = cpu_secs(pid);
         let bind_start = t0.elapsed();
         let sent = w.clone();
-        let (_, bind_wall, bind_failed) =
-            run_closed(&pool, watchers, 256, Duration::from_secs(300), move |i| {
+        // Binds paced at a fixed rate, as a scheduler posts them: each delivery delay is
+        // counted from the bind's scheduled send time, so it holds the bind's own latency
+        // but not a closed-loop client's queueing.
+        let (_, bind_failed, bind_dropped) =
+            run_paced(&pool, watchers as u64, bind_rate, move |i| {
                 sent.sent_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 (
                     "POST",
@@ -498,6 +549,7 @@ fn main() -> Result<(), BoxError> {
                 )
             })
             .await;
+        let bind_wall = t0.elapsed().saturating_sub(bind_start);
         let mut delivered = 0usize;
         for t in watch_tasks {
             if let Ok(Ok(n)) = t.await {
@@ -507,7 +559,7 @@ fn main() -> Result<(), BoxError> {
         let all_done = t0.elapsed().saturating_sub(bind_start);
         let mut d = std::mem::take(&mut *w.delays.lock());
         println!(
-            "watch fan-out: {watchers} binds in {:.2} s ({bind_failed} failed); {delivered} of {watchers} events delivered to their own watcher in {:.2} s = {:.0} events/s; bind-to-delivery p50 {:.1} ms, p99 {:.1} ms; server CPU {:.1} s",
+            "watch fan-out: {watchers} binds paced at {bind_rate}/s in {:.2} s ({bind_failed} failed, {bind_dropped} not sent); {delivered} of {watchers} events delivered to their own watcher in {:.2} s = {:.0} events/s; bind-to-delivery p50 {:.1} ms, p99 {:.1} ms; server CPU {:.1} s",
             bind_wall.as_secs_f64(),
             all_done.as_secs_f64(),
             delivered as f64 / all_done.as_secs_f64().max(1e-9),
@@ -515,6 +567,7 @@ fn main() -> Result<(), BoxError> {
             ms(quantile(&mut d, 0.99)),
             cpu_secs(pid) - cpu
         );
+        }
         Ok::<(), BoxError>(())
     })?;
     drop(server);

@@ -47,6 +47,7 @@ pub const CHECKS: &[&str] = &[
     "watch_progress",
     "value_metadata_round_trip",
     "value_too_large",
+    "list_raw_filters_and_pages",
 ];
 
 fn b(s: &str) -> Bytes {
@@ -900,6 +901,107 @@ fn labelled(name: &str, app: &str, node: &str) -> ObjectValue {
     }
 }
 
+/// `list_raw`: filtered pages in key order with a resume key, at the first page's revision,
+/// carrying exactly the stored bytes.
+pub async fn list_raw_filters_and_pages(be: Arc<dyn Backend>) {
+    let k = |i: usize| b(&format!("/registry/pods/default/p{i:02}"));
+    let app = |i: usize| if i.is_multiple_of(3) { "web" } else { "db" };
+    let node = |i: usize| format!("n{}", i % 2);
+    for i in 0..30 {
+        be.create(k(i), labelled(&format!("p{i:02}"), app(i), &node(i)), None)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    be.create(
+        b("/registry/pods/other/x"),
+        labelled("x", "web", "n0"),
+        None,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let prefix = b("/registry/pods/default/");
+    let all = be
+        .list_raw(
+            RangeRequest::prefix(prefix.clone()),
+            &WatchFilter::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 30);
+    assert_eq!(all.resume, None);
+    for (i, item) in all.items.iter().enumerate() {
+        assert_eq!(item.key, k(i));
+        assert_eq!(
+            item.raw,
+            labelled(&format!("p{i:02}"), app(i), &node(i)).raw
+        );
+    }
+    let first_rev = all.revision;
+
+    // Pages of 4 web pods on node n0, continued from `resume` at the first page's revision
+    // while writes go on.
+    let filter = WatchFilter {
+        labels: vec![Requirement::Equals("app".into(), "web".into())],
+        fields: vec![Requirement::Equals("spec.nodeName".into(), "n0".into())],
+    };
+    let want: Vec<Bytes> = (0..30).filter(|i| i % 6 == 0).map(k).collect();
+    let end = crate::etcd_wire::prefix_end(&prefix);
+    let mut got = Vec::new();
+    let mut start = prefix.clone();
+    let mut revision = None;
+    for _ in 0..10 {
+        let page = be
+            .list_raw(
+                RangeRequest {
+                    key: start.clone(),
+                    range_end: RangeEnd::Until(end.clone()),
+                    revision,
+                    limit: Some(2),
+                    keys_only: false,
+                    count_only: false,
+                    skip_count: true,
+                },
+                &filter,
+            )
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        if revision.is_none() {
+            // A write after the first page is not seen by the later ones.
+            be.create(k(90), labelled("p90", "web", "n0"), None)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        revision = Some(page.revision);
+        got.extend(page.items.into_iter().map(|i| i.key));
+        match page.resume {
+            Some(r) => start = r,
+            None => break,
+        }
+    }
+    assert_eq!(got, want);
+    assert!(revision.unwrap() >= first_rev);
+
+    // An older revision still lists what was deleted since.
+    let before = be
+        .list_raw(RangeRequest::prefix(prefix.clone()), &filter)
+        .await
+        .unwrap();
+    be.delete(k(0), None).await.unwrap().unwrap();
+    let mut old = RangeRequest::prefix(prefix.clone());
+    old.revision = Some(before.revision);
+    let at_old = be.list_raw(old, &filter).await.unwrap();
+    assert_eq!(at_old.items, before.items);
+    let now = be
+        .list_raw(RangeRequest::prefix(prefix), &filter)
+        .await
+        .unwrap();
+    assert_eq!(now.items.len(), before.items.len() - 1);
+}
+
 /// Label and field filters: only matching events, plus the event that stops a match.
 pub async fn watch_filters(be: Arc<dyn Backend>) {
     let mut by_label = be
@@ -1090,7 +1192,8 @@ macro_rules! conformance_tests {
             crud_and_cas, range_prefix_limit_continuation, range_at_old_revisions, compaction,
             txn_compares_and_branches, txn_multi_key_atomicity, delete_range_prev_kv, leases,
             lease_expiry_deletes_keys, watch_from_revision, watch_live_ordering, watch_filters,
-            watch_progress, value_metadata_round_trip, value_too_large);
+            watch_progress, value_metadata_round_trip, value_too_large,
+            list_raw_filters_and_pages);
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
         $(

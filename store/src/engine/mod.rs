@@ -656,6 +656,77 @@ impl Inner {
         Ok(resp)
     }
 
+    /// [`Backend::list_raw`] on the envelopes: the filter is checked on each envelope in
+    /// place, and only the matching ones' key and raw bytes (shared, not copied) come out.
+    fn list_raw(
+        &self,
+        req: &RangeRequest,
+        filter: &crate::WatchFilter,
+    ) -> Result<crate::RawList, StoreError> {
+        check_range_end(&req.key, &req.range_end)?;
+        let visible = self.visible();
+        let rev = match req.revision {
+            None | Some(Revision(0)) => visible,
+            Some(r) if r.0 > visible => {
+                return Err(StoreError::FutureRevision {
+                    requested: r,
+                    current: Revision(visible),
+                });
+            }
+            Some(r) => r.0,
+        };
+        let compacted = self.compacted.load(Ordering::Acquire);
+        if rev < compacted {
+            return Err(StoreError::Compacted {
+                requested: Revision(rev),
+                compact_revision: Revision(compacted),
+            });
+        }
+        let range = KeyRange::new(&req.key, &req.range_end);
+        let limit = req
+            .limit
+            .filter(|l| *l > 0)
+            .map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+        let mut found: Vec<crate::RawKv> = Vec::new();
+        for s in self.shards_of(&range) {
+            let shard = self.shards[s].read();
+            if rev < shard.compacted {
+                return Err(StoreError::Compacted {
+                    requested: Revision(rev),
+                    compact_revision: Revision(shard.compacted),
+                });
+            }
+            // Each shard stops one match past the limit: that match proves `resume`, and no
+            // shard's matches past it can be among the first `limit`.
+            let mut taken = 0usize;
+            shard.scan(&range, rev, |env| {
+                if watch::filter_matches(filter, env) {
+                    found.push(crate::RawKv {
+                        key: env.key(),
+                        raw: env.raw(),
+                    });
+                    taken += 1;
+                }
+                limit.is_none_or(|l| taken <= l)
+            });
+        }
+        // Each shard's matches are sorted already: this merges the runs.
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        let resume = match limit {
+            Some(l) if found.len() > l => {
+                let next = found[l].key.clone();
+                found.truncate(l);
+                Some(next)
+            }
+            _ => None,
+        };
+        Ok(crate::RawList {
+            items: found,
+            resume,
+            revision: Revision(rev),
+        })
+    }
+
     /// Live values in `range` including this transaction's own writes at `rev`.
     fn live_in(&self, range: &KeyRange, rev: u64) -> Vec<Envelope> {
         let mut out = Vec::new();
@@ -1993,6 +2064,14 @@ fn duplicate(key: &[u8]) -> StoreError {
 impl Backend for Engine {
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
         self.inner.range(&req)
+    }
+
+    async fn list_raw(
+        &self,
+        req: RangeRequest,
+        filter: &crate::WatchFilter,
+    ) -> Result<crate::RawList, StoreError> {
+        self.inner.list_raw(&req, filter)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
