@@ -204,3 +204,60 @@ fn job_of_ten_completions_with_parallelism_three() {
     ]);
     assert!(out.contains("condition met"), "{out}");
 }
+
+#[test]
+fn cronjob_created_with_kubectl_fires_on_its_schedule() {
+    let Some(c) = Cluster::start("cronjob,job") else {
+        return;
+    };
+    c.k(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=* * * * *",
+    ]);
+    // Every minute: the first Job appears within a minute (plus the controller's sync).
+    let job = wait_for("the first scheduled job", 90, || {
+        let jobs = c.items("jobs", "default", &[]);
+        jobs.into_iter().find(|j| {
+            j["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|o| {
+                    o.iter()
+                        .any(|r| r["kind"] == "CronJob" && r["name"] == "tick")
+                })
+        })
+    });
+    let name = job["metadata"]["name"].as_str().unwrap_or("");
+    // Named after its scheduled minute, as upstream names them.
+    let minute: i64 = name
+        .strip_prefix("tick-")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("job name {name}"));
+    let cj = c.json(&["cronjob", "tick"]);
+    let last = cj["status"]["lastScheduleTime"].as_str().unwrap_or("");
+    let scheduled = chrono::DateTime::parse_from_rfc3339(last)
+        .unwrap_or_else(|e| panic!("lastScheduleTime {last:?}: {e}"));
+    assert_eq!(scheduled.timestamp(), minute * 60);
+    assert!(
+        cj["status"]["active"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["name"] == name)),
+        "{cj}"
+    );
+    // The Job runs its pod; kubectl shows the schedule firing.
+    wait_for("the job's pod", 30, || {
+        (!c.items("pods", "default", &["-l", &format!("job-name={name}")])
+            .is_empty())
+        .then_some(())
+    });
+    let table = c.k(&["get", "cronjob", "tick"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("tick "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("* * * * *"), "{table}");
+    // TIMEZONE is <none> (unset); LAST SCHEDULE is not.
+    assert_eq!(row.matches("<none>").count(), 1, "{table}");
+}

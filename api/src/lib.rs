@@ -9,6 +9,7 @@
 //! this crate's client, never the other way round.
 
 pub mod apply;
+pub mod conversion;
 pub mod discovery;
 pub mod openapi;
 pub mod patch;

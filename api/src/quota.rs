@@ -573,11 +573,49 @@ pub enum QuotaError {
 /// `status.used` as upstream (a quota whose status the controller has not written yet does
 /// not constrain).
 pub fn admit(q: &ResourceQuota, obj: &Object<'_>, now_s: i64) -> Result<Option<Usage>, QuotaError> {
+    admit_change(q, None, obj, now_s)
+}
+
+/// [`admit`] for an update from `old` to `new` (upstream's update path): only what `new`
+/// uses beyond `old` is charged (each resource's delta floored at zero), so an update that
+/// does not grow usage (a label change, a pod finishing, a claim shrinking) is admitted
+/// without a charge even when the namespace is already over its quota.
+pub fn admit_update(
+    q: &ResourceQuota,
+    old: &Object<'_>,
+    new: &Object<'_>,
+    now_s: i64,
+) -> Result<Option<Usage>, QuotaError> {
+    admit_change(q, Some(old), new, now_s)
+}
+
+fn admit_change(
+    q: &ResourceQuota,
+    prev: Option<&Object<'_>>,
+    obj: &Object<'_>,
+    now_s: i64,
+) -> Result<Option<Usage>, QuotaError> {
     let name = q.metadata.name.clone().unwrap_or_default();
     let status = q.status.as_ref();
     let hard = parse_list(status.and_then(|s| s.hard.as_ref()));
     let want = interesting(q, &hard, obj);
     if want.is_empty() {
+        return Ok(None);
+    }
+    let prev_usage = prev.map(|p| usage(p, now_s));
+    let requested: Usage = usage(obj, now_s)
+        .into_iter()
+        .filter(|(k, _)| want.contains(k))
+        .map(|(k, v)| {
+            let before = prev_usage
+                .as_ref()
+                .and_then(|u| u.get(&k))
+                .copied()
+                .unwrap_or(0);
+            (k, (v - before).max(0))
+        })
+        .collect();
+    if prev.is_some() && requested.values().all(|v| *v == 0) {
         return Ok(None);
     }
     if let Object::Pod(pod) = obj {
@@ -610,10 +648,6 @@ pub fn admit(q: &ResourceQuota, obj: &Object<'_>, now_s: i64) -> Result<Option<U
             resources: missing.join(","),
         });
     }
-    let requested: Usage = usage(obj, now_s)
-        .into_iter()
-        .filter(|(k, _)| want.contains(k))
-        .collect();
     if requested.values().all(|v| *v == 0) {
         return Ok(None);
     }

@@ -286,6 +286,7 @@ fn builtin_components(registry: &Registry) -> SchemaSet {
         k::authorization::v1::SelfSubjectAccessReview,
         k::authorization::v1::SelfSubjectRulesReview,
         k::autoscaling::v2::HorizontalPodAutoscaler,
+        k::autoscaling::v1::HorizontalPodAutoscaler,
         k::autoscaling::v1::Scale,
         k::batch::v1::CronJob,
         k::batch::v1::Job,

@@ -65,6 +65,8 @@ impl PatchSchema for NoSchema {
 /// Each kind's schema is built on first use and kept for the life of the process.
 pub fn builtin_schema(api_version: &str, kind: &str) -> Option<&'static dyn PatchSchema> {
     type Cache = std::sync::Mutex<HashMap<(String, String), Option<&'static OpenApiSchema>>>;
+    // (apiVersion, kind) -> component; a kind served at several versions
+    // (HorizontalPodAutoscaler v1 and v2) has one entry per version.
     static KINDS: OnceLock<HashMap<(String, String), String>> = OnceLock::new();
     static BUILT: OnceLock<Cache> = OnceLock::new();
     let set = crate::openapi::builtin_schema_set();
@@ -78,17 +80,22 @@ pub fn builtin_schema(api_version: &str, kind: &str) -> Option<&'static dyn Patc
                 .flatten();
             for gvk in gvks {
                 let g = gvk.get("group").and_then(Value::as_str).unwrap_or("");
+                let v = gvk.get("version").and_then(Value::as_str).unwrap_or("");
                 let k = gvk.get("kind").and_then(Value::as_str).unwrap_or("");
                 // Kinds served in every group (DeleteOptions, WatchEvent) are not objects.
                 if !k.is_empty() && k != "DeleteOptions" && k != "WatchEvent" {
-                    m.insert((g.to_string(), k.to_string()), name.clone());
+                    let av = if g.is_empty() {
+                        v.to_string()
+                    } else {
+                        format!("{g}/{v}")
+                    };
+                    m.insert((av, k.to_string()), name.clone());
                 }
             }
         }
         m
     });
-    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-    let key = (group.to_string(), kind.to_string());
+    let key = (api_version.to_string(), kind.to_string());
     let component = kinds.get(&key)?;
     let cache = BUILT.get_or_init(Default::default);
     let mut guard = cache

@@ -271,3 +271,107 @@ fn admission_waits_for_the_controller_and_ignores_unwritten_quotas() {
     let fresh = quota(json!({"metadata": {"name": "q"}, "spec": {"hard": {"pods": "0"}}}));
     assert_eq!(admit(&fresh, &Object::Pod(&web("1", "1Gi")), 0), Ok(None));
 }
+
+fn claim(size: &str) -> PersistentVolumeClaim {
+    serde_json::from_value(json!({"metadata": {"name": "c"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}}))
+    .unwrap()
+}
+
+fn service(ty: &str) -> Service {
+    serde_json::from_value(
+        json!({"metadata": {"name": "s"}, "spec": {"type": ty, "ports": [{"port": 80}]}}),
+    )
+    .unwrap()
+}
+
+#[test]
+fn updates_are_charged_only_what_they_add() {
+    let q = with_status(
+        json!({"requests.storage": "3Gi", "persistentvolumeclaims": "5"}),
+        json!({"requests.storage": "2Gi", "persistentvolumeclaims": "2"}),
+    );
+    let (one, two, three) = (claim("1Gi"), claim("2Gi"), claim("3Gi"));
+    // Growing 1Gi -> 2Gi adds 1Gi (3Gi used of 3Gi); the object count is not charged again.
+    let next = admit_update(&q, &Object::Claim(&one), &Object::Claim(&two), 0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(next["requests.storage"], 3 * (1 << 30) * 1000);
+    assert_eq!(next["persistentvolumeclaims"], 2000);
+    // Growing 1Gi -> 3Gi adds 2Gi: over.
+    assert_eq!(
+        admit_update(&q, &Object::Claim(&one), &Object::Claim(&three), 0)
+            .unwrap_err()
+            .to_string(),
+        "exceeded quota: compute, requested: requests.storage=2Gi, used: requests.storage=2Gi, limited: requests.storage=3Gi"
+    );
+    // Shrinking or keeping the size is never refused, even over the quota.
+    let over = with_status(
+        json!({"requests.storage": "1Gi"}),
+        json!({"requests.storage": "5Gi"}),
+    );
+    assert_eq!(
+        admit_update(&over, &Object::Claim(&three), &Object::Claim(&two), 0),
+        Ok(None)
+    );
+    assert_eq!(
+        admit_update(&over, &Object::Claim(&two), &Object::Claim(&two), 0),
+        Ok(None)
+    );
+}
+
+#[test]
+fn a_service_becoming_a_node_port_or_load_balancer_is_charged() {
+    let q = with_status(
+        json!({"services": "10", "services.nodeports": "0", "services.loadbalancers": "1"}),
+        json!({"services": "3", "services.nodeports": "0", "services.loadbalancers": "1"}),
+    );
+    let (cip, np, lb) = (
+        service("ClusterIP"),
+        service("NodePort"),
+        service("LoadBalancer"),
+    );
+    assert_eq!(
+        admit_update(&q, &Object::Service(&cip), &Object::Service(&np), 0)
+            .unwrap_err()
+            .to_string(),
+        "exceeded quota: compute, requested: services.nodeports=1, used: services.nodeports=0, limited: services.nodeports=0"
+    );
+    assert!(
+        admit_update(&q, &Object::Service(&np), &Object::Service(&lb), 0)
+            .unwrap_err()
+            .to_string()
+            .contains("services.loadbalancers=1")
+    );
+    // Back to ClusterIP frees, never charges.
+    assert_eq!(
+        admit_update(&q, &Object::Service(&lb), &Object::Service(&cip), 0),
+        Ok(None)
+    );
+}
+
+#[test]
+fn a_pod_resize_is_charged_its_growth() {
+    let q = with_status(
+        json!({"requests.cpu": "1", "limits.cpu": "1", "requests.memory": "4Gi", "limits.memory": "4Gi"}),
+        json!({"requests.cpu": "700m", "limits.cpu": "700m", "requests.memory": "1Gi", "limits.memory": "1Gi"}),
+    );
+    let next = admit_update(
+        &q,
+        &Object::Pod(&web("500m", "1Gi")),
+        &Object::Pod(&web("800m", "1Gi")),
+        0,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(next["requests.cpu"], 1000);
+    assert!(
+        admit_update(
+            &q,
+            &Object::Pod(&web("500m", "1Gi")),
+            &Object::Pod(&web("900m", "1Gi")),
+            0
+        )
+        .is_err()
+    );
+}

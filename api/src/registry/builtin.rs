@@ -371,6 +371,18 @@ pub(super) fn all() -> Vec<ResourceDef> {
         .all()
         .status()
         .done(),
+        // autoscaling/v1: the same objects, converted from the stored v2 (crate::conversion).
+        B::new(
+            ("autoscaling", "v1"),
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            ns,
+            "io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler",
+        )
+        .short(&["hpa"])
+        .all()
+        .status()
+        .done(),
         // batch/v1
         B::new(
             BATCH,

@@ -139,6 +139,14 @@ fn builtin_names_match_upstream() {
             &["hpa"],
         ),
         (
+            "autoscaling",
+            "v1",
+            "horizontalpodautoscalers",
+            "HorizontalPodAutoscaler",
+            true,
+            &["hpa"],
+        ),
+        (
             "authorization.k8s.io",
             "v1",
             "selfsubjectaccessreviews",
@@ -192,6 +200,8 @@ fn category_all_is_upstreams() {
         .map(|d| d.plural.as_str())
         .collect();
     all.sort();
+    // HorizontalPodAutoscaler is in `all` at both its versions.
+    all.dedup();
     assert_eq!(
         all,
         vec![
@@ -525,7 +535,8 @@ fn group_versions_core_first() {
     assert_eq!(gv.first().map(|(g, _)| g.as_str()), Some(""));
     assert!(
         gv.iter()
-            .any(|(g, v)| g == "autoscaling" && v == &vec!["v2".to_owned()])
+            .any(|(g, v)| g == "autoscaling" && v == &vec!["v2".to_owned(), "v1".to_owned()]),
+        "autoscaling serves v2 (preferred, stored) and v1 (converted)"
     );
     assert_eq!(
         r.lookup("apps", "v1", "deployments")

@@ -7,6 +7,7 @@
 //! Store keys are `/registry/<group>/<resource>/[<namespace>/]<name>` with the core group
 //! written `core` ([`crate::registry::ResourceDef::key_prefix`]).
 
+mod convert;
 mod eviction;
 pub mod objects;
 mod proxy;

@@ -158,7 +158,7 @@ fn value_response(
     Ok(object_response(status, Bytes::from(raw), warnings))
 }
 
-fn dry_run(q: &Query) -> Result<bool, ApiError> {
+pub(super) fn dry_run(q: &Query) -> Result<bool, ApiError> {
     let mut dry = false;
     for v in q.all("dryRun") {
         match v {
@@ -174,7 +174,7 @@ fn dry_run(q: &Query) -> Result<bool, ApiError> {
     Ok(dry)
 }
 
-fn field_manager(q: &Query, headers: &HeaderMap) -> String {
+pub(super) fn field_manager(q: &Query, headers: &HeaderMap) -> String {
     if let Some(m) = q.get("fieldManager").filter(|m| !m.is_empty()) {
         return m.chars().take(128).collect();
     }
@@ -194,7 +194,7 @@ fn patch_schema(def: &ResourceDef) -> &'static dyn PatchSchema {
     crate::patch::schema::builtin_schema(&def.api_version(), &def.kind).unwrap_or(&NoSchema)
 }
 
-fn content_type(headers: &HeaderMap) -> String {
+pub(super) fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -207,7 +207,7 @@ fn content_type(headers: &HeaderMap) -> String {
 }
 
 /// Decodes a create/update body in any supported media type, checking fields per `mode`.
-fn decode_object(
+pub(super) fn decode_object(
     app: &App,
     def: &ResourceDef,
     headers: &HeaderMap,
@@ -291,6 +291,24 @@ pub(crate) async fn serve(
     } else {
         body::read_limited(incoming).await?
     };
+    if let Some(stored) =
+        crate::conversion::stored_version(&t.def.group, &t.def.version, &t.def.kind)
+    {
+        return super::convert::serve(app, user, t, q, method, headers, body, stored).await;
+    }
+    dispatch(app, user, t, q, method, headers, body).await
+}
+
+/// Serves a resource request whose body has been read.
+pub(super) async fn dispatch(
+    app: &Arc<App>,
+    user: &UserInfo,
+    t: Target,
+    q: Query,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
     let def = t.def.clone();
     let verb_ok = |v: &str| {
         if def.has_verb(v) {
@@ -353,7 +371,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn read_object(app: &App, t: &Target) -> Result<(KeyValue, Value), ApiError> {
+pub(super) async fn read_object(app: &App, t: &Target) -> Result<(KeyValue, Value), ApiError> {
     let kv = app
         .backend
         .get(t.key())
@@ -959,6 +977,10 @@ where
                 .and_then(Value::as_array)
                 .is_none_or(Vec::is_empty)
             && !graceful_pending(def, &new);
+        if !finalized && def.namespaced && super::quota::update_may_charge(def, &old, &new) {
+            let ns = t.namespace.as_deref().unwrap_or("");
+            super::quota::admit_update(app, def, ns, &old, &new, dry).await?;
+        }
         if dry {
             return Ok(Outcome::DryRun(new));
         }

@@ -4,9 +4,11 @@
 //! revision (a concurrent charge makes the loser re-read and re-decide, so two creates can
 //! never both take the last unit). A refused create is a 403 with upstream's message.
 //!
-//! Like upstream, a quota constrains only once the controller wrote its `status.hard`, and
-//! charges only at create (updates are not re-evaluated; the controller's recalculation
-//! corrects usage afterwards).
+//! Like upstream, a quota constrains only once the controller wrote its `status.hard`.
+//! Updates of pods, Services and PersistentVolumeClaims that change the spec are charged
+//! what they add ([`admit_update`]: a claim's `requests.storage` growing, a Service
+//! becoming a NodePort or LoadBalancer); other updates are not re-evaluated (the
+//! controller's recalculation corrects usage afterwards).
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ResourceQuota, Service};
 use serde_json::{Value, json};
@@ -36,12 +38,79 @@ fn typed<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<T, ApiError> {
     serde_json::from_value(obj.clone()).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// Whether an update of a `def` from `old` to `new` can use more quota: only pods,
+/// Services and claims are evaluated on update, and only a spec change can grow what they
+/// use (status writes never do), so the common update costs no quota read.
+pub(crate) fn update_may_charge(def: &ResourceDef, old: &Value, new: &Value) -> bool {
+    def.group.is_empty()
+        && matches!(
+            def.plural.as_str(),
+            "pods" | "services" | "persistentvolumeclaims"
+        )
+        && old.get("spec") != new.get("spec")
+}
+
+/// Admits the update of `old` to `new` (a `def` in `ns`): charges what `new` uses beyond
+/// `old` against the namespace's quotas, unless `dry`.
+pub(crate) async fn admit_update(
+    app: &App,
+    def: &ResourceDef,
+    ns: &str,
+    old: &Value,
+    new: &Value,
+    dry: bool,
+) -> Result<(), ApiError> {
+    admit_change(app, def, ns, Some(old), new, dry).await
+}
+
 /// Admits the create of `obj` (a `def` in `ns`) against the namespace's quotas, charging
 /// them unless `dry`.
 pub(crate) async fn admit(
     app: &App,
     def: &ResourceDef,
     ns: &str,
+    obj: &Value,
+    dry: bool,
+) -> Result<(), ApiError> {
+    admit_change(app, def, ns, None, obj, dry).await
+}
+
+/// The typed view of a `def` object the quota rules evaluate.
+enum Typed {
+    Pod(Box<Pod>),
+    Service(Box<Service>),
+    Claim(Box<PersistentVolumeClaim>),
+    Other,
+}
+
+impl Typed {
+    fn of(def: &ResourceDef, obj: &Value) -> Result<Self, ApiError> {
+        Ok(match (def.group.as_str(), def.plural.as_str()) {
+            ("", "pods") => Self::Pod(Box::new(typed(obj)?)),
+            ("", "services") => Self::Service(Box::new(typed(obj)?)),
+            ("", "persistentvolumeclaims") => Self::Claim(Box::new(typed(obj)?)),
+            _ => Self::Other,
+        })
+    }
+
+    fn object<'a>(&'a self, def: &'a ResourceDef) -> Object<'a> {
+        match self {
+            Self::Pod(p) => Object::Pod(p),
+            Self::Service(s) => Object::Service(s),
+            Self::Claim(c) => Object::Claim(c),
+            Self::Other => Object::Other {
+                group: &def.group,
+                resource: &def.plural,
+            },
+        }
+    }
+}
+
+async fn admit_change(
+    app: &App,
+    def: &ResourceDef,
+    ns: &str,
+    old: Option<&Value>,
     obj: &Value,
     dry: bool,
 ) -> Result<(), ApiError> {
@@ -72,25 +141,10 @@ pub(crate) async fn admit(
         // Most namespaces have no quota: one range read is the whole cost.
         return Ok(());
     }
-    let (pod, svc, pvc): (Option<Pod>, Option<Service>, Option<PersistentVolumeClaim>) =
-        match (def.group.as_str(), def.plural.as_str()) {
-            ("", "pods") => (Some(typed(obj)?), None, None),
-            ("", "services") => (None, Some(typed(obj)?), None),
-            ("", "persistentvolumeclaims") => (None, None, Some(typed(obj)?)),
-            _ => (None, None, None),
-        };
-    let o = if let Some(p) = &pod {
-        Object::Pod(p)
-    } else if let Some(s) = &svc {
-        Object::Service(s)
-    } else if let Some(c) = &pvc {
-        Object::Claim(c)
-    } else {
-        Object::Other {
-            group: &def.group,
-            resource: &def.plural,
-        }
-    };
+    let new_typed = Typed::of(def, obj)?;
+    let o = new_typed.object(def);
+    let old_typed = old.map(|v| Typed::of(def, v)).transpose()?;
+    let prev = old_typed.as_ref().map(|t| t.object(def));
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
             resp = range().await?;
@@ -108,7 +162,11 @@ pub(crate) async fn admit(
                 .map_err(|e| ApiError::internal(format!("stored quota: {e}")))?;
             let q: ResourceQuota = serde_json::from_value(qv.clone())
                 .map_err(|e| ApiError::internal(format!("stored quota: {e}")))?;
-            let Some(next) = quota::admit(&q, &o, now_s).map_err(forbidden)? else {
+            let decided = match &prev {
+                Some(p) => quota::admit_update(&q, p, &o, now_s),
+                None => quota::admit(&q, &o, now_s),
+            };
+            let Some(next) = decided.map_err(forbidden)? else {
                 continue;
             };
             let used: serde_json::Map<String, Value> = next
