@@ -157,11 +157,11 @@ fn quota_volumes_and_autoscaler_through_kubectl() {
         "--max=5",
         "--cpu-percent=80",
     ]);
-    let v1 = c.json(&["hpa.v1.autoscaling", "web"]);
+    let v1 = c.json(&["horizontalpodautoscalers.v1.autoscaling", "web"]);
     assert_eq!(v1["apiVersion"], "autoscaling/v1");
     assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 80);
     assert_eq!(v1["spec"]["minReplicas"], 2);
-    let v2 = c.json(&["hpa.v2.autoscaling", "web"]);
+    let v2 = c.json(&["horizontalpodautoscalers.v2.autoscaling", "web"]);
     assert_eq!(v2["apiVersion"], "autoscaling/v2");
     assert_eq!(
         v2["spec"]["metrics"],
@@ -197,13 +197,13 @@ fn quota_volumes_and_autoscaler_through_kubectl() {
     // A merge patch through v1 lands in the stored v2 metrics.
     c.k(&[
         "patch",
-        "hpa.v1.autoscaling",
+        "horizontalpodautoscalers.v1.autoscaling",
         "web",
         "--type=merge",
         "-p",
         r#"{"spec":{"targetCPUUtilizationPercentage":60}}"#,
     ]);
-    let v2 = c.json(&["hpa.v2.autoscaling", "web"]);
+    let v2 = c.json(&["horizontalpodautoscalers.v2.autoscaling", "web"]);
     assert_eq!(
         v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
         60
@@ -217,7 +217,7 @@ fn quota_volumes_and_autoscaler_through_kubectl() {
     assert_eq!(cond["status"], "False");
     assert_eq!(cond["reason"], "FailedGetResourceMetric");
     // The v1 view keeps what it has no field for in upstream's annotations.
-    let v1 = c.json(&["hpa.v1.autoscaling", "web"]);
+    let v1 = c.json(&["horizontalpodautoscalers.v1.autoscaling", "web"]);
     let conds = v1["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/conditions"]
         .as_str()
         .unwrap_or("");

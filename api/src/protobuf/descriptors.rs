@@ -1962,6 +1962,30 @@ pub(super) static MESSAGES: &[Msg] = &[
         Field { num: 1, json: "replicas", kind: Scalar(Scalar::I32), repeated: false, required: true },
         Field { num: 2, json: "selector", kind: Scalar(Scalar::Str), repeated: false, required: false },
     ] },
+    // autoscaling/v1 HorizontalPodAutoscaler (kubectl autoscale posts it as protobuf).
+    Msg { name: "api.autoscaling.v1.HorizontalPodAutoscaler", fields: &[
+        Field { num: 1, json: "metadata", kind: Msg(1), repeated: false, required: false },
+        Field { num: 2, json: "spec", kind: Msg(309), repeated: false, required: false },
+        Field { num: 3, json: "status", kind: Msg(310), repeated: false, required: false },
+    ] },
+    Msg { name: "api.autoscaling.v1.HorizontalPodAutoscalerSpec", fields: &[
+        Field { num: 1, json: "scaleTargetRef", kind: Msg(311), repeated: false, required: true },
+        Field { num: 2, json: "minReplicas", kind: Scalar(Scalar::I32), repeated: false, required: false },
+        Field { num: 3, json: "maxReplicas", kind: Scalar(Scalar::I32), repeated: false, required: true },
+        Field { num: 4, json: "targetCPUUtilizationPercentage", kind: Scalar(Scalar::I32), repeated: false, required: false },
+    ] },
+    Msg { name: "api.autoscaling.v1.HorizontalPodAutoscalerStatus", fields: &[
+        Field { num: 1, json: "observedGeneration", kind: Scalar(Scalar::I64), repeated: false, required: false },
+        Field { num: 2, json: "lastScaleTime", kind: Special(Special::Time), repeated: false, required: false },
+        Field { num: 3, json: "currentReplicas", kind: Scalar(Scalar::I32), repeated: false, required: true },
+        Field { num: 4, json: "desiredReplicas", kind: Scalar(Scalar::I32), repeated: false, required: true },
+        Field { num: 5, json: "currentCPUUtilizationPercentage", kind: Scalar(Scalar::I32), repeated: false, required: false },
+    ] },
+    Msg { name: "api.autoscaling.v1.CrossVersionObjectReference", fields: &[
+        Field { num: 1, json: "kind", kind: Scalar(Scalar::Str), repeated: false, required: true },
+        Field { num: 2, json: "name", kind: Scalar(Scalar::Str), repeated: false, required: true },
+        Field { num: 3, json: "apiVersion", kind: Scalar(Scalar::Str), repeated: false, required: false },
+    ] },
 ];
 
 /// Root kinds: (group, kind, message index).
@@ -2008,5 +2032,7 @@ pub(super) static KINDS: &[(&str, &str, usize)] = &[
     ("discovery.k8s.io", "EndpointSlice", 294),
     ("certificates.k8s.io", "CertificateSigningRequest", 301),
     ("autoscaling", "Scale", 305),
+    // Only at autoscaling/v1 (see `super::kind_index`): v2 has other messages.
+    ("autoscaling", "HorizontalPodAutoscaler", 308),
     ("meta.k8s.io", "DeleteOptions", 262),
 ];

@@ -67,10 +67,20 @@ fn group_of(api_version: &str) -> &str {
 
 /// Whether [`decode_body`] can decode objects of this `apiVersion` and `kind`.
 pub fn is_supported_kind(api_version: &str, kind: &str) -> bool {
+    kind_index(api_version, kind).is_some()
+}
+
+/// The root message of a kind. Kinds are looked up by group, except HorizontalPodAutoscaler,
+/// whose descriptors are those of autoscaling/v1 only.
+fn kind_index(api_version: &str, kind: &str) -> Option<usize> {
+    if kind == "HorizontalPodAutoscaler" && api_version != "autoscaling/v1" {
+        return None;
+    }
     let group = group_of(api_version);
     descriptors::KINDS
         .iter()
-        .any(|(g, k, _)| *g == group && *k == kind)
+        .find(|(g, k, _)| *g == group && *k == kind)
+        .map(|(_, _, i)| *i)
 }
 
 /// Decodes a `application/vnd.kubernetes.protobuf` request body into the JSON object it
@@ -94,17 +104,13 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ProtobufError> {
             unknown.content_type
         )));
     }
-    let group = group_of(&unknown.api_version);
-    let Some((_, _, index)) = descriptors::KINDS
-        .iter()
-        .find(|(g, k, _)| *g == group && *k == unknown.kind)
-    else {
+    let Some(index) = kind_index(&unknown.api_version, &unknown.kind) else {
         return Err(ProtobufError::UnknownKind {
             api_version: unknown.api_version,
             kind: unknown.kind,
         });
     };
-    let fields = decode::decode_message(*index, unknown.raw, 0)?;
+    let fields = decode::decode_message(index, unknown.raw, 0)?;
     let mut out = Map::new();
     out.insert("apiVersion".into(), Value::String(unknown.api_version));
     out.insert("kind".into(), Value::String(unknown.kind));
