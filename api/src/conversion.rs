@@ -5,10 +5,10 @@
 //! has only `targetCPUUtilizationPercentage`. As upstream's `pkg/apis/autoscaling/v1`
 //! conversion does, everything v1 cannot express travels in annotations so a v1 client's
 //! read-modify-write keeps it:
-//! - [`METRICS_ANNOTATION`]: spec metrics other than CPU utilization (v1 `MetricSpec` shape);
-//! - [`CURRENT_METRICS_ANNOTATION`]: `status.currentMetrics` (v1 `MetricStatus` shape);
-//! - [`CONDITIONS_ANNOTATION`]: `status.conditions`;
-//! - [`BEHAVIOR_ANNOTATION`]: `spec.behavior`.
+//! - [`METRICS_ANNOTATION`], spec metrics other than CPU utilization (v1 `MetricSpec` shape);
+//! - [`CURRENT_METRICS_ANNOTATION`], `status.currentMetrics` (v1 `MetricStatus` shape);
+//! - [`CONDITIONS_ANNOTATION`], `status.conditions`;
+//! - [`BEHAVIOR_ANNOTATION`], `spec.behavior`.
 //!
 //! The annotations never reach storage: v1 -> v2 folds them back and removes them.
 

@@ -125,11 +125,12 @@ async fn patch(
     }
     let av = t.def.api_version();
     let schema = crate::patch::schema::builtin_schema(&av, &t.def.kind);
-    if !matches!(
-        ct.as_str(),
-        "application/json-patch+json" | "application/merge-patch+json"
-    ) && !(ct == "application/strategic-merge-patch+json" && schema.is_some())
-    {
+    let supported = match ct.as_str() {
+        "application/json-patch+json" | "application/merge-patch+json" => true,
+        "application/strategic-merge-patch+json" => schema.is_some(),
+        _ => false,
+    };
+    if !supported {
         return Err(ApiError::unsupported_media_type(&ct));
     }
     let mode = FieldValidation::parse(q.get("fieldValidation"))?;
