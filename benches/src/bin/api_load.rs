@@ -275,7 +275,9 @@ struct WatchShared {
     delays: Mutex<Vec<Duration>>,
     /// Watches whose response headers arrived.
     opened: AtomicUsize,
-    deadline: Instant,
+    /// When the watchers stop waiting, in nanoseconds since `t0`: 300 s at first, then
+    /// 30 s past the last bind (a bind the client could not send never produces an event).
+    deadline_ns: AtomicU64,
 }
 
 /// Reads node `node`'s filtered watch stream until its pod's event arrived or the deadline;
@@ -305,10 +307,18 @@ async fn watch_one(
     let mut buf = Vec::new();
     let mut events = 0usize;
     while events < 1 {
-        let left = w.deadline.saturating_duration_since(Instant::now());
+        let deadline = w.t0 + Duration::from_nanos(w.deadline_ns.load(Ordering::Relaxed));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(500));
+        if left.is_zero() {
+            break;
+        }
         let frame = match tokio::time::timeout(left, body.frame()).await {
             Ok(Some(f)) => f?,
-            _ => break,
+            Ok(None) => break,
+            // Look at the deadline again: it moves in once the binds are done.
+            Err(_) => continue,
         };
         let Ok(data) = frame.into_data() else {
             continue;
@@ -504,7 +514,7 @@ fn main() -> Result<(), BoxError> {
             t0,
             delays: Mutex::new(Vec::with_capacity(watchers)),
             opened: AtomicUsize::new(0),
-            deadline: t0 + Duration::from_secs(300),
+            deadline_ns: AtomicU64::new(Duration::from_secs(300).as_nanos() as u64),
         });
         let mut watch_tasks = Vec::with_capacity(watchers);
         for node in 0..watchers {
@@ -550,6 +560,10 @@ fn main() -> Result<(), BoxError> {
             })
             .await;
         let bind_wall = t0.elapsed().saturating_sub(bind_start);
+        w.deadline_ns.store(
+            (t0.elapsed() + Duration::from_secs(30)).as_nanos() as u64,
+            Ordering::Relaxed,
+        );
         let mut delivered = 0usize;
         for t in watch_tasks {
             if let Ok(Ok(n)) = t.await {
