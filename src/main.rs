@@ -121,6 +121,9 @@ struct SchedulerArgs {
     /// Campaign for the kube-system/kube-scheduler Lease before scheduling.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
+    /// Where /metrics listens (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:10251")]
+    metrics_bind_address: std::net::SocketAddr,
 }
 
 /// Runs the scheduler until SIGTERM or SIGINT.
@@ -132,6 +135,7 @@ fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         let mut opts = scheduler::shell::ShellOptions::new(args.kubeconfig);
         opts.config = args.config;
         opts.leader_elect = args.leader_elect;
+        opts.metrics_addr = Some(args.metrics_bind_address);
         let stop = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

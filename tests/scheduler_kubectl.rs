@@ -41,9 +41,28 @@ profiles:
 struct Cluster {
     server: TestServer,
     sched: Option<Child>,
+    metrics_port: u16,
+}
+
+/// A loopback port free at the time of the call.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local address").port()
 }
 
 impl Cluster {
+    /// The scheduler's `/metrics` text, or None while it does not answer.
+    fn metrics(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        sock.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
     /// None when kubectl 1.33 is missing (the test is skipped).
     fn start() -> Option<Self> {
         let p = support::kubectl_path(K);
@@ -54,6 +73,7 @@ impl Cluster {
         let server = TestServer::start(&[]);
         let config = server.dir.join("scheduler.yaml");
         std::fs::write(&config, PROFILES).expect("write profile file");
+        let metrics_port = free_port();
         let sched = Command::new(env!("CARGO_BIN_EXE_kubeshard"))
             .arg("scheduler")
             .arg("--kubeconfig")
@@ -61,12 +81,15 @@ impl Cluster {
             .arg("--config")
             .arg(&config)
             .arg("--leader-elect=false")
+            .arg("--metrics-bind-address")
+            .arg(format!("127.0.0.1:{metrics_port}"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn kubeshard scheduler");
         Some(Cluster {
+            metrics_port,
             server,
             sched: Some(sched),
         })
@@ -313,4 +336,19 @@ fn profiles_events_queueing_and_gates_through_kubectl() {
     wait_for("gated bound once its gate is removed", 30, POLL, || {
         c.node_of("gated")
     });
+    // /metrics counts the attempts by result and the queues.
+    let text = wait_for("scheduled attempts in /metrics", 30, POLL, || {
+        c.metrics().filter(|t| {
+            t.lines().any(|l| {
+                l.strip_prefix("scheduler_schedule_attempts_total{result=\"scheduled\"} ")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n >= 3)
+            })
+        })
+    });
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("scheduler_pending_pods{queue=\"active\"}"),
+        "{text}"
+    );
 }

@@ -27,6 +27,9 @@ pub enum ShellError {
     /// The core refused its configuration.
     #[error(transparent)]
     Core(#[from] crate::Error),
+    /// The `/metrics` listener could not be bound.
+    #[error("listening on {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
     /// The configuration file could not be read.
     #[error("reading {0}: {1}")]
     Io(PathBuf, std::io::Error),
@@ -45,6 +48,8 @@ pub struct ShellOptions {
     pub leader_elect: bool,
     /// This instance's identity in the Lease.
     pub identity: String,
+    /// Where `/metrics` (Prometheus text) is served over plain HTTP; `None`: not served.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl ShellOptions {
@@ -56,7 +61,35 @@ impl ShellOptions {
             bind_concurrency: 64,
             leader_elect: true,
             identity: format!("kubeshard-scheduler-{}", std::process::id()),
+            metrics_addr: None,
         }
+    }
+}
+
+/// Serves `/metrics` (any path answers the metrics) until the task is dropped: one bounded read
+/// of the request head, then the text and close.
+async fn serve_metrics(listener: tokio::net::TcpListener, core: Arc<Mutex<Scheduler>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await;
+            let body = match core.lock() {
+                Ok(c) => c.metrics_text(),
+                Err(p) => p.into_inner().metrics_text(),
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+        });
     }
 }
 
@@ -141,6 +174,12 @@ pub async fn run(
     }
 
     let mut tasks = Vec::new();
+    if let Some(addr) = opts.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| ShellError::Listen(addr, e))?;
+        tasks.push(tokio::spawn(serve_metrics(listener, core.clone())));
+    }
     {
         let (store, inf) = Informer::new(
             Api::<PriorityClass>::all(client.clone()),
