@@ -619,20 +619,20 @@ impl Inner {
         })
     }
 
-    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
+    /// The revision a read of `req` is served at (latest when none is given), after checking
+    /// the range end and that the revision is neither in the future nor compacted.
+    fn read_revision(&self, req: &RangeRequest) -> Result<u64, StoreError> {
         check_range_end(&req.key, &req.range_end)?;
         let visible = self.visible();
         let rev = match req.revision {
             None | Some(Revision(0)) => visible,
-            Some(r) => {
-                if r.0 > visible {
-                    return Err(StoreError::FutureRevision {
-                        requested: r,
-                        current: Revision(visible),
-                    });
-                }
-                r.0
+            Some(r) if r.0 > visible => {
+                return Err(StoreError::FutureRevision {
+                    requested: r,
+                    current: Revision(visible),
+                });
             }
+            Some(r) => r.0,
         };
         let compacted = self.compacted.load(Ordering::Acquire);
         if rev < compacted {
@@ -641,6 +641,11 @@ impl Inner {
                 compact_revision: Revision(compacted),
             });
         }
+        Ok(rev)
+    }
+
+    fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
+        let rev = self.read_revision(req)?;
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut resp = self.read(
             &range,
@@ -663,25 +668,7 @@ impl Inner {
         req: &RangeRequest,
         filter: &crate::WatchFilter,
     ) -> Result<crate::RawList, StoreError> {
-        check_range_end(&req.key, &req.range_end)?;
-        let visible = self.visible();
-        let rev = match req.revision {
-            None | Some(Revision(0)) => visible,
-            Some(r) if r.0 > visible => {
-                return Err(StoreError::FutureRevision {
-                    requested: r,
-                    current: Revision(visible),
-                });
-            }
-            Some(r) => r.0,
-        };
-        let compacted = self.compacted.load(Ordering::Acquire);
-        if rev < compacted {
-            return Err(StoreError::Compacted {
-                requested: Revision(rev),
-                compact_revision: Revision(compacted),
-            });
-        }
+        let rev = self.read_revision(req)?;
         let range = KeyRange::new(&req.key, &req.range_end);
         let limit = req
             .limit
