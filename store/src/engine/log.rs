@@ -87,6 +87,18 @@ impl MemLog {
         self.fail.store(on, Ordering::SeqCst);
     }
 
+    /// Loses every record of `revision` in every shard, as a crash does to a revision whose
+    /// shards' `fdatasync` had not finished while a later revision's, on another shard, had.
+    /// Returns how many records were dropped.
+    pub fn lose_revision(&self, revision: u64) -> usize {
+        let mut shards = self.shards.lock();
+        let before: usize = shards.iter().map(Vec::len).sum();
+        for log in shards.iter_mut() {
+            log.retain(|(rev, _)| *rev != revision);
+        }
+        before - shards.iter().map(Vec::len).sum::<usize>()
+    }
+
     /// Records stored so far, all shards.
     pub fn record_count(&self) -> usize {
         self.shards.lock().iter().map(Vec::len).sum()

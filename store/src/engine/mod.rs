@@ -130,8 +130,11 @@ pub fn shard_of(key: &[u8], n: usize) -> usize {
 struct Seq {
     /// The last applied revision (the head of the revision chain; may not be durable yet).
     applied: u64,
-    /// The highest revision number ever issued. Above `applied` only after a failed write
-    /// was rolled back: numbers are never reused, so a log never sees one twice.
+    /// The highest revision number ever issued. Above `applied` after a failed write was
+    /// rolled back, and after recovery from a crash that left log records of unacknowledged
+    /// revisions past the chain's head (a later revision's shard synced before an earlier
+    /// one's). Numbers are never reused, so a log never sees one twice: revisions are
+    /// monotonic, not gap-free, which is all DESIGN.md promises and all clients rely on.
     issued: u64,
 }
 
