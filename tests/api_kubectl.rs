@@ -603,3 +603,160 @@ fn eviction_respects_the_pod_disruption_budget() {
         "nothing deleted"
     );
 }
+
+#[test]
+fn priority_admission_resolves_classes() {
+    if !have_kubectl(33) {
+        return;
+    }
+    let s = TestServer::start(&[]);
+    let k = 33;
+    // The built-in classes exist from the first start.
+    let classes = s.ok(k, &["get", "priorityclasses", "-o", "name"]);
+    for c in ["system-cluster-critical", "system-node-critical"] {
+        assert!(classes.contains(c), "{classes}");
+    }
+    let priority = |pod: &str| {
+        s.ok(
+            k,
+            &[
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.spec.priorityClassName}/{.spec.priority}/{.spec.preemptionPolicy}",
+            ],
+        )
+    };
+    s.ok(
+        k,
+        &[
+            "create",
+            "priorityclass",
+            "high",
+            "--value=1000",
+            "--preemption-policy=Never",
+        ],
+    );
+    s.ok(
+        k,
+        &[
+            "run",
+            "named",
+            "--image=busybox:1.36",
+            "--overrides",
+            r#"{"spec":{"priorityClassName":"high"}}"#,
+        ],
+    );
+    assert_eq!(priority("named"), "high/1000/Never");
+    s.ok(k, &["run", "plain", "--image=busybox:1.36"]);
+    assert_eq!(priority("plain"), "/0/PreemptLowerPriority");
+
+    // Unknown classes and values that disagree with the class are refused, nothing stored.
+    let err = s.err(
+        k,
+        &[
+            "run",
+            "ghost",
+            "--image=busybox:1.36",
+            "--overrides",
+            r#"{"spec":{"priorityClassName":"nope"}}"#,
+        ],
+    );
+    assert!(
+        err.contains(r#"pods "ghost" is forbidden: no PriorityClass with name nope was found"#),
+        "{err}"
+    );
+    let err = s.err(
+        k,
+        &[
+            "run",
+            "forged",
+            "--image=busybox:1.36",
+            "--overrides",
+            r#"{"spec":{"priorityClassName":"high","priority":5}}"#,
+        ],
+    );
+    assert!(
+        err.contains("the integer value of priority (5) must not be provided in pod spec"),
+        "{err}"
+    );
+    let pods = s.ok(k, &["get", "pods", "-o", "name"]);
+    assert!(
+        !pods.contains("ghost") && !pods.contains("forged"),
+        "{pods}"
+    );
+
+    // A global default applies to pods that name no class; only one default may exist.
+    s.ok(
+        k,
+        &[
+            "create",
+            "priorityclass",
+            "standard",
+            "--value=100",
+            "--global-default=true",
+        ],
+    );
+    s.ok(k, &["run", "defaulted", "--image=busybox:1.36"]);
+    assert_eq!(priority("defaulted"), "standard/100/PreemptLowerPriority");
+    let err = s.err(
+        k,
+        &[
+            "create",
+            "priorityclass",
+            "second",
+            "--value=5",
+            "--global-default=true",
+        ],
+    );
+    assert!(
+        err.contains(
+            "PriorityClass standard is already marked as default. Only one default can exist"
+        ),
+        "{err}"
+    );
+    // The built-in names and values above one billion are reserved; values are immutable.
+    let err = s.err(k, &["create", "priorityclass", "system-mine", "--value=7"]);
+    assert!(err.contains("reserved for system use only"), "{err}");
+    let err = s.err(
+        k,
+        &["create", "priorityclass", "huge", "--value=1000000001"],
+    );
+    assert!(
+        err.contains("maximum allowed value of a user defined priority is 1000000000"),
+        "{err}"
+    );
+    let err = s.err(
+        k,
+        &[
+            "patch",
+            "priorityclass",
+            "high",
+            "--type=merge",
+            "-p",
+            r#"{"value":2000}"#,
+        ],
+    );
+    assert!(err.contains("may not be changed in an update"), "{err}");
+    // Replacing a pod from a manifest without the resolved fields keeps them.
+    let mut pod: serde_json::Value =
+        serde_json::from_str(&s.ok(k, &["get", "pod", "named", "-o", "json"])).expect("pod json");
+    let spec = pod["spec"].as_object_mut().expect("spec");
+    spec.remove("priority");
+    spec.remove("preemptionPolicy");
+    pod["metadata"]["labels"]["tier"] = "gold".into();
+    s.ok_stdin(k, &["replace", "-f", "-"], &pod.to_string());
+    assert_eq!(priority("named"), "high/1000/Never");
+    let tier = s.ok(
+        k,
+        &[
+            "get",
+            "pod",
+            "named",
+            "-o",
+            "jsonpath={.metadata.labels.tier}",
+        ],
+    );
+    assert_eq!(tier, "gold");
+}

@@ -3,9 +3,10 @@
 //! `schedulerName` (a MostAllocated bin-packing profile next to the default one), the
 //! `Scheduled` and `FailedScheduling` events as kubectl shows them (upstream's "0/N nodes are
 //! available: ..." text), a pod unschedulable for lack of resources scheduled within a second
-//! of a node being added, and gated pods waiting until their gates are removed. (Preemption
-//! through kubectl needs the apiserver's Priority admission, which does not exist yet: the
-//! scheduler's own tests cover preemption.)
+//! of a node being added, gated pods waiting until their gates are removed, and preemption
+//! (the apiserver's Priority admission resolves `spec.priority` from `priorityClassName`; the
+//! lower-priority victim is deleted, `nominatedNodeName` is set, and the preemptor binds
+//! once the victim is gone).
 //! The tests play the kubelet where one is needed (registering nodes with their capacity,
 //! finishing a victim's deletion) through the admin plain-HTTP port.
 
@@ -350,5 +351,69 @@ fn profiles_events_queueing_and_gates_through_kubectl() {
     assert!(
         text.contains("scheduler_pending_pods{queue=\"active\"}"),
         "{text}"
+    );
+}
+
+#[test]
+fn preemption_through_kubectl() {
+    let Some(c) = Cluster::start() else {
+        return;
+    };
+    c.add_node("n1", "2");
+    c.apply(
+        "apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: low}
+value: 10
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: high}
+value: 1000
+",
+    );
+    // Priority admission resolved the classes into spec.priority, which the scheduler uses.
+    c.apply(&pod_yaml("victim", "2", "  priorityClassName: low\n"));
+    wait_for("victim bound", 60, POLL, || c.node_of("victim"));
+    let victim = c.pod("victim").expect("victim");
+    assert_eq!(victim["spec"]["priority"], 10, "{victim}");
+    c.apply(&pod_yaml("keep", "0", "  priorityClassName: high\n"));
+    wait_for("keep bound", 60, POLL, || c.node_of("keep"));
+    c.apply(&pod_yaml("preemptor", "2", "  priorityClassName: high\n"));
+    // The preemptor is nominated to n1 and the victim (not the higher-priority pod) is
+    // deleted; the test finishes the deletion as the kubelet would.
+    let nominated = wait_for("nominatedNodeName", 60, POLL, || {
+        let p = c.pod("preemptor")?;
+        p["status"]["nominatedNodeName"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert_eq!(nominated, "n1");
+    wait_for("victim deleted", 60, POLL, || match c.pod("victim") {
+        None => Some(()),
+        Some(v) if !v["metadata"]["deletionTimestamp"].is_null() => {
+            c.k(&["delete", "pod", "victim", "--force", "--grace-period=0"]);
+            Some(())
+        }
+        Some(_) => None,
+    });
+    assert!(
+        c.pod("keep")
+            .is_some_and(|p| p["metadata"]["deletionTimestamp"].is_null())
+    );
+    let node = wait_for("preemptor bound", 60, POLL, || c.node_of("preemptor"));
+    assert_eq!(node, "n1");
+    let events = c.k(&["get", "events", "-n", "default"]);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("pod/victim") && l.contains("Preempted")),
+        "{events}"
+    );
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("pod/preemptor") && l.contains("FailedScheduling")),
+        "{events}"
     );
 }

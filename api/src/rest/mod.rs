@@ -10,6 +10,7 @@
 mod convert;
 mod eviction;
 pub mod objects;
+mod priority;
 mod proxy;
 mod quota;
 pub mod selector;
@@ -522,7 +523,8 @@ fn parse_target(app: &App, group: &str, version: &str, rest: &[&str]) -> Result<
     Ok(t)
 }
 
-/// Creates the default namespaces if missing.
+/// Creates the default namespaces, the built-in PriorityClasses and the `kubernetes`
+/// Service with its endpoints, if missing.
 pub(crate) async fn bootstrap(app: &Arc<App>) -> Result<(), ApiError> {
     let reg = app.registry();
     let def = reg
@@ -537,6 +539,7 @@ pub(crate) async fn bootstrap(app: &Arc<App>) -> Result<(), ApiError> {
             Err(e) => return Err(e),
         }
     }
+    priority::ensure_system_classes(app).await?;
     // The `kubernetes` Service in `default`, at the first address of the service range.
     if let Some(svc) = reg.lookup("", "v1", "services").cloned() {
         let port: u16 = app

@@ -715,8 +715,14 @@ pub(crate) async fn create_object(
     }
     let schemas = app.openapi().schemas().clone();
     validation::default_object(def, &schemas, &mut obj);
+    if is_pod(def) {
+        super::priority::admit_pod_create(app, &mut obj).await?;
+    }
     validation::prepare_for_create(def, &mut obj);
     validation::validate_create(def, &obj)?;
+    if is_priority_class(def) {
+        super::priority::admit_class(app, def, &obj).await?;
+    }
     let schema = patch_schema(def);
     let av = def.api_version();
     obj = crate::apply::record_update(
@@ -947,6 +953,9 @@ where
             }
         }
         keep_server_fields(def, &old, &mut new, subresource);
+        if is_pod(def) {
+            super::priority::keep_resolved_priority(&old, &mut new);
+        }
         let service_spec = is_service(def) && subresource.is_none();
         if service_spec {
             carry_node_ports(&old, &mut new);
@@ -954,6 +963,9 @@ where
         validation::default_object(def, &schemas, &mut new);
         validation::prepare_for_update(def, &mut new);
         validation::validate_update(def, &new, &old)?;
+        if is_priority_class(def) && subresource.is_none() {
+            super::priority::admit_class(app, def, &new).await?;
+        }
         if track_update {
             let now = now_rfc3339();
             new = crate::apply::record_update(
@@ -1701,6 +1713,14 @@ const IP_ALLOCATION_ATTEMPTS: usize = 64;
 /// The low band of the range is left to requested addresses (10.96.0.10 for cluster DNS and
 /// the like), as upstream's allocator prefers the upper range for dynamic ones.
 const SERVICE_CIDR_STATIC_BAND: u32 = 256;
+
+fn is_pod(def: &ResourceDef) -> bool {
+    def.group.is_empty() && def.kind == "Pod"
+}
+
+fn is_priority_class(def: &ResourceDef) -> bool {
+    def.group == "scheduling.k8s.io" && def.kind == "PriorityClass"
+}
 
 fn is_service(def: &ResourceDef) -> bool {
     def.group.is_empty() && def.kind == "Service"

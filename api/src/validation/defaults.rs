@@ -457,8 +457,8 @@ pub(super) fn prepare_for_create(def: &ResourceDef, obj: &mut Value) {
                         .cloned()
                         .unwrap_or(json!("default"));
                     set(spec, "serviceAccount", sa);
-                    set(spec, "priority", json!(0));
-                    set(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+                    // `priority` and `preemptionPolicy` come from Priority admission
+                    // (rest::priority), which must see only what the client sent.
                     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
                     if let Value::Array(t) = tolerations {
                         for key in [

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 pub use defaults::{image_pull_policy, merge_string_data, pod_qos};
 pub use errors::{DecodeError, FieldError, FieldErrorKind, Invalid};
 pub use names::NameRule;
+pub(crate) use rules::SYSTEM_PRIORITY_CLASSES;
 
 use crate::openapi::SchemaSet;
 use crate::registry::ResourceDef;

@@ -799,6 +799,7 @@ pub(super) fn kind_rules(def: &ResourceDef, obj: &Value, errs: &mut Errs) {
                 false,
                 errs,
             );
+            priority_class_value(obj, errs);
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crd(obj, errs),
         ("", "Event")
@@ -808,6 +809,60 @@ pub(super) fn kind_rules(def: &ResourceDef, obj: &Value, errs: &mut Errs) {
             errs.push(FieldError::required("involvedObject", ""));
         }
         _ => {}
+    }
+}
+
+/// The built-in PriorityClasses: (name, value, description), upstream's.
+pub(crate) const SYSTEM_PRIORITY_CLASSES: [(&str, i64, &str); 2] = [
+    (
+        "system-node-critical",
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+    (
+        "system-cluster-critical",
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    ),
+];
+
+/// The highest value a class other than the built-in ones may have.
+const HIGHEST_USER_PRIORITY: i64 = 1_000_000_000;
+
+/// `system-` names are reserved for the built-in classes (with their values, never the
+/// global default); every other class stays at or below one billion.
+fn priority_class_value(obj: &Value, errs: &mut Errs) {
+    let name = s(obj, "/metadata/name").unwrap_or("");
+    let value = obj.get("value").and_then(Value::as_i64);
+    let global_default = obj.get("globalDefault").and_then(Value::as_bool) == Some(true);
+    if name.starts_with("system-") {
+        let known = SYSTEM_PRIORITY_CLASSES
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, v, _)| *v);
+        let why = match known {
+            None => Some(format!("{name} is not a known system priority class")),
+            Some(v) if value != Some(v) => {
+                Some(format!("value of {name} PriorityClass must be {v}"))
+            }
+            Some(_) if global_default => Some(format!(
+                "globalDefault of {name} PriorityClass must be false"
+            )),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            errs.push(FieldError::forbidden(
+                "metadata.name",
+                format!(
+                    "priority class names with 'system-' prefix are reserved for system use only. error: {why}"
+                ),
+            ));
+        }
+    } else if value.is_some_and(|v| v > HIGHEST_USER_PRIORITY) {
+        errs.push(FieldError::forbidden(
+            "value",
+            format!("maximum allowed value of a user defined priority is {HIGHEST_USER_PRIORITY}"),
+        ));
     }
 }
 
@@ -922,6 +977,15 @@ pub(super) fn update_rules(def: &ResourceDef, new: &Value, old: &Value, errs: &m
         }
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
             immutable(new, old, "/roleRef", "roleRef", errs);
+        }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            if new.get("value") != old.get("value") {
+                errs.push(FieldError::forbidden(
+                    "value",
+                    "may not be changed in an update.",
+                ));
+            }
+            immutable(new, old, "/preemptionPolicy", "preemptionPolicy", errs);
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             immutable(new, old, "/spec/group", "spec.group", errs);
