@@ -6,6 +6,18 @@
 //! engine (the default) and by an etcd v3 backend for multi-machine HA, and it can serve the
 //! etcd v3 gRPC API itself.
 //!
+//! **Revisions are monotonic, not dense.** Within one run without snapshots every write
+//! takes the next number, but the engine skips numbers in three places, all deliberate: a
+//! snapshot skips one (so the WAL can drop every record at or below the snapshot's revision),
+//! a write whose log append failed keeps its number, and recovery after a crash never reuses
+//! the numbers of unacknowledged revisions whose records survived past a lost earlier one
+//! (the WAL only appends in non-decreasing revision order). Acknowledged writes never leave a
+//! hole: recovery keeps exactly the unbroken chain of revisions (tests/store_crash.rs).
+//! Kubernetes clients treat `resourceVersion` as opaque and ordered, which this satisfies;
+//! etcd itself numbers densely. Making it dense would need a WAL "rewind" record (drop this
+//! shard's records above N) written at recovery, and snapshot-covered lease records tagged
+//! apart from revisions.
+//!
 //! **Must not depend on:** `api` or any crate above it, nor on Kubernetes types: the store
 //! sees envelopes (keys, labels, indexed fields, raw bytes), never parsed objects.
 //!
