@@ -6,7 +6,9 @@
 //! Run (root: VIPs on lo, nftables): `cargo run --release -p kubeshard-benches --bin
 //! proxy_vs_haproxy`. `RUNS` (default 5) and `SECS` (default 2) bound each measurement;
 //! `ONLY` (comma-separated name prefixes; `table` for the table updates) picks the paths
-//! and `JOBS` (`bulk,conns,rtt`) the measurements of each path.
+//! and `JOBS` (`bulk,conns,rtt`) the measurements of each path. `ONESHOT_THREADS` sizes the
+//! short-connection backend's thread pool (0: a thread per connection); `PIPE_SIZE` sets
+//! kubeshard's splice pipe size. CPU columns are machine-wide (`/proc/stat`) during the job.
 //! Prints a markdown table of medians.
 
 use std::collections::BTreeMap;
@@ -63,9 +65,36 @@ struct Backends {
     oneshot: u16,
 }
 
+/// Threads of the one-shot backend, each looping accept / echo one read / close
+/// (`ONESHOT_THREADS`, default 8; 0 = a new thread per connection, the generator before
+/// session 6, whose `clone`/`mmap`/`munmap` per connection cost more CPU than the proxies).
+fn oneshot_threads() -> usize {
+    env_usize("ONESHOT_THREADS", 8)
+}
+
 fn serve(kind: u8) -> Res<u16> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let port = l.local_addr()?.port();
+    let pool = oneshot_threads();
+    if kind == 2 && pool > 0 {
+        let l = Arc::new(l);
+        for _ in 0..pool {
+            let l = Arc::clone(&l);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    let Ok((mut s, _)) = l.accept() else { continue };
+                    let _ = s.set_nodelay(true);
+                    if let Ok(n) = s.read(&mut buf)
+                        && n > 0
+                    {
+                        let _ = s.write_all(&buf[..n]);
+                    }
+                }
+            });
+        }
+        return Ok(port);
+    }
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
@@ -125,15 +154,55 @@ fn wait_port(a: SocketAddr) -> Res<()> {
 
 // ---------- jobs ----------
 
+/// Busy and total jiffies of all CPUs (`/proc/stat`'s first line), machine-wide: the CPU
+/// figures are only meaningful on an otherwise quiet machine.
+fn cpu_jiffies() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// Counts busy CPUs over a measurement.
+struct CpuMeter((u64, u64));
+
+impl CpuMeter {
+    fn start() -> CpuMeter {
+        CpuMeter(cpu_jiffies())
+    }
+    /// Average busy cores since `start` (0..=cores).
+    fn busy_cores(&self) -> f64 {
+        let (b, t) = cpu_jiffies();
+        let (db, dt) = (b.saturating_sub(self.0.0), t.saturating_sub(self.0.1));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        if dt == 0 {
+            0.0
+        } else {
+            db as f64 / dt as f64 * cores
+        }
+    }
+}
+
 /// One stream, `secs` of writing 1 MiB buffers; Gbit/s as the backend counted them.
 /// A stalled path fails its measurement after this long instead of hanging the run.
 const STALL: Duration = Duration::from_secs(20);
 
-fn bulk(a: SocketAddr, secs: f64) -> Res<f64> {
+/// Returns (Gbit/s, busy cores).
+fn bulk(a: SocketAddr, secs: f64) -> Res<(f64, f64)> {
     let mut s = TcpStream::connect_timeout(&a, STALL)?;
     s.set_write_timeout(Some(STALL))?;
     s.set_read_timeout(Some(STALL))?;
     let buf = vec![7u8; 1 << 20];
+    let cpu = CpuMeter::start();
     let t0 = Instant::now();
     while t0.elapsed().as_secs_f64() < secs {
         s.write_all(&buf)?;
@@ -142,14 +211,19 @@ fn bulk(a: SocketAddr, secs: f64) -> Res<f64> {
     let mut c = [0u8; 8];
     s.read_exact(&mut c)?;
     let el = t0.elapsed().as_secs_f64();
-    Ok(u64::from_le_bytes(c) as f64 * 8.0 / el / 1e9)
+    Ok((
+        u64::from_le_bytes(c) as f64 * 8.0 / el / 1e9,
+        cpu.busy_cores(),
+    ))
 }
 
-/// `threads` clients doing connect / 1 byte there and back / close for `secs`; conn/s.
-fn conns(a: SocketAddr, secs: f64, threads: usize) -> Res<(f64, u64)> {
+/// `threads` clients doing connect / 1 byte there and back / close for `secs`; (conn/s,
+/// errors, busy cores).
+fn conns(a: SocketAddr, secs: f64, threads: usize) -> Res<(f64, u64, f64)> {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu = CpuMeter::start();
     let t0 = Instant::now();
     let hs: Vec<_> = (0..threads)
         .map(|_| {
@@ -186,6 +260,7 @@ fn conns(a: SocketAddr, secs: f64, threads: usize) -> Res<(f64, u64)> {
     Ok((
         done.load(Ordering::Relaxed) as f64 / el,
         errors.load(Ordering::Relaxed),
+        cpu.busy_cores(),
     ))
 }
 
@@ -214,25 +289,33 @@ struct Row {
     conn_errors: u64,
     p50: f64,
     p99: f64,
+    /// CPU (all cores, machine-wide) per Gbit moved in the bulk job, milliseconds.
+    cpu_ms_per_gbit: f64,
+    /// CPU (machine-wide) per short connection, microseconds.
+    cpu_us_per_conn: f64,
 }
 
 fn measure(name: &str, t: Target, runs: usize, secs: f64) -> Res<Row> {
     let (mut g, mut c, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut cg, mut cc) = (Vec::new(), Vec::new());
     let mut errs = 0;
     // `JOBS` (default all: `bulk,conns,rtt`) picks the measurements, e.g. to profile one.
     let jobs = std::env::var("JOBS").unwrap_or_else(|_| "bulk,conns,rtt".into());
     let job = |j: &str| jobs.split(',').any(|x| x == j);
     for _ in 0..runs {
         if job("bulk") {
-            g.push(bulk(t.sink, secs)?);
+            let (gbps, cores) = bulk(t.sink, secs)?;
+            g.push(gbps);
+            cg.push(cores / gbps * 1e3);
         }
     }
     for _ in 0..runs {
         if !job("conns") {
             break;
         }
-        let (r, e) = conns(t.oneshot, secs, 4)?;
+        let (r, e, cores) = conns(t.oneshot, secs, 4)?;
         c.push(r);
+        cc.push(cores / r * 1e6);
         errs += e;
         // Let TIME_WAIT and the backlog settle between runs.
         std::thread::sleep(Duration::from_millis(200));
@@ -251,10 +334,18 @@ fn measure(name: &str, t: Target, runs: usize, secs: f64) -> Res<Row> {
         conn_errors: errs,
         p50: median(&mut p50),
         p99: median(&mut p99),
+        cpu_ms_per_gbit: median(&mut cg),
+        cpu_us_per_conn: median(&mut cc),
     };
     eprintln!(
-        "{name}: bulk {:.2} Gbit/s {g:.2?}; conns {:.0}/s {c:.0?} ({} errors); rtt p50 {:.1} us p99 {:.1} us",
-        row.gbps, row.cps, row.conn_errors, row.p50, row.p99
+        "{name}: bulk {:.2} Gbit/s {g:.2?} ({:.0} CPU ms/Gbit); conns {:.0}/s {c:.0?} ({} errors, {:.1} CPU us/conn); rtt p50 {:.1} us p99 {:.1} us",
+        row.gbps,
+        row.cpu_ms_per_gbit,
+        row.cps,
+        row.conn_errors,
+        row.cpu_us_per_conn,
+        row.p50,
+        row.p99
     );
     Ok(row)
 }
@@ -464,12 +555,15 @@ fn kubeshard(
     mode: ForwardMode,
     vip: &str,
 ) -> Res<(Dataplane, Target)> {
-    let dp = rt.block_on(Dataplane::start(
-        DataplaneConfig::default()
-            .node_name("bench")
-            .shards(2)
-            .forward_mode(mode),
-    ))?;
+    // `PIPE_SIZE` (bytes) overrides the dataplane's splice pipe size, for experiments.
+    let mut cfg = DataplaneConfig::default()
+        .node_name("bench")
+        .shards(2)
+        .forward_mode(mode);
+    if let Ok(Ok(n)) = std::env::var("PIPE_SIZE").map(|v| v.parse::<usize>()) {
+        cfg = cfg.pipe_size(n);
+    }
+    let dp = rt.block_on(Dataplane::start(cfg))?;
     let lo = vec!["127.0.0.1".to_string()];
     let changes = vec![
         Change::Service(Arc::new(service(
@@ -739,19 +833,22 @@ fn main() -> Res<()> {
         .find(|(n, _)| n.starts_with("HAProxy"))
         .map(|r| r.1.clone());
     println!(
-        "| path | bulk Gbit/s | vs direct | vs HAProxy | short conn/s | vs HAProxy | conn errors | RTT p50 us | added p50 us | RTT p99 us | added p99 us |"
+        "| path | bulk Gbit/s | vs direct | vs HAProxy | CPU ms/Gbit | short conn/s | vs HAProxy | conn errors | CPU us/conn | added CPU us/conn | RTT p50 us | added p50 us | RTT p99 us | added p99 us |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (n, r) in &rows {
         let ratio = |a: f64, b: Option<f64>| b.map_or("-".into(), |b| format!("{:.2}x", a / b));
         println!(
-            "| {n} | {:.2} | {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {n} | {:.2} | {} | {} | {:.0} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
             r.gbps,
             ratio(r.gbps, base.as_ref().map(|b| b.gbps)),
             ratio(r.gbps, hap.as_ref().map(|b| b.gbps)),
+            r.cpu_ms_per_gbit,
             r.cps,
             ratio(r.cps, hap.as_ref().map(|b| b.cps)),
             r.conn_errors,
+            r.cpu_us_per_conn,
+            r.cpu_us_per_conn - base.as_ref().map_or(0.0, |b| b.cpu_us_per_conn),
             r.p50,
             r.p50 - base.as_ref().map_or(0.0, |b| b.p50),
             r.p99,

@@ -2,8 +2,9 @@
 //! listeners can bind them.
 
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::error::ShellError;
 
@@ -16,8 +17,14 @@ pub fn change_addresses(dev: &str, ips: &[IpAddr], add: bool) -> Result<(), Shel
     let verb = if add { "add" } else { "del" };
     let mut script = String::new();
     for ip in ips {
-        let plen = if ip.is_ipv4() { 32 } else { 128 };
-        script.push_str(&format!("address {verb} {ip}/{plen} dev {dev}\n"));
+        // IPv6: `nodad`, or the address stays "tentative" during duplicate address
+        // detection and the listeners' bind fails with EADDRNOTAVAIL for about a second.
+        let (plen, flags) = match (ip.is_ipv4(), add) {
+            (true, _) => (32, ""),
+            (false, true) => (128, " nodad"),
+            (false, false) => (128, ""),
+        };
+        script.push_str(&format!("address {verb} {ip}/{plen} dev {dev}{flags}\n"));
     }
     let err = |detail: String| ShellError::Address {
         action: if add { "adding" } else { "removing" },
@@ -50,9 +57,33 @@ pub fn change_addresses(dev: &str, ips: &[IpAddr], add: bool) -> Result<(), Shel
                 && !l.trim().is_empty()
         })
         .collect();
-    if real.is_empty() {
-        Ok(())
-    } else {
-        Err(err(real.join("; ")))
+    if !real.is_empty() {
+        return Err(err(real.join("; ")));
+    }
+    if add {
+        wait_usable(ips);
+    }
+    Ok(())
+}
+
+/// How long [`wait_usable`] waits for IPv6 addresses at most.
+const V6_SETTLE: Duration = Duration::from_secs(2);
+
+/// Waits (bounded by [`V6_SETTLE`]) until each new IPv6 address can be bound and routed to.
+/// The kernel finishes adding an IPv6 address (clears "tentative", inserts its local route)
+/// in a work item after `ip address add` returns, even with `nodad`: until then a listener's
+/// bind fails with EADDRNOTAVAIL and a connect with ENETUNREACH. IPv4 addresses are usable
+/// at once.
+fn wait_usable(ips: &[IpAddr]) {
+    let t0 = Instant::now();
+    for ip in ips.iter().filter(|ip| ip.is_ipv6()) {
+        let usable = || {
+            std::net::UdpSocket::bind(SocketAddr::new(*ip, 0))
+                .and_then(|s| s.connect(SocketAddr::new(*ip, 9)))
+                .is_ok()
+        };
+        while !usable() && t0.elapsed() < V6_SETTLE {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }

@@ -60,8 +60,8 @@ impl std::str::FromStr for ForwardMode {
     }
 }
 
-/// Bytes one pipe holds (`F_SETPIPE_SZ`; the kernel may round up or refuse, then the
-/// default 64 KiB stays).
+/// Bytes one pipe holds by default (`F_SETPIPE_SZ`; the kernel may round up or refuse,
+/// then its default 64 KiB stays). See `DataplaneConfig::pipe_size`.
 pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// A pipe used as the splice buffer of one direction.
@@ -73,10 +73,12 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    /// A new non-blocking pipe, enlarged to [`PIPE_SIZE`] when the kernel allows.
-    pub fn new() -> io::Result<Pipe> {
+    /// A new non-blocking pipe, enlarged to `size` bytes when the kernel allows (an
+    /// unprivileged process is bounded by `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+    pub fn new(size: usize) -> io::Result<Pipe> {
         let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        let cap = match fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32)) {
+        let want = i32::try_from(size).unwrap_or(i32::MAX);
+        let cap = match fcntl(&w, FcntlArg::F_SETPIPE_SZ(want)) {
             Ok(n) => usize::try_from(n).unwrap_or(65_536),
             Err(_) => 65_536,
         };
@@ -109,18 +111,28 @@ pub(crate) const BUF_POOL: usize = 256;
 /// One shard's free lists of pipes and copy buffers, so that after warm-up a connection
 /// costs no `pipe2`/`F_SETPIPE_SZ` and no 16 KiB allocation and zeroing. Bounded by
 /// [`PIPE_POOL`] and [`BUF_POOL`]; what does not fit is freed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Pools {
     pipes: RefCell<Vec<Pipe>>,
     bufs: RefCell<Vec<Box<[u8]>>>,
+    pipe_size: usize,
 }
 
 impl Pools {
+    /// Empty pools whose new pipes are asked for `pipe_size` bytes.
+    pub(crate) fn new(pipe_size: usize) -> Pools {
+        Pools {
+            pipes: RefCell::new(Vec::new()),
+            bufs: RefCell::new(Vec::new()),
+            pipe_size,
+        }
+    }
+
     /// A pooled pipe, or a new one.
     fn pipe(&self) -> io::Result<Pipe> {
         match self.pipes.borrow_mut().pop() {
             Some(p) => Ok(p),
-            None => Pipe::new(),
+            None => Pipe::new(self.pipe_size),
         }
     }
 

@@ -62,6 +62,8 @@ pub struct DataplaneConfig {
     pub max_udp_flows_per_shard: usize,
     /// A UDP flow with no datagram either way for this long is forgotten.
     pub udp_idle_timeout: Duration,
+    /// Bytes asked for each splice pipe (`F_SETPIPE_SZ`); default [`forward::PIPE_SIZE`].
+    pub pipe_size: usize,
 }
 
 impl Default for DataplaneConfig {
@@ -77,6 +79,7 @@ impl Default for DataplaneConfig {
             max_connections_per_shard: 16_384,
             max_udp_flows_per_shard: 16_384,
             udp_idle_timeout: Duration::from_secs(30),
+            pipe_size: forward::PIPE_SIZE,
         }
     }
 }
@@ -125,6 +128,11 @@ impl DataplaneConfig {
     /// Sets the UDP idle timeout.
     pub fn udp_idle_timeout(mut self, d: Duration) -> Self {
         self.udp_idle_timeout = d;
+        self
+    }
+    /// Sets the bytes asked for each splice pipe.
+    pub fn pipe_size(mut self, n: usize) -> Self {
+        self.pipe_size = n;
         self
     }
     /// Pins shards to cores.
@@ -213,6 +221,7 @@ impl Dataplane {
         )?;
         let handle = set.handle().clone();
         let metrics = Arc::new(Metrics::default());
+        let pipe_size = config.pipe_size;
         let settings = Arc::new(Settings {
             mode: config.forward_mode,
             connect_timeout: config.connect_timeout,
@@ -228,7 +237,7 @@ impl Dataplane {
                 listeners: RefCell::new(HashMap::new()),
                 conns: Cell::new(0),
                 flows: Cell::new(0),
-                pools: forward::Pools::default(),
+                pools: forward::Pools::new(pipe_size),
             })
             .await
             .map_err(|e| ShellError::Invoke(e.to_string()))?;

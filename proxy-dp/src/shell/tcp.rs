@@ -123,9 +123,9 @@ async fn handle(st: Rc<ShardState>, f: Frontend, client: TcpStream, peer: Socket
             }
         };
         let (addr, m) = picked;
-        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => break (addr, s, m),
-            Ok(Err(_)) | Err(_) => {
+        match connect_backend(addr, deadline).await {
+            Ok(s) => break (addr, s, m),
+            Err(_) => {
                 m.connect_errors.fetch_add(1, Ordering::Relaxed);
                 release(&st, f, addr);
                 tried.push(addr);
@@ -137,13 +137,45 @@ async fn handle(st: Rc<ShardState>, f: Frontend, client: TcpStream, peer: Socket
             }
         }
     };
-    // The client socket has TCP_NODELAY from its listener already.
-    let _ = backend.set_nodelay(true);
+    // The client socket has TCP_NODELAY from its listener already, the backend from
+    // `connect_backend`.
     metrics.active.fetch_add(1, Ordering::Relaxed);
     metrics.total.fetch_add(1, Ordering::Relaxed);
     forward::forward(st.settings.mode, client, backend, &metrics.bytes, &st.pools).await;
     metrics.active.fetch_sub(1, Ordering::Relaxed);
     release(&st, f, addr);
+}
+
+/// Connects to a backend (with `TCP_NODELAY`) before `deadline`. On loopback and fast local
+/// links the handshake has usually completed by the time the non-blocking `connect`
+/// returns `EINPROGRESS` (the SYN-ACK is processed before the call returns): `getpeername`
+/// says so, and the connection goes on at once instead of waiting one event-loop round for
+/// epoll to report it writable (what `TcpStream::connect` does).
+async fn connect_backend(addr: SocketAddr, deadline: Instant) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_tcp_nodelay(true)?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(s))?;
+    // ENOTCONN while the SYN is unanswered (SYN_SENT) or after a refusal (CLOSE).
+    if stream.peer_addr().is_ok() {
+        return Ok(stream);
+    }
+    tokio::time::timeout_at(deadline, stream.writable())
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    Ok(stream)
 }
 
 fn release(st: &ShardState, f: Frontend, addr: SocketAddr) {
