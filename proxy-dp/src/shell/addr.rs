@@ -77,9 +77,13 @@ const V6_SETTLE: Duration = Duration::from_secs(2);
 fn wait_usable(ips: &[IpAddr]) {
     let t0 = Instant::now();
     for ip in ips.iter().filter(|ip| ip.is_ipv6()) {
+        // A TCP connection to a throwaway listener on the address: bindable (not
+        // tentative) and delivered locally (its local route is in; the prefix route alone,
+        // inserted first, lets a UDP connect pass while TCP still gets ENETUNREACH).
         let usable = || {
-            std::net::UdpSocket::bind(SocketAddr::new(*ip, 0))
-                .and_then(|s| s.connect(SocketAddr::new(*ip, 9)))
+            std::net::TcpListener::bind(SocketAddr::new(*ip, 0))
+                .and_then(|l| l.local_addr())
+                .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(100)))
                 .is_ok()
         };
         while !usable() && t0.elapsed() < V6_SETTLE {
