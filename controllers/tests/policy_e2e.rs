@@ -317,6 +317,13 @@ async fn resource_quota_scopes_select_pods() {
     for q in ["besteffort", "burst", "high"] {
         wait_used(&quotas, q, &[("pods", "0")]).await;
     }
+    // Priority admission refuses pods naming a class that does not exist.
+    let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(c.clone());
+    create(
+        &classes,
+        json!({"metadata": {"name": "high"}, "value": 1000}),
+    )
+    .await;
     let papi: Api<core::Pod> = Api::namespaced(c.clone(), "default");
     try_create_pod(&papi, pod_json("be1", None)).await.unwrap();
     wait_used(&quotas, "besteffort", &[("pods", "1")]).await;
