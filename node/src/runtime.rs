@@ -390,7 +390,7 @@ fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<(), RuntimeError> {
         path: p.to_path_buf(),
         source,
     })?;
-    crate::image::write_atomic(p, &b)?;
+    crate::image::write_replace(p, &b)?;
     Ok(())
 }
 

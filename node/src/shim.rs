@@ -206,7 +206,7 @@ fn run_container(dir: &Path) -> i32 {
 
 fn write_exit(dir: &Path, exit: &ExitState) -> Result<(), String> {
     let b = serde_json::to_vec(exit).map_err(|e| e.to_string())?;
-    crate::image::write_atomic(&dir.join("exit.json"), &b).map_err(|e| e.to_string())
+    crate::image::write_replace(&dir.join("exit.json"), &b).map_err(|e| e.to_string())
 }
 
 /// The container's stdio as the shim keeps it.
@@ -857,7 +857,7 @@ fn write_exec_result(exec_dir: &Path, r: &ExecResult) -> i32 {
     let Ok(b) = serde_json::to_vec(r) else {
         return 1;
     };
-    match crate::image::write_atomic(&exec_dir.join("result.json"), &b) {
+    match crate::image::write_replace(&exec_dir.join("result.json"), &b) {
         Ok(()) => 0,
         Err(_) => 1,
     }

@@ -724,6 +724,20 @@ fn read_json_file<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&read_limited(p)?).map_err(|source| ImageError::Json { what, source })
 }
 
+/// Replaces a file atomically (temporary file, rename) without an fsync: for runtime state
+/// (sandbox, container and exit records) that only has to survive the kubelet or a shim
+/// dying, never the machine (after a reboot no process of the record is left anyway). An
+/// fsync per record cost a disk flush on every pod start.
+pub(crate) fn write_replace(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    fs::write(&tmp, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 /// Writes a file atomically (temporary file, fsync, rename).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));

@@ -320,7 +320,9 @@ impl Kubelet {
         if let Some(inf) = informer {
             let d = dirty.clone();
             tasks.push(tokio::spawn(inf.run(move |ev: Event<Pod>| {
-                let _ = ev;
+                if let Event::Added(p) | Event::Modified(p) = &ev {
+                    tl(p.metadata.name.as_deref().unwrap_or(""), "watch-event");
+                }
                 d.notify_one();
             })));
             tasks.push(tokio::spawn(node_status::run(ctx.clone())));
@@ -400,6 +402,15 @@ async fn dispatch(ctx: Arc<Ctx>, dirty: Arc<Notify>) -> Result<(), KubeletError>
         }
     }
     let guard = AbortAll(&mut workers);
+    // Pods that may own sandboxes this worker did not create: those found on disk at start
+    // (a restarted kubelet adopts them) and those that already had a worker. A worker for
+    // any other pod skips adoption, which lists every sandbox and container on disk: with
+    // 100 pods arriving at once that was 100 x 100 record reads on the start path.
+    let mut may_own: Option<HashSet<String>> = ctx
+        .runtime
+        .list_sandboxes()
+        .ok()
+        .map(|l| l.into_iter().map(|s| s.uid).collect());
     loop {
         let now = tokio::time::Instant::now();
         if now >= next_scan {
@@ -425,6 +436,13 @@ async fn dispatch(ctx: Arc<Ctx>, dirty: Arc<Notify>) -> Result<(), KubeletError>
             desired.insert(uid.clone(), (p.clone(), true));
         }
         guard.0.retain(|_, w| !w.task.is_finished());
+        if let Some(m) = may_own.as_mut()
+            && (ctx.client.is_none() || ctx.pods.has_synced())
+        {
+            // Bounded: only pods still desired or still worked on are remembered (once the
+            // API's list is in: before, a pod found on disk is not desired yet).
+            m.retain(|uid| desired.contains_key(uid) || guard.0.contains_key(uid));
+        }
         for (uid, (pod, is_static)) in &desired {
             match guard.0.get(uid) {
                 Some(w) => {
@@ -442,8 +460,14 @@ async fn dispatch(ctx: Arc<Ctx>, dirty: Arc<Notify>) -> Result<(), KubeletError>
                     });
                 }
                 None => {
+                    tl(pod.metadata.name.as_deref().unwrap_or(""), "worker-spawn");
                     let (tx, rx) = watch::channel(Some(pod.clone()));
-                    let task = tokio::spawn(worker::run(ctx.clone(), uid.clone(), rx, *is_static));
+                    let fresh = match may_own.as_mut() {
+                        Some(m) => m.insert(uid.clone()),
+                        None => false,
+                    };
+                    let task =
+                        tokio::spawn(worker::run(ctx.clone(), uid.clone(), rx, *is_static, fresh));
                     guard.0.insert(uid.clone(), WorkerHandle { tx, task });
                 }
             }
@@ -507,5 +531,21 @@ async fn remove_orphans(
                 tracing::warn!(sandbox = %sb.id, "removing orphaned sandbox: {e}");
             }
         }
+    }
+}
+
+/// A pod start's timeline for profiling: with `KUBESHARD_POD_TIMELINE` set in the
+/// environment, each step of a pod's start (watch event, worker, sandbox, image, container
+/// create/start, status write) is printed to stderr as `TL <unix µs> <pod> <step>`; off
+/// (one cached check) otherwise. `benches/src/bin/pod_startup.rs` prints its own steps the
+/// same way, so one run's lines merge into per-pod timelines.
+pub(crate) fn tl(pod: &str, step: &str) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("KUBESHARD_POD_TIMELINE").is_some()) {
+        let us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        eprintln!("TL {us} {pod} {step}");
     }
 }

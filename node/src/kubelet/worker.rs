@@ -166,6 +166,8 @@ struct Worker {
     volumes: Option<crate::volumes::PodVolumes>,
     volume_error: Option<String>,
     adopted: bool,
+    /// No sandbox of this pod can exist yet: adoption need not look at the disk.
+    fresh: bool,
     last_written: Option<Value>,
     probe_tx: tokio::sync::mpsc::Sender<ProbeDone>,
     /// The pod's terminationGracePeriodSeconds (for liveness kills).
@@ -188,6 +190,7 @@ pub(crate) async fn run(
     uid: String,
     mut rx: watch::Receiver<Option<Arc<Pod>>>,
     is_static: bool,
+    fresh: bool,
 ) {
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel::<ProbeDone>(PROBE_RESULTS);
     let mut w = Worker {
@@ -208,6 +211,7 @@ pub(crate) async fn run(
         volumes: None,
         volume_error: None,
         adopted: false,
+        fresh,
         last_written: None,
         sidecars_stopped: false,
         evicted: None,
@@ -246,6 +250,7 @@ pub(crate) async fn run(
             }
             Some(pod) => {
                 last = Some(pod.clone());
+                super::tl(pod.metadata.name.as_deref().unwrap_or(""), "sync-begin");
                 w.sync(&pod).await
             }
         };
@@ -400,6 +405,10 @@ impl Worker {
         if matches!(api_status.phase.as_deref(), Some("Succeeded" | "Failed")) {
             self.terminal = true;
         }
+        if self.fresh {
+            // No sandbox of this pod existed when the kubelet started and no worker ran it.
+            return;
+        }
         let sandboxes: Vec<_> = rt
             .list_sandboxes()
             .unwrap_or_default()
@@ -532,7 +541,9 @@ impl Worker {
             resources: Resources::default(),
             host_network,
         };
+        super::tl(&cfg.name, "sandbox-begin");
         let id = rt.create_sandbox(&cfg).await.map_err(|e| e.to_string())?;
+        super::tl(&cfg.name, "sandbox-created");
         tracing::debug!(pod = %pod_ref(pod), sandbox = %id, "sandbox created");
         if let Some(net) = net {
             match self.wire(&net, &id, &spec).await {
@@ -607,6 +618,7 @@ impl Worker {
     async fn sync(&mut self, pod: &Pod) -> Option<i64> {
         if !self.adopted {
             self.adopt(pod).await;
+            super::tl(pod.metadata.name.as_deref().unwrap_or(""), "adopted");
         }
         if self.start_time.is_none() {
             self.start_time = Some(rfc3339(now_unix_nanos()));
@@ -647,7 +659,9 @@ impl Worker {
         }
         if !self.terminal && active && self.sandbox_error.is_none() {
             // Volumes (every pass: configMap/secret/downwardAPI/projected files are refreshed).
-            match self.ctx.volumes.setup_pod(pod, &self.ctx.objects()).await {
+            let r = self.ctx.volumes.setup_pod(pod, &self.ctx.objects()).await;
+            super::tl(pod.metadata.name.as_deref().unwrap_or(""), "volumes-done");
+            match r {
                 Ok(v) => {
                     self.volumes = Some(v);
                     self.volume_error = None;
@@ -988,8 +1002,23 @@ impl Worker {
             return Some(until);
         }
         let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &image);
-        let keyring = crate::image::auth::keyring_for_pod(self.ctx.client.as_ref(), pod).await;
+        let pn = pod.metadata.name.clone().unwrap_or_default();
+        super::tl(&pn, "keyring-begin");
+        // Pull credentials only when a pull may happen: reading them costs a ServiceAccount
+        // GET (and Secret GETs), which every pod start paid with its image present.
+        let may_pull = match policy {
+            PullPolicy::Always => true,
+            PullPolicy::IfNotPresent => self.ctx.images.store().find(&image).is_err(),
+            PullPolicy::Never => false,
+        };
+        let keyring = if may_pull {
+            crate::image::auth::keyring_for_pod(self.ctx.client.as_ref(), pod).await
+        } else {
+            crate::image::auth::Keyring::new()
+        };
+        super::tl(&pn, "keyring-done");
         let ensured = self.ctx.images.ensure(&image, policy, &keyring).await;
+        super::tl(&pn, "image-ensured");
         if let Err(e) = &ensured {
             let now = now_unix_nanos();
             tracing::warn!(pod = %pod_ref(pod), container = %c.name, "{e}");
@@ -1034,6 +1063,7 @@ impl Worker {
             }
         }
         let inp = self.env_inputs(pod, c).await;
+        super::tl(&pn, "env-inputs");
         let envs = match env::resolve(pod, c, &inp) {
             Ok(e) => e,
             Err(e) => {
@@ -1110,6 +1140,7 @@ impl Worker {
             tty: c.tty == Some(true),
         };
         let rt = self.ctx.runtime.clone();
+        super::tl(&pn, "create-begin");
         let id = match rt.create_container(&sb, &cfg).await {
             Ok(id) => id,
             Err(e) => {
@@ -1147,7 +1178,10 @@ impl Worker {
         if let Some(older) = older {
             let _ = rt.remove_container(&older).await;
         }
-        match rt.start_container(&id).await {
+        super::tl(&pn, "start-begin");
+        let started = rt.start_container(&id).await;
+        super::tl(&pn, "started");
+        match started {
             Ok(()) => {
                 tracing::debug!(pod = %pod_ref(pod), container = %c.name, id = %id, "container started");
                 self.event(
@@ -1466,6 +1500,10 @@ impl Worker {
             return;
         }
         let api: Api<Pod> = Api::namespaced(client, &ns);
+        super::tl(
+            &name,
+            &format!("status-begin-{}", status["phase"].as_str().unwrap_or("")),
+        );
         for attempt in 0..STATUS_RETRIES {
             match api
                 .patch_status(
@@ -1476,6 +1514,7 @@ impl Worker {
                 .await
             {
                 Ok(_) => {
+                    super::tl(&name, "status-done");
                     self.last_written = Some(status);
                     return;
                 }
