@@ -366,7 +366,7 @@ pub fn resolve_argv(
 }
 
 /// The built-in container runtime.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Runtime {
     cfg: RuntimeConfig,
     images: ImageStore,
@@ -428,6 +428,18 @@ async fn pidfd_exited(fd: OwnedFd, timeout: Duration) -> bool {
     )
 }
 
+/// Runs `f` on tokio's blocking pool: the runtime's file, cgroup and fork work (each a few
+/// syscalls to a few ms) must not hold the async workers, which the kubelet's pod workers,
+/// informers and status writes share (100 pods started at once waited up to a second for a
+/// worker thread).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::Io(io::Error::other(e.to_string())))?
+}
+
 impl Runtime {
     /// Opens the runtime (creating its directories).
     pub fn new(cfg: RuntimeConfig) -> Result<Runtime, RuntimeError> {
@@ -458,16 +470,26 @@ impl Runtime {
 
     /// Starts the shim in `mode` for `dir` and waits for its `started <pid>` line.
     async fn spawn_shim(&self, mode: &str, dir: &Path) -> Result<(u32, i32), RuntimeError> {
-        let log = fs::File::create(dir.join("shim.log"))?;
-        let mut child = tokio::process::Command::new(&self.cfg.shim_program)
-            .arg(crate::shim::SHIM_ARG)
-            .arg(mode)
-            .arg(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(false)
-            .spawn()?;
+        let (program, mode_s, dir_b) = (
+            self.cfg.shim_program.clone(),
+            mode.to_string(),
+            dir.to_path_buf(),
+        );
+        // fork+exec of the shim binary (tens of MB) waits for the child's exec: off the
+        // async workers.
+        let mut child = blocking(move || {
+            let log = fs::File::create(dir_b.join("shim.log"))?;
+            Ok(tokio::process::Command::new(&program)
+                .arg(crate::shim::SHIM_ARG)
+                .arg(&mode_s)
+                .arg(&dir_b)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(log)
+                .kill_on_drop(false)
+                .spawn()?)
+        })
+        .await?;
         let shim_pid = child
             .id()
             .ok_or_else(|| RuntimeError::StartFailed("shim exited".into()))?;
@@ -513,6 +535,46 @@ impl Runtime {
     /// holder process, the pod cgroup, and the pod's /etc/hosts, /etc/hostname and
     /// /etc/resolv.conf. Returns its id.
     pub async fn create_sandbox(&self, cfg: &SandboxConfig) -> Result<String, RuntimeError> {
+        let (this, cfg) = (self.clone(), cfg.clone());
+        let (id, dir, pod_cg, holder_cg) = blocking(move || this.prepare_sandbox(&cfg)).await?;
+        match self.spawn_shim("sandbox", &dir).await {
+            Ok((shim_pid, pid)) => {
+                let _ = holder_cg.add_pid(pid);
+                let state = ProcState {
+                    shim_pid: shim_pid as i32,
+                    shim_start_time: proc_start_time(shim_pid as i32).unwrap_or(0),
+                    pid,
+                    start_time: proc_start_time(pid).unwrap_or(0),
+                    started_at_unix_nanos: now_unix_nanos(),
+                };
+                write_json(&dir.join("state.json"), &state)?;
+                Ok(id)
+            }
+            Err(e) => {
+                let _ = blocking(move || {
+                    let _ = pod_cg.remove(Duration::from_secs(2));
+                    let _ = fs::remove_dir_all(&dir);
+                    Ok(())
+                })
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The files and cgroups of a new sandbox: its id, directory, pod and holder cgroups.
+    fn prepare_sandbox(
+        &self,
+        cfg: &SandboxConfig,
+    ) -> Result<
+        (
+            String,
+            PathBuf,
+            crate::cgroup::Cgroup,
+            crate::cgroup::Cgroup,
+        ),
+        RuntimeError,
+    > {
         let id = new_id();
         let dir = self.sandbox_dir(&id)?;
         fs::create_dir_all(&dir)?;
@@ -569,26 +631,12 @@ impl Runtime {
             cgroup: pod_cg.clone(),
             holder_cgroup: holder_cg.clone(),
         };
-        write_json(&dir.join("sandbox.json"), &spec)?;
-        match self.spawn_shim("sandbox", &dir).await {
-            Ok((shim_pid, pid)) => {
-                let _ = holder_cg.add_pid(pid);
-                let state = ProcState {
-                    shim_pid: shim_pid as i32,
-                    shim_start_time: proc_start_time(shim_pid as i32).unwrap_or(0),
-                    pid,
-                    start_time: proc_start_time(pid).unwrap_or(0),
-                    started_at_unix_nanos: now_unix_nanos(),
-                };
-                write_json(&dir.join("state.json"), &state)?;
-                Ok(id)
-            }
-            Err(e) => {
-                let _ = pod_cg.remove(Duration::from_secs(2));
-                let _ = fs::remove_dir_all(&dir);
-                Err(e)
-            }
+        if let Err(e) = write_json(&dir.join("sandbox.json"), &spec) {
+            let _ = pod_cg.remove(Duration::from_secs(2));
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
         }
+        Ok((id, dir, pod_cg, holder_cg))
     }
 
     /// Records the pod's IP in the sandbox's /etc/hosts once the network has given it one
@@ -622,18 +670,21 @@ impl Runtime {
         sandbox_id: &str,
         cfg: &ContainerConfig,
     ) -> Result<String, RuntimeError> {
+        let (this, sandbox_id, cfg) = (self.clone(), sandbox_id.to_string(), cfg.clone());
+        blocking(move || this.create_container_blocking(&sandbox_id, &cfg)).await
+    }
+
+    fn create_container_blocking(
+        &self,
+        sandbox_id: &str,
+        cfg: &ContainerConfig,
+    ) -> Result<String, RuntimeError> {
         let (sb, sb_state) = self.sandbox_spec(sandbox_id)?;
         let sb_state = sb_state.ok_or_else(|| {
             RuntimeError::InvalidState(format!("sandbox {sandbox_id} not running"))
         })?;
         let image = self.images.get(&cfg.image)?;
-        let layers = {
-            let images = self.images.clone();
-            let img = image.clone();
-            tokio::task::spawn_blocking(move || images.ensure_unpacked(&img))
-                .await
-                .map_err(|e| RuntimeError::Io(io::Error::other(e.to_string())))??
-        };
+        let layers = self.images.ensure_unpacked(&image)?;
         let exec = &image.exec;
         let argv = resolve_argv(
             &cfg.command,
