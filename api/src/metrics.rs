@@ -15,6 +15,7 @@
 //! only ever contended by a scrape); a scrape merges the cells. Counters and histogram
 //! buckets are plain `u64` under the cell's lock.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,30 +75,24 @@ impl Histogram {
     }
 }
 
-/// One cell's samples. Keys are pre-rendered label sets (`verb="GET",...`).
+/// One cell's samples. Request and store series are keyed by the address of their interned
+/// label set (the cell holds a clone of it, so the address stays unique while it is a key):
+/// recording a request hashes one integer, it neither renders nor hashes label strings.
 #[derive(Debug, Default)]
 struct Cell {
-    requests: HashMap<(String, u16), u64>,
-    durations: HashMap<String, Histogram>,
+    requests: HashMap<usize, RequestSeries>,
     longrunning: HashMap<String, i64>,
     watchers: HashMap<String, i64>,
-    store: HashMap<String, Histogram>,
+    store: HashMap<usize, (Arc<str>, Histogram)>,
 }
 
-fn bump<K: std::hash::Hash + Eq + Clone>(
-    m: &mut HashMap<K, Histogram>,
-    k: &K,
-    bounds: &[f64],
-    v: f64,
-) {
-    match m.get_mut(k) {
-        Some(h) => h.observe(bounds, v),
-        None => {
-            let mut h = Histogram::default();
-            h.observe(bounds, v);
-            m.insert(k.clone(), h);
-        }
-    }
+/// The samples of one request label set in one cell.
+#[derive(Debug)]
+struct RequestSeries {
+    labels: RequestLabels,
+    /// Requests per response code (a handful of codes per series).
+    codes: Vec<(u16, u64)>,
+    durations: Histogram,
 }
 
 /// The server's metrics registry. Cheap to share (`Arc`).
@@ -117,14 +112,68 @@ thread_local! {
     static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SHARDS;
 }
 
-/// The labels of one resource request, rendered once per request.
-#[derive(Debug, Clone, Default)]
-pub struct RequestLabels {
+/// Interned label sets per thread, so a request's labels are rendered once per thread and
+/// label set rather than once per request. Bounded: cleared when it grows past
+/// [`INTERN_MAX`] (the label sets are few: verbs x resources x scopes).
+struct Interner {
+    /// Scratch buffer the lookup key is rendered into (reused, so no allocation per call).
+    buf: String,
+    requests: HashMap<Box<str>, RequestLabels>,
+    store: HashMap<Box<str>, Arc<str>>,
+}
+
+/// Most label sets one thread's [`Interner`] keeps of each kind.
+const INTERN_MAX: usize = 4096;
+
+thread_local! {
+    static INTERNER: RefCell<Interner> = RefCell::new(Interner {
+        buf: String::with_capacity(256),
+        requests: HashMap::new(),
+        store: HashMap::new(),
+    });
+}
+
+/// The rendered strings of one label set.
+#[derive(Debug)]
+struct LabelSet {
     /// `verb="GET",group="",version="v1",resource="pods",subresource="",scope="namespace"`.
-    rendered: String,
+    rendered: Box<str>,
     /// `group="",version="v1",kind="Pod"` for watches.
-    gvk: String,
+    gvk: Box<str>,
     watch: bool,
+}
+
+/// The labels of one request: an interned, shared label set (cloning is a reference count).
+#[derive(Debug, Clone)]
+pub struct RequestLabels(Arc<LabelSet>);
+
+impl Default for RequestLabels {
+    fn default() -> Self {
+        Self(Arc::new(LabelSet {
+            rendered: Box::from(""),
+            gvk: Box::from(""),
+            watch: false,
+        }))
+    }
+}
+
+/// `buf` holds `rendered` then `\n` then `gvk` (a raw newline cannot occur inside either:
+/// [`push_escaped`] writes it as `\n`). Returns the interned label set for it.
+fn intern_request(it: &mut Interner, watch: bool) -> RequestLabels {
+    if let Some(l) = it.requests.get(it.buf.as_str()) {
+        return l.clone();
+    }
+    if it.requests.len() >= INTERN_MAX {
+        it.requests.clear();
+    }
+    let (rendered, gvk) = it.buf.split_once('\n').unwrap_or((it.buf.as_str(), ""));
+    let l = RequestLabels(Arc::new(LabelSet {
+        rendered: Box::from(rendered),
+        gvk: Box::from(gvk),
+        watch,
+    }));
+    it.requests.insert(Box::from(it.buf.as_str()), l.clone());
+    l
 }
 
 impl RequestLabels {
@@ -139,22 +188,31 @@ impl RequestLabels {
         kind: &str,
         scope: &str,
     ) -> Self {
-        Self {
-            rendered: format!(
-                "verb=\"{verb}\",group=\"{}\",version=\"{}\",resource=\"{}\",subresource=\"{}\",scope=\"{scope}\"",
-                escape(group),
-                escape(version),
-                escape(resource),
-                escape(subresource)
-            ),
-            gvk: format!(
-                "group=\"{}\",version=\"{}\",kind=\"{}\"",
-                escape(group),
-                escape(version),
-                escape(kind)
-            ),
-            watch: verb == "WATCH",
-        }
+        INTERNER.with(|it| {
+            let it = &mut *it.borrow_mut();
+            let b = &mut it.buf;
+            b.clear();
+            b.push_str("verb=\"");
+            push_escaped(b, verb);
+            b.push_str("\",group=\"");
+            push_escaped(b, group);
+            b.push_str("\",version=\"");
+            push_escaped(b, version);
+            b.push_str("\",resource=\"");
+            push_escaped(b, resource);
+            b.push_str("\",subresource=\"");
+            push_escaped(b, subresource);
+            b.push_str("\",scope=\"");
+            push_escaped(b, scope);
+            b.push_str("\"\ngroup=\"");
+            push_escaped(b, group);
+            b.push_str("\",version=\"");
+            push_escaped(b, version);
+            b.push_str("\",kind=\"");
+            push_escaped(b, kind);
+            b.push('"');
+            intern_request(it, verb == "WATCH")
+        })
     }
 
     /// Labels of a request outside the resource paths (`/version`, discovery, OpenAPI,
@@ -175,21 +233,45 @@ impl RequestLabels {
             _ if path.starts_with("/api") => "/api*",
             _ => "other",
         };
-        Self {
-            rendered: format!(
-                "verb=\"{}\",group=\"\",version=\"\",resource=\"\",subresource=\"\",scope=\"\",path=\"{p}\"",
-                escape(method)
-            ),
-            gvk: String::new(),
-            watch: false,
-        }
+        INTERNER.with(|it| {
+            let it = &mut *it.borrow_mut();
+            let b = &mut it.buf;
+            b.clear();
+            b.push_str("verb=\"");
+            push_escaped(b, method);
+            b.push_str(
+                "\",group=\"\",version=\"\",resource=\"\",subresource=\"\",scope=\"\",path=\"",
+            );
+            b.push_str(p);
+            b.push_str("\"\n");
+            intern_request(it, false)
+        })
+    }
+
+    fn rendered(&self) -> &str {
+        &self.0.rendered
+    }
+
+    /// The key of this label set in a cell: the address of the shared set.
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends `s` with Prometheus label-value escaping (`\`, `"`, newline).
+fn push_escaped(out: &mut String, s: &str) {
+    if !s.contains(['\\', '"', '\n']) {
+        out.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// Keeps an open watch counted in the gauges until dropped.
@@ -223,26 +305,42 @@ impl Metrics {
     pub fn observe_request(&self, labels: &RequestLabels, code: u16, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         self.with_cell(|c| {
-            match c.requests.get_mut(&(labels.rendered.clone(), code)) {
-                Some(n) => *n += 1,
-                None => {
-                    c.requests.insert((labels.rendered.clone(), code), 1);
-                }
+            let s = c
+                .requests
+                .entry(labels.id())
+                .or_insert_with(|| RequestSeries {
+                    labels: labels.clone(),
+                    codes: Vec::new(),
+                    durations: Histogram::default(),
+                });
+            match s.codes.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, n)) => *n += 1,
+                None => s.codes.push((code, 1)),
             }
-            bump(&mut c.durations, &labels.rendered, &REQUEST_BUCKETS, secs);
+            s.durations.observe(&REQUEST_BUCKETS, secs);
         });
     }
 
     fn add_watch(&self, labels: &RequestLabels, delta: i64) {
         self.with_cell(|c| {
-            *c.longrunning.entry(labels.rendered.clone()).or_insert(0) += delta;
-            *c.watchers.entry(labels.gvk.clone()).or_insert(0) += delta;
+            match c.longrunning.get_mut(labels.rendered()) {
+                Some(n) => *n += delta,
+                None => {
+                    c.longrunning.insert(labels.rendered().to_string(), delta);
+                }
+            }
+            match c.watchers.get_mut(&*labels.0.gvk) {
+                Some(n) => *n += delta,
+                None => {
+                    c.watchers.insert(labels.0.gvk.to_string(), delta);
+                }
+            }
         });
     }
 
     /// Counts an open watch until the guard is dropped (no-op labels for non-watches).
     pub fn watch_started(self: &Arc<Self>, labels: &RequestLabels) -> Option<WatchGuard> {
-        if !labels.watch {
+        if !labels.0.watch {
             return None;
         }
         self.add_watch(labels, 1);
@@ -254,10 +352,33 @@ impl Metrics {
 
     /// Records one store operation.
     pub fn observe_store(&self, operation: &str, key: &[u8], elapsed: Duration) {
-        let ty = store_type(key);
-        let k = format!("operation=\"{operation}\",type=\"{}\"", escape(&ty));
+        let series = INTERNER.with(|it| {
+            let it = &mut *it.borrow_mut();
+            let b = &mut it.buf;
+            b.clear();
+            b.push_str("operation=\"");
+            push_escaped(b, operation);
+            b.push_str("\",type=\"");
+            push_store_type(b, key);
+            b.push('"');
+            if let Some(s) = it.store.get(it.buf.as_str()) {
+                return s.clone();
+            }
+            if it.store.len() >= INTERN_MAX {
+                it.store.clear();
+            }
+            let s: Arc<str> = Arc::from(it.buf.as_str());
+            it.store.insert(Box::from(it.buf.as_str()), s.clone());
+            s
+        });
         let secs = elapsed.as_secs_f64();
-        self.with_cell(|c| bump(&mut c.store, &k, &STORE_BUCKETS, secs));
+        self.with_cell(|c| {
+            c.store
+                .entry(Arc::as_ptr(&series) as *const u8 as usize)
+                .or_insert_with(|| (series.clone(), Histogram::default()))
+                .1
+                .observe(&STORE_BUCKETS, secs);
+        });
     }
 
     /// Merges every cell and renders the Prometheus text format (version 0.0.4).
@@ -269,11 +390,16 @@ impl Metrics {
         let mut storeh: BTreeMap<String, Histogram> = BTreeMap::new();
         for cell in self.cells.iter() {
             let c = cell.lock().unwrap_or_else(|p| p.into_inner());
-            for (k, v) in &c.requests {
-                *requests.entry(k.clone()).or_default() += v;
-            }
-            for (k, h) in &c.durations {
-                durations.entry(k.clone()).or_default().merge(h);
+            for s in c.requests.values() {
+                for (code, n) in &s.codes {
+                    *requests
+                        .entry((s.labels.rendered().to_string(), *code))
+                        .or_default() += n;
+                }
+                durations
+                    .entry(s.labels.rendered().to_string())
+                    .or_default()
+                    .merge(&s.durations);
             }
             for (k, v) in &c.longrunning {
                 *longrunning.entry(k.clone()).or_default() += v;
@@ -281,8 +407,8 @@ impl Metrics {
             for (k, v) in &c.watchers {
                 *watchers.entry(k.clone()).or_default() += v;
             }
-            for (k, h) in &c.store {
-                storeh.entry(k.clone()).or_default().merge(h);
+            for (k, h) in c.store.values() {
+                storeh.entry(k.to_string()).or_default().merge(h);
             }
         }
         let mut out = String::with_capacity(16 * 1024);
@@ -336,25 +462,35 @@ fn histogram(out: &mut String, name: &str, labels: &str, bounds: &[f64], h: &His
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
 }
 
-/// `resource.group` (or `resource` for core) from a store key
-/// `/registry/<group>/<resource>/...`; keys outside `/registry/` give `other`.
-fn store_type(key: &[u8]) -> String {
+/// Appends `resource.group` (or `resource` for core) from a store key
+/// `/registry/<group>/<resource>/...`, escaped; keys outside `/registry/` give `other`.
+fn push_store_type(out: &mut String, key: &[u8]) {
     let Some(rest) = key.strip_prefix(b"/registry/") else {
-        return "other".into();
+        out.push_str("other");
+        return;
     };
     let mut it = rest.split(|b| *b == b'/');
     let (Some(g), Some(r)) = (it.next(), it.next()) else {
-        return "other".into();
+        out.push_str("other");
+        return;
     };
-    let (g, r) = (String::from_utf8_lossy(g), String::from_utf8_lossy(r));
     if r.is_empty() {
-        return "other".into();
+        out.push_str("other");
+        return;
     }
-    if g == "core" {
-        r.into_owned()
-    } else {
-        format!("{r}.{g}")
+    let (g, r) = (String::from_utf8_lossy(g), String::from_utf8_lossy(r));
+    push_escaped(out, &r);
+    if g != "core" {
+        out.push('.');
+        push_escaped(out, &g);
     }
+}
+
+#[cfg(test)]
+fn store_type(key: &[u8]) -> String {
+    let mut s = String::new();
+    push_store_type(&mut s, key);
+    s
 }
 
 /// A [`Backend`] that times every call of the backend it wraps into
@@ -399,8 +535,14 @@ impl Backend for MeteredBackend {
     ) -> Result<store::RawList, StoreError> {
         let t = Instant::now();
         let key = req.key.clone();
+        // A single key read through `list_raw` is a GET that skips the metadata copy.
+        let op = if req.range_end == store::RangeEnd::Single {
+            "get"
+        } else {
+            "list"
+        };
         let r = self.inner.list_raw(req, filter).await;
-        self.done("list", &key, t);
+        self.done(op, &key, t);
         r
     }
 

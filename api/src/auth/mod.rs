@@ -182,8 +182,18 @@ impl Authenticator {
         cert_user: Option<&UserInfo>,
         authorization: Option<&[u8]>,
     ) -> Result<UserInfo, ApiError> {
+        self.authenticate_ref(cert_user, authorization).cloned()
+    }
+
+    /// [`Authenticator::authenticate`] without copying the user out: the request path
+    /// borrows it from the connection, the token table or a shared constant.
+    pub fn authenticate_ref<'a>(
+        &'a self,
+        cert_user: Option<&'a UserInfo>,
+        authorization: Option<&[u8]>,
+    ) -> Result<&'a UserInfo, ApiError> {
         if let Some(u) = cert_user {
-            return Ok(u.clone());
+            return Ok(u);
         }
         if let Some(h) = authorization {
             let h = std::str::from_utf8(h).map_err(|_| ApiError::unauthorized())?;
@@ -192,17 +202,24 @@ impl Authenticator {
                 .or_else(|| h.strip_prefix("bearer "))
                 .map(str::trim);
             return match token.and_then(|t| self.tokens.get(t)) {
-                Some(u) => Ok(u.clone()),
+                Some(u) => Ok(u),
                 None => Err(ApiError::unauthorized()),
             };
         }
         if self.anonymous {
-            Ok(UserInfo::anonymous())
+            Ok(&ANONYMOUS)
         } else {
             Err(ApiError::unauthorized())
         }
     }
 }
+
+/// The anonymous user, shared by every request that has it.
+static ANONYMOUS: std::sync::LazyLock<UserInfo> = std::sync::LazyLock::new(UserInfo::anonymous);
+
+/// The unsecured admin, shared by every plain-HTTP request.
+pub(crate) static UNSECURED_ADMIN: std::sync::LazyLock<UserInfo> =
+    std::sync::LazyLock::new(UserInfo::unsecured_admin);
 
 #[cfg(test)]
 mod tests {

@@ -169,27 +169,29 @@ pub(crate) fn check_segment(s: &str) -> Result<(), ApiError> {
 
 /// Serve a whole request; never fails (errors become Status answers).
 pub(crate) async fn handle(
-    app: Arc<App>,
-    conn: Arc<ConnInfo>,
+    app: &Arc<App>,
+    conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // A shared handle on the request's URI (no copy), for the labels of non-resource paths.
+    let uri = req.uri().clone();
     let gzip_ok = accepts_gzip(req.headers());
     let mut labels = None;
-    let mut resp = match route(&app, &conn, req, &mut labels).await {
+    let mut resp = match route(app, conn, req, &mut labels).await {
         Ok(r) => r,
         Err(e) => body::error(&e),
     };
     if gzip_ok {
         resp = maybe_gzip(resp);
     }
-    let labels = labels
-        .unwrap_or_else(|| crate::metrics::RequestLabels::non_resource(method.as_str(), &path));
+    let labels = labels.unwrap_or_else(|| {
+        crate::metrics::RequestLabels::non_resource(method.as_str(), uri.path())
+    });
     app.metrics
         .observe_request(&labels, resp.status().as_u16(), started.elapsed());
-    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    tracing::debug!(%method, path = uri.path(), status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     resp
 }
 
@@ -273,26 +275,26 @@ async fn route(
     req: Request<Incoming>,
     labels: &mut Option<crate::metrics::RequestLabels>,
 ) -> Result<Response<Body>, ApiError> {
-    let user = if conn.secure {
-        app.auth.authenticate(
+    // Borrowed, not copied: from the connection, the token table or a shared constant.
+    let user: &UserInfo = if conn.secure {
+        app.auth.authenticate_ref(
             conn.cert_user.as_ref(),
             req.headers()
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes),
         )?
     } else {
-        UserInfo::unsecured_admin()
+        &crate::auth::UNSECURED_ADMIN
     };
-    let path = req.uri().path().to_string();
-    let query = Query::parse(req.uri().query())?;
+    // Shared handles (reference counts, no copies) that outlive moving `req` below.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    let query = Query::parse(uri.query())?;
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    let accept = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let accept_header = req.headers().get(header::ACCEPT).cloned();
+    let accept = accept_header.as_ref().and_then(|v| v.to_str().ok());
 
-    match path.as_str() {
+    match path {
         "/version" | "/version/" if get => return Ok(body::json(StatusCode::OK, version_body())),
         "/healthz" | "/livez" | "/readyz" | "/healthz/" | "/livez/" | "/readyz/" if get => {
             return Ok(body::response(
@@ -307,8 +309,8 @@ async fn route(
             } else {
                 Scope::Core
             };
-            let format = discovery::negotiate(accept.as_deref())
-                .ok_or_else(|| ApiError::not_acceptable(accept.as_deref().unwrap_or("")))?;
+            let format = discovery::negotiate(accept)
+                .ok_or_else(|| ApiError::not_acceptable(accept.unwrap_or("")))?;
             let (ct, bytes) = app.discovery().root(scope, format);
             return Ok(body::response(StatusCode::OK, ct, bytes));
         }
@@ -322,7 +324,7 @@ async fn route(
         "/openapi/v2" | "/swagger-2.0.0.pb-v1" if get => {
             // Only the protobuf form is served: the clients that read v2 (kubectl <= 1.29,
             // client-go's OpenAPISchema) ask for it and nothing else.
-            let accept = accept.as_deref().unwrap_or("");
+            let accept = accept.unwrap_or("");
             if !path.ends_with("pb-v1") && !accept.contains("protobuf") {
                 return Err(ApiError::not_acceptable(accept));
             }
@@ -366,12 +368,21 @@ async fn route(
     }
 
     // Resource paths.
-    let segs: Vec<String> = path
+    // Segments are decoded only when they hold an escape (rarely): no copy otherwise.
+    let segs: Vec<std::borrow::Cow<'_, str>> = path
         .split('/')
         .skip(1)
-        .map(|s| percent_decode(s, false).ok_or_else(|| ApiError::bad_request("malformed path")))
+        .map(|s| {
+            if s.contains('%') {
+                percent_decode(s, false)
+                    .map(std::borrow::Cow::Owned)
+                    .ok_or_else(|| ApiError::bad_request("malformed path"))
+            } else {
+                Ok(std::borrow::Cow::Borrowed(s))
+            }
+        })
         .collect::<Result<_, _>>()?;
-    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let segs: Vec<&str> = segs.iter().map(|s| &**s).collect();
     let segs: &[&str] = match segs.last() {
         Some(&"") => &segs[..segs.len() - 1],
         _ => &segs[..],
@@ -408,7 +419,7 @@ async fn route(
     if proxy::is_streaming(&target) {
         return proxy::serve(app, target, query, req).await;
     }
-    objects::serve(app, &user, target, query, req).await
+    objects::serve(app, user, target, query, req).await
 }
 
 /// The TLS client configuration towards kubelets, from the PKI.
@@ -458,12 +469,20 @@ fn request_labels(t: &Target, q: &Query, req: &Request<Incoming>) -> crate::metr
 }
 
 fn parse_target(app: &App, group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
-    let reg = app.registry();
+    // Under the read lock rather than through `App::registry`: no clone of the shared `Arc`.
+    let reg = app
+        .registry
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let lookup = |r: &str| reg.lookup(group, version, r).cloned();
-    let t = match rest {
-        ["namespaces", ns, r, tail @ ..] if lookup(r).is_some_and(|d| d.namespaced) => {
+    // The resource after `namespaces/{ns}/`, looked up once.
+    let namespaced = match rest {
+        ["namespaces", _, r, ..] => lookup(r).filter(|d| d.namespaced),
+        _ => None,
+    };
+    let t = match (rest, namespaced) {
+        (["namespaces", ns, _, tail @ ..], Some(def)) => {
             check_segment(ns)?;
-            let def = lookup(r).ok_or_else(ApiError::path_not_found)?;
             match tail {
                 [] => Target {
                     def,
@@ -486,7 +505,7 @@ fn parse_target(app: &App, group: &str, version: &str, rest: &[&str]) -> Result<
                 _ => return Err(ApiError::path_not_found()),
             }
         }
-        [r, tail @ ..] => {
+        ([r, tail @ ..], _) => {
             let def = lookup(r).ok_or_else(ApiError::path_not_found)?;
             match tail {
                 [] => Target {
@@ -510,7 +529,7 @@ fn parse_target(app: &App, group: &str, version: &str, rest: &[&str]) -> Result<
                 _ => return Err(ApiError::path_not_found()),
             }
         }
-        [] => return Err(ApiError::path_not_found()),
+        ([], _) => return Err(ApiError::path_not_found()),
     };
     if let Some(n) = &t.name {
         check_segment(n)?;

@@ -49,21 +49,36 @@ pub(crate) fn negotiate_output(headers: &HeaderMap) -> Result<Output, ApiError> 
     let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
         return Ok(Output::Json);
     };
+    // The common case, without looking further.
+    if accept == "application/json" {
+        return Ok(Output::Json);
+    }
     let mut json_ok = accept.trim().is_empty();
+    let media_is =
+        |media: &str, names: &[&str]| names.iter().any(|n| media.eq_ignore_ascii_case(n));
     for entry in accept.split(',') {
         let mut parts = entry.split(';').map(str::trim);
-        let media = parts.next().unwrap_or("").to_ascii_lowercase();
-        let params: Vec<&str> = parts.collect();
-        let is_table = params.iter().any(|p| p.replace(' ', "") == "as=Table");
-        if is_table && (media == "application/json" || media == "*/*") {
+        let media = parts.next().unwrap_or("");
+        let (mut is_table, mut has_as) = (false, false);
+        for p in parts {
+            is_table |= p.chars().filter(|c| *c != ' ').eq("as=Table".chars());
+            has_as |= p.starts_with("as=");
+        }
+        if is_table && media_is(media, &["application/json", "*/*"]) {
             return Ok(Output::Table);
         }
-        if params.iter().any(|p| p.starts_with("as=")) {
+        if has_as {
             continue;
         }
-        if matches!(
-            media.as_str(),
-            "application/json" | "*/*" | "application/*" | "application/yaml" | ""
+        if media_is(
+            media,
+            &[
+                "application/json",
+                "*/*",
+                "application/*",
+                "application/yaml",
+                "",
+            ],
         ) {
             json_ok = true;
         }
@@ -309,7 +324,8 @@ pub(super) async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let def = t.def.clone();
+    // Borrowed: cloning the `Arc` would bounce its shared count between the acceptor cores.
+    let def: &ResourceDef = &t.def;
     let verb_ok = |v: &str| {
         if def.has_verb(v) {
             Ok(())
@@ -402,6 +418,19 @@ async fn get(
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
     let output = negotiate_output(headers)?;
+    if output == Output::Json {
+        // The stored bytes only: a raw read copies none of the envelope's metadata (uid,
+        // names, labels, fields) that `Backend::get` would clone out for nothing.
+        let page = app
+            .backend
+            .list_raw(
+                RangeRequest::single(t.key()),
+                &store::WatchFilter::default(),
+            )
+            .await?;
+        let item = page.items.into_iter().next().ok_or_else(|| not_found(t))?;
+        return Ok(object_response(StatusCode::OK, item.raw, &[]));
+    }
     let kv = app
         .backend
         .get(t.key())

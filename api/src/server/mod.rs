@@ -615,11 +615,15 @@ async fn serve_conn<I>(app: Arc<App>, io: I, info: ConnInfo, mut stop: watch::Re
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let info = Arc::new(info);
+    // One handle per connection: a request clones only this connection's reference count,
+    // not the `App`'s, which every acceptor thread would otherwise bounce between cores.
+    let conn_ctx = Arc::new((app, info));
     let svc = hyper::service::service_fn(move |req| {
-        let app = app.clone();
-        let info = info.clone();
-        async move { Ok::<_, std::convert::Infallible>(crate::rest::handle(app, info, req).await) }
+        let ctx = conn_ctx.clone();
+        async move {
+            let (app, info) = &*ctx;
+            Ok::<_, std::convert::Infallible>(crate::rest::handle(app, info, req).await)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
