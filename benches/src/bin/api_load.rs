@@ -16,22 +16,57 @@
 //! `API_BIND_RATE` (paced binds in the watch phase, 2000/s),
 //! `API_ONLY` (a comma list of the phases to run after the creates: `get,list,watch`; all by
 //! default), `API_PAUSE_SECS` (a pause before each phase, so a profiler can be attached).
+//! `API_PACE_US` (the paced phases' send step, 100 us: requests due within a step leave
+//! together), `API_CLIENT_THREADS` (the load generator's tokio workers, 2), `API_CONNS` (HTTP/2
+//! connections for the requests, 8).
 //! Every phase is bounded in count and time.
+//!
+//! The load generator shares the cores with the server, so it is kept cheap: request URIs
+//! are built once (a clone is a reference count), headers are static, the allocator is
+//! mimalloc, and the paced phases are driven by a pacing thread that wakes every
+//! `API_PACE_US` rather than by tokio's 1 ms timer (which released 50 requests at a time at
+//! 50,000/s and charged up to 1 ms of the client's own lag to each request's latency, which
+//! is counted from its scheduled send time).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use kubeshard_benches::server_proc::{
     BoxError, cpu_secs, env_or, kubeshard_bin, quantile, rss_kib, start_server,
 };
 use parking_lot::Mutex;
 
-type Sender = SendRequest<Full<Bytes>>;
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The client side of one HTTP/2 connection, driven through the `h2` crate directly: a
+/// request is sent and its response read by the task that wants it, where hyper's client adds
+/// a channel to the connection task and a spawned task per request.
+type Sender = h2::client::SendRequest<Bytes>;
+
+/// One request of a phase: built by the phase's `make(i)`.
+struct Req {
+    method: hyper::Method,
+    uri: hyper::Uri,
+    body: Bytes,
+}
+
+/// The absolute URI of `path` on the server (the port is in the connection, not the URI).
+fn uri(path: &str) -> hyper::Uri {
+    hyper::Uri::try_from(format!("http://127.0.0.1{path}")).unwrap_or_default()
+}
+
+impl Req {
+    fn new(method: hyper::Method, path: &str, body: Bytes) -> Self {
+        Self {
+            method,
+            uri: uri(path),
+            body,
+        }
+    }
+}
 
 /// Most requests in flight at once in any phase (bounds the client's memory).
 const MAX_IN_FLIGHT: usize = 4096;
@@ -50,13 +85,15 @@ impl Pool {
         for _ in 0..conns {
             let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
             tcp.set_nodelay(true)?;
-            let (s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .initial_stream_window_size(8 << 20)
+            let (s, conn) = h2::client::Builder::new()
+                .initial_window_size(8 << 20)
                 .initial_connection_window_size(32 << 20)
                 .max_concurrent_reset_streams(1024)
-                .handshake(TokioIo::new(tcp))
+                .handshake::<_, Bytes>(tcp)
                 .await?;
-            tokio::spawn(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
             senders.push(s);
         }
         Ok(Pool {
@@ -71,44 +108,65 @@ impl Pool {
     }
 }
 
+/// Sends `r` (JSON body if any, JSON accepted) and returns the response head and body stream.
+async fn send(s: &mut Sender, r: Req) -> Result<hyper::Response<h2::RecvStream>, BoxError> {
+    use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+    let json = HeaderValue::from_static("application/json");
+    let mut req = hyper::Request::new(());
+    *req.method_mut() = r.method;
+    *req.uri_mut() = r.uri;
+    let h = req.headers_mut();
+    if !r.body.is_empty() {
+        h.insert(CONTENT_TYPE, json.clone());
+    }
+    h.insert(ACCEPT, json);
+    futures::future::poll_fn(|cx| s.poll_ready(cx)).await?;
+    let (resp, mut body) = s.send_request(req, r.body.is_empty())?;
+    if !r.body.is_empty() {
+        body.send_data(r.body, true)?;
+    }
+    Ok(resp.await?)
+}
+
+/// The next chunk of a response body, its flow-control capacity handed back to the server.
+async fn next_data(body: &mut h2::RecvStream) -> Option<Result<Bytes, h2::Error>> {
+    let d = body.data().await?;
+    if let Ok(d) = &d {
+        let _ = body.flow_control().release_capacity(d.len());
+    }
+    Some(d)
+}
+
 /// Sends one request and reads the whole body: (status, body bytes).
-async fn request(
-    mut s: Sender,
-    method: &str,
-    path: &str,
-    body: Bytes,
-) -> Result<(u16, Bytes), BoxError> {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(format!("http://127.0.0.1{path}"))
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .body(Full::new(body))?;
-    s.ready().await?;
-    let resp = s.send_request(req).await?;
+async fn request(s: &mut Sender, r: Req) -> Result<(u16, Bytes), BoxError> {
+    let resp = send(s, r).await?;
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((status, bytes))
+    let mut body = resp.into_body();
+    let mut out = Bytes::new();
+    while let Some(d) = next_data(&mut body).await {
+        let d = d?;
+        out = if out.is_empty() {
+            d
+        } else {
+            let mut v = Vec::with_capacity(out.len() + d.len());
+            v.extend_from_slice(&out);
+            v.extend_from_slice(&d);
+            Bytes::from(v)
+        };
+    }
+    Ok((status, out))
 }
 
 /// Sends a GET and reads the body frame by frame, counting bytes without keeping them: the
 /// full LIST's figure is then the server's and the transfer's, not the load generator
 /// assembling a 200 MB buffer on the same cores.
 async fn get_counted(mut s: Sender, path: &str) -> Result<(u16, usize), BoxError> {
-    let req = hyper::Request::builder()
-        .method("GET")
-        .uri(format!("http://127.0.0.1{path}"))
-        .header("accept", "application/json")
-        .body(Full::new(Bytes::new()))?;
-    s.ready().await?;
-    let resp = s.send_request(req).await?;
+    let resp = send(&mut s, Req::new(hyper::Method::GET, path, Bytes::new())).await?;
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
     let mut n = 0usize;
-    while let Some(frame) = body.frame().await {
-        if let Ok(d) = frame?.into_data() {
-            n += d.len();
-        }
+    while let Some(d) = next_data(&mut body).await {
+        n += d?.len();
     }
     Ok((status, n))
 }
@@ -134,16 +192,17 @@ async fn run_closed<F>(
     make: F,
 ) -> (Vec<Duration>, Duration, u64)
 where
-    F: Fn(usize) -> (&'static str, String, Bytes) + Send + Sync + 'static,
+    F: Fn(usize) -> Req + Send + Sync + 'static,
 {
     let make = Arc::new(make);
     let next = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..in_flight.clamp(1, MAX_IN_FLIGHT) {
-        let (pool, make, next, failures) =
-            (pool.clone(), make.clone(), next.clone(), failures.clone());
+    for k in 0..in_flight.clamp(1, MAX_IN_FLIGHT) {
+        let (make, next, failures) = (make.clone(), next.clone(), failures.clone());
+        // Each task keeps to one connection: no shared round-robin counter per request.
+        let mut sender = pool.senders[k % pool.senders.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -151,9 +210,9 @@ where
                 if i >= total || t0.elapsed() > deadline {
                     break;
                 }
-                let (method, path, body) = make(i);
+                let r = make(i);
                 let start = Instant::now();
-                match request(pool.sender(), method, &path, body).await {
+                match request(&mut sender, r).await {
                     Ok((code, _)) if (200..300).contains(&code) => lat.push(start.elapsed()),
                     _ => {
                         failures.fetch_add(1, Ordering::Relaxed);
@@ -208,56 +267,90 @@ fn report(label: &str, lat: &mut [Duration], wall: Duration, failures: u64) {
 
 /// `total` requests built by `make(i)`, paced at `rate` per second; latency is measured from
 /// each request's scheduled send time (so a stalled server is charged for the queue it
-/// causes). Returns the latencies of the 2xx answers, the failures, and the requests not sent
-/// because the client's in-flight bound was full.
-async fn run_paced<F>(pool: &Arc<Pool>, total: u64, rate: u64, make: F) -> (Vec<Duration>, u64, u64)
+/// causes, and so is the client's own lag). Returns the latencies of the 2xx answers, the
+/// failures, and the requests not sent because the client's in-flight bound was full.
+///
+/// A pacing thread wakes every `step` and hands the requests due by then to the runtime
+/// as one task, which starts one task per request.
+async fn run_paced<F>(
+    pool: &Arc<Pool>,
+    total: u64,
+    rate: u64,
+    step: Duration,
+    make: F,
+) -> (Vec<Duration>, u64, u64)
 where
-    F: Fn(usize) -> (&'static str, String, Bytes),
+    F: Fn(usize) -> Req + Send + Sync + 'static,
 {
-    let secs = total.div_ceil(rate.max(1));
+    let rate = rate.max(1);
+    let secs = total.div_ceil(rate);
     let sem = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let lat = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
     let failures = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
-    let t0 = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    let mut sent = 0u64;
-    let mut handles = Vec::new();
-    while sent < total && t0.elapsed() < Duration::from_secs(secs + 5) {
-        tick.tick().await;
-        // Requests due by now, at the paced rate.
-        let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-        while sent < due {
-            let scheduled = t0 + Duration::from_secs_f64(sent as f64 / rate as f64);
-            let (method, path, body) = make(sent as usize);
-            sent += 1;
-            let Ok(permit) = sem.clone().try_acquire_owned() else {
-                // The client's in-flight bound is full: the server is not keeping up.
-                dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let (pool, lat, failures) = (pool.clone(), lat.clone(), failures.clone());
-            handles.push(tokio::spawn(async move {
-                match request(pool.sender(), method, &path, body).await {
-                    Ok((code, _)) if (200..300).contains(&code) => {
-                        lat.lock().push(scheduled.elapsed())
-                    }
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
+    let handle = tokio::runtime::Handle::current();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let pacer = {
+        let (pool, sem, lat, failures, dropped) = (
+            pool.clone(),
+            sem.clone(),
+            lat.clone(),
+            failures.clone(),
+            dropped.clone(),
+        );
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let limit = Duration::from_secs(secs + 5);
+            let mut sent = 0u64;
+            let mut next = t0;
+            while sent < total && t0.elapsed() < limit {
+                next += step;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                // Requests due by now, at the paced rate.
+                let due = ((t0.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+                let mut batch = Vec::with_capacity((due - sent.min(due)) as usize);
+                while sent < due {
+                    let scheduled = t0 + Duration::from_secs_f64(sent as f64 / rate as f64);
+                    let r = make(sent as usize);
+                    sent += 1;
+                    match sem.clone().try_acquire_owned() {
+                        Ok(permit) => batch.push((scheduled, r, permit)),
+                        // The client's in-flight bound is full: the server is not keeping up.
+                        Err(_) => {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
-                drop(permit);
-            }));
-            if handles.len() >= 65_536 {
-                for h in handles.drain(..) {
-                    let _ = h.await;
+                if batch.is_empty() {
+                    continue;
                 }
+                let (pool, lat, failures) = (pool.clone(), lat.clone(), failures.clone());
+                handle.spawn(async move {
+                    for (scheduled, r, permit) in batch {
+                        let (pool, lat, failures) = (pool.clone(), lat.clone(), failures.clone());
+                        tokio::spawn(async move {
+                            match request(&mut pool.sender(), r).await {
+                                Ok((code, _)) if (200..300).contains(&code) => {
+                                    lat.lock().push(scheduled.elapsed())
+                                }
+                                _ => {
+                                    failures.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            drop(permit);
+                        });
+                    }
+                });
             }
-        }
-    }
-    for h in handles {
-        let _ = h.await;
-    }
+            let _ = done_tx.send(());
+        })
+    };
+    let _ = done_rx.await;
+    let _ = pacer.join();
+    // Every request holds a permit until it is answered: taking them all waits for the last.
+    let _ = sem.acquire_many(MAX_IN_FLIGHT as u32).await;
     let v = std::mem::take(&mut *lat.lock());
     (
         v,
@@ -291,14 +384,8 @@ async fn watch_one(
     let path = format!(
         "/api/v1/namespaces/watch/pods?watch=true&fieldSelector=spec.nodeName%3Dnode-{node}&resourceVersion={rv}"
     );
-    let req = hyper::Request::builder()
-        .method("GET")
-        .uri(format!("http://127.0.0.1{path}"))
-        .header("accept", "application/json")
-        .body(Full::new(Bytes::new()))?;
     let mut s = sender;
-    s.ready().await?;
-    let resp = s.send_request(req).await?;
+    let resp = send(&mut s, Req::new(hyper::Method::GET, &path, Bytes::new())).await?;
     if resp.status() != 200 {
         return Err(format!("watch status {}", resp.status()).into());
     }
@@ -314,14 +401,11 @@ async fn watch_one(
         if left.is_zero() {
             break;
         }
-        let frame = match tokio::time::timeout(left, body.frame()).await {
-            Ok(Some(f)) => f?,
+        let data = match tokio::time::timeout(left, next_data(&mut body)).await {
+            Ok(Some(d)) => d?,
             Ok(None) => break,
             // Look at the deadline again: it moves in once the binds are done.
             Err(_) => continue,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
         };
         buf.extend_from_slice(&data);
         while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
@@ -355,6 +439,9 @@ fn main() -> Result<(), BoxError> {
     let bind_rate: u64 = env_or("API_BIND_RATE", 2_000);
     let only: String = env_or("API_ONLY", "get,list,watch".to_string());
     let pause = Duration::from_secs(env_or("API_PAUSE_SECS", 0));
+    let pace_step = Duration::from_micros(env_or("API_PACE_US", 100));
+    let client_threads: usize = env_or("API_CLIENT_THREADS", 2);
+    let conns: usize = env_or("API_CONNS", 8);
     let phase = move |name: &str| {
         let on = only.split(',').any(|p| p.trim() == name);
         if on && !pause.is_zero() {
@@ -369,14 +456,14 @@ fn main() -> Result<(), BoxError> {
     let port = server.insecure_port.ok_or("no plain port")?;
     let pid = server.proc.id();
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(client_threads.max(1))
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let pool = Arc::new(Pool::connect(port, 8).await?);
+        let pool = Arc::new(Pool::connect(port, conns.max(1)).await?);
         for ns in ["load", "watch"] {
             let body = Bytes::from(format!(r#"{{"metadata":{{"name":"{ns}"}}}}"#));
-            let (code, _) = request(pool.sender(), "POST", "/api/v1/namespaces", body).await?;
+            let (code, _) = request(&mut pool.sender(), Req::new(hyper::Method::POST, "/api/v1/namespaces", body)).await?;
             if code != 201 {
                 return Err(format!("create namespace {ns}: {code}").into());
             }
@@ -387,9 +474,9 @@ fn main() -> Result<(), BoxError> {
         // 1. Create throughput (and the data set of every later phase).
         let cpu = cpu_secs(pid);
         let (mut lat, wall, failed) = run_closed(&pool, pods, 256, Duration::from_secs(600), |i| {
-            (
-                "POST",
-                "/api/v1/namespaces/load/pods".to_string(),
+            Req::new(
+                hyper::Method::POST,
+                "/api/v1/namespaces/load/pods",
                 pod_body("load", &format!("pod-{i}"), Some(&format!("node-{}", i % 5000))),
             )
         })
@@ -410,13 +497,26 @@ fn main() -> Result<(), BoxError> {
 
         // 2. Single-object GET, closed loop at two concurrencies, then paced.
         let run_get = phase("get");
+        // Every GET's URI, built once: a request clones one (a reference count).
+        let get_uris: Arc<Vec<hyper::Uri>> = Arc::new(if run_get {
+            (0..pods)
+                .map(|i| uri(&format!("/api/v1/namespaces/load/pods/pod-{i}")))
+                .collect()
+        } else {
+            Vec::new()
+        });
+        let get_req = {
+            let uris = get_uris.clone();
+            move |i: usize| Req {
+                method: hyper::Method::GET,
+                uri: uris[(i * 7919) % uris.len()].clone(),
+                body: Bytes::new(),
+            }
+        };
         for in_flight in [1usize, 64, 512].into_iter().filter(|_| run_get) {
             let cpu = cpu_secs(pid);
             let (mut lat, wall, failed) =
-                run_closed(&pool, usize::MAX, in_flight, Duration::from_secs(secs), move |i| {
-                    let i = (i * 7919) % pods;
-                    ("GET", format!("/api/v1/namespaces/load/pods/pod-{i}"), Bytes::new())
-                })
+                run_closed(&pool, usize::MAX, in_flight, Duration::from_secs(secs), get_req.clone())
                 .await;
             report(&format!("GET one pod ({in_flight} in flight)"), &mut lat, wall, failed);
             println!(
@@ -426,11 +526,10 @@ fn main() -> Result<(), BoxError> {
             );
         }
         if run_get {
-        let (mut lat, failed, dropped) = run_paced(&pool, rate * secs, rate, |i| {
-            let i = (i * 7919) % pods;
-            ("GET", format!("/api/v1/namespaces/load/pods/pod-{i}"), Bytes::new())
-        })
-        .await;
+        let cpu = cpu_secs(pid);
+        let (mut lat, failed, dropped) =
+            run_paced(&pool, rate * secs, rate, pace_step, get_req.clone()).await;
+        let server_cpu = cpu_secs(pid) - cpu;
         let n = lat.len();
         println!(
             "GET one pod paced at {rate}/s for {secs} s: {n} ok ({:.0}/s), {failed} failed, {dropped} not sent (client bound full); from scheduled time p50 {:.3} ms, p99 {:.3} ms",
@@ -438,7 +537,13 @@ fn main() -> Result<(), BoxError> {
             ms(quantile(&mut lat, 0.5)),
             ms(quantile(&mut lat, 0.99))
         );
-
+        println!(
+            "  p99.9 {:.3} ms, max {:.3} ms; server CPU {:.2} s = {:.1} us per GET",
+            ms(quantile(&mut lat, 0.999)),
+            ms(lat.iter().max().copied().unwrap_or_default()),
+            server_cpu,
+            server_cpu * 1e6 / n.max(1) as f64
+        );
         }
 
         if phase("list") {
@@ -474,7 +579,8 @@ fn main() -> Result<(), BoxError> {
                 } else {
                     format!("/api/v1/namespaces/load/pods?limit=500&continue={cont}")
                 };
-                let (code, body) = request(pool.sender(), "GET", &path, Bytes::new()).await?;
+                let (code, body) =
+                    request(&mut pool.sender(), Req::new(hyper::Method::GET, &path, Bytes::new())).await?;
                 if code != 200 {
                     return Err(format!("paged list: {code}").into());
                 }
@@ -497,8 +603,11 @@ fn main() -> Result<(), BoxError> {
         // 4. Watch fan-out: one watcher per node, each filtered to its node's pods; one pod
         //    bound to each node; bind-to-delivery delay.
         let (code, body) =
-            request(pool.sender(), "GET", "/api/v1/namespaces/watch/pods?limit=1", Bytes::new())
-                .await?;
+            request(
+                &mut pool.sender(),
+                Req::new(hyper::Method::GET, "/api/v1/namespaces/watch/pods?limit=1", Bytes::new()),
+            )
+            .await?;
         if code != 200 {
             return Err(format!("list for rv: {code}").into());
         }
@@ -533,9 +642,9 @@ fn main() -> Result<(), BoxError> {
             rss_kib(pid) as f64 / 1024.0
         );
         let (_, wall, failed) = run_closed(&pool, watchers, 256, Duration::from_secs(300), |i| {
-            (
-                "POST",
-                "/api/v1/namespaces/watch/pods".to_string(),
+            Req::new(
+                hyper::Method::POST,
+                "/api/v1/namespaces/watch/pods",
                 pod_body("watch", &format!("wpod-{i}"), None),
             )
         })
@@ -548,11 +657,11 @@ fn main() -> Result<(), BoxError> {
         // counted from the bind's scheduled send time, so it holds the bind's own latency
         // but not a closed-loop client's queueing.
         let (_, bind_failed, bind_dropped) =
-            run_paced(&pool, watchers as u64, bind_rate, move |i| {
+            run_paced(&pool, watchers as u64, bind_rate, pace_step, move |i| {
                 sent.sent_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                (
-                    "POST",
-                    format!("/api/v1/namespaces/watch/pods/wpod-{i}/binding"),
+                Req::new(
+                    hyper::Method::POST,
+                    &format!("/api/v1/namespaces/watch/pods/wpod-{i}/binding"),
                     Bytes::from(format!(
                         r#"{{"apiVersion":"v1","kind":"Binding","metadata":{{"name":"wpod-{i}"}},"target":{{"kind":"Node","name":"node-{i}"}}}}"#
                     )),
