@@ -718,6 +718,62 @@ mod tests {
     }
 
     #[test]
+    fn label_sets_built_on_different_threads_are_one_series() {
+        let m = Arc::new(Metrics::new());
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for _ in 0..10 {
+                        // Built per request, as the request path does.
+                        let l = RequestLabels::resource(
+                            "LIST",
+                            "example.com",
+                            "v1",
+                            "widgets",
+                            "",
+                            "Widget",
+                            "cluster",
+                        );
+                        m.observe_request(&l, 200, Duration::from_millis(1));
+                    }
+                });
+            }
+        });
+        let t = m.render();
+        let series = r#"apiserver_request_total{verb="LIST",group="example.com",version="v1",resource="widgets",subresource="",scope="cluster",code="200"}"#;
+        assert_eq!(value(&t, series), Some(30.0), "{t}");
+        assert_eq!(t.matches("resource=\"widgets\"").count(), 1 + 23 + 3, "{t}");
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_paths_collapsed() {
+        let m = Metrics::new();
+        let odd = RequestLabels::resource("GET", "a\"b", "v1", "x\ny", "", "K", "resource");
+        m.observe_request(&odd, 404, Duration::from_millis(1));
+        let other = RequestLabels::non_resource("GET", "/openapi/v3/apis/apps/v1");
+        m.observe_request(&other, 200, Duration::from_millis(1));
+        m.observe_store(
+            "get",
+            b"/registry/apps/deployments/ns/d",
+            Duration::from_micros(50),
+        );
+        let t = m.render();
+        assert!(
+            t.contains(r#"apiserver_request_total{verb="GET",group="a\"b",version="v1",resource="x\ny",subresource="",scope="resource",code="404"} 1"#),
+            "{t}"
+        );
+        assert!(t.contains(r#"path="/openapi/*",code="200"} 1"#), "{t}");
+        assert_eq!(
+            value(
+                &t,
+                r#"etcd_request_duration_seconds_count{operation="get",type="deployments.apps"}"#
+            ),
+            Some(1.0),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn store_types_from_keys() {
         assert_eq!(store_type(b"/registry/core/pods/default/p"), "pods");
         assert_eq!(

@@ -343,7 +343,7 @@ pub(super) async fn dispatch(
                 list(app, &t, &q, &headers).await
             }
         }
-        (&Method::POST, false, None) if is_review(&def) => {
+        (&Method::POST, false, None) if is_review(def) => {
             verb_ok("create")?;
             review(app, user, &t, &q, &headers, &body)
         }
@@ -374,7 +374,7 @@ pub(super) async fn dispatch(
         (&Method::GET, true, Some("status")) => get(app, &t, &q, &headers).await,
         (&Method::GET, true, Some("scale")) => {
             let (_, obj) = read_object(app, &t).await?;
-            value_response(StatusCode::OK, &registry::scale_of(&def, &obj)?, &[])
+            value_response(StatusCode::OK, &registry::scale_of(def, &obj)?, &[])
         }
         (&Method::POST, true, Some("binding")) => binding(app, &t, &q, &headers, &body).await,
         (&Method::POST, true, Some("eviction")) if def.plural == "pods" && def.group.is_empty() => {
