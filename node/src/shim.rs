@@ -47,6 +47,9 @@ pub fn run_if_requested() {
     if args.get(1).map(String::as_str) != Some(SHIM_ARG) {
         return;
     }
+    // The kubeshard binary turns transparent huge pages off for itself (see its `main`); the
+    // flag survives fork and exec, and a pod's processes must see the machine's own setting.
+    let _ = nix::sys::prctl::set_thp_disable(false);
     let code = match (args.get(2).map(String::as_str), args.get(3)) {
         (Some("sandbox"), Some(dir)) => run_sandbox(Path::new(dir)),
         (Some("container"), Some(dir)) => run_container(Path::new(dir)),

@@ -15,6 +15,8 @@ use store::etcd_face;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // As `kubeshard` does (src/main.rs): no transparent huge pages under mimalloc.
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let mut data_dir: Option<PathBuf> = None;
     let mut urls = vec!["http://127.0.0.1:2379".to_string()];
     let mut args = std::env::args().skip(1);
