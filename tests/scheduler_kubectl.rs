@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::TestServer;
+use support::{TestServer, wait_for_every as wait_for};
 
 /// kubectl minor version the tests drive.
 const K: u32 = 33;
@@ -168,21 +168,6 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// Polls `f` every `every` until it returns `Some`, at most `secs` seconds.
-fn wait_for<T>(what: &str, secs: u64, every: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        std::thread::sleep(every);
     }
 }
 

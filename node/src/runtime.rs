@@ -394,6 +394,20 @@ fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Records a started sandbox holder or container (`state.json`): the shim's and the
+/// process's pids with their start times, so a restarted kubelet can tell them from reused pids.
+fn record_started(dir: &Path, shim_pid: u32, pid: i32) -> Result<(), RuntimeError> {
+    let shim_pid = shim_pid as i32;
+    let state = ProcState {
+        shim_pid,
+        shim_start_time: proc_start_time(shim_pid).unwrap_or(0),
+        pid,
+        start_time: proc_start_time(pid).unwrap_or(0),
+        started_at_unix_nanos: now_unix_nanos(),
+    };
+    write_json(&dir.join("state.json"), &state)
+}
+
 /// The pod's /etc/hosts: localhost entries, then the pod IP with the hostname when known.
 fn hosts_file(hostname: &str, pod_ip: Option<&str>) -> String {
     let mut hosts = String::from(
@@ -540,14 +554,7 @@ impl Runtime {
         match self.spawn_shim("sandbox", &dir).await {
             Ok((shim_pid, pid)) => {
                 let _ = holder_cg.add_pid(pid);
-                let state = ProcState {
-                    shim_pid: shim_pid as i32,
-                    shim_start_time: proc_start_time(shim_pid as i32).unwrap_or(0),
-                    pid,
-                    start_time: proc_start_time(pid).unwrap_or(0),
-                    started_at_unix_nanos: now_unix_nanos(),
-                };
-                write_json(&dir.join("state.json"), &state)?;
+                record_started(&dir, shim_pid, pid)?;
                 Ok(id)
             }
             Err(e) => {
@@ -827,15 +834,7 @@ impl Runtime {
             )));
         }
         let (shim_pid, pid) = self.spawn_shim("container", &dir).await?;
-        let state = ProcState {
-            shim_pid: shim_pid as i32,
-            shim_start_time: proc_start_time(shim_pid as i32).unwrap_or(0),
-            pid,
-            start_time: proc_start_time(pid).unwrap_or(0),
-            started_at_unix_nanos: now_unix_nanos(),
-        };
-        write_json(&dir.join("state.json"), &state)?;
-        Ok(())
+        record_started(&dir, shim_pid, pid)
     }
 
     /// The status of a container, from its files (works the same after a kubelet restart).

@@ -8,7 +8,7 @@
 pub mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 pub use support::TestServer;
@@ -155,18 +155,8 @@ pub fn chrono_now() -> String {
 }
 
 /// Polls `f` every 200 ms until it returns `Some`, at most `secs` seconds.
-pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+pub fn wait_for<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+    support::wait_for_every(what, secs, Duration::from_millis(200), f)
 }
 
 /// Whether a pod JSON is Ready.

@@ -7,7 +7,28 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Polls `f` every `every` until it returns `Some`, at most `secs` seconds (then panics,
+/// naming `what`).
+pub fn wait_for_every<T>(
+    what: &str,
+    secs: u64,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(every);
+    }
+}
 
 pub const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";
 
