@@ -3,3 +3,6 @@
 
 #[path = "src/server_proc.rs"]
 pub mod server_proc;
+
+#[path = "src/h2_lean.rs"]
+pub mod h2_lean;

@@ -18,7 +18,8 @@
 //! default), `API_PAUSE_SECS` (a pause before each phase, so a profiler can be attached).
 //! `API_PACE_US` (the paced phases' send step, 100 us: requests due within a step leave
 //! together), `API_CLIENT_THREADS` (the load generator's tokio workers, 2), `API_CONNS` (HTTP/2
-//! connections for the requests, 8).
+//! connections for the requests, 8), `API_LEAN_CONNS` (connections of the lean client's
+//! paced GET cell, 2; 0 skips it).
 //! Every phase is bounded in count and time.
 //!
 //! The load generator shares the cores with the server, so it is kept cheap: request URIs
@@ -33,6 +34,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kubeshard_benches::h2_lean;
 use kubeshard_benches::server_proc::{
     BoxError, cpu_secs, env_or, kubeshard_bin, quantile, rss_kib, start_server,
 };
@@ -442,6 +444,7 @@ fn main() -> Result<(), BoxError> {
     let pace_step = Duration::from_micros(env_or("API_PACE_US", 100));
     let client_threads: usize = env_or("API_CLIENT_THREADS", 2);
     let conns: usize = env_or("API_CONNS", 8);
+    let lean_conns: usize = env_or("API_LEAN_CONNS", 2);
     let phase = move |name: &str| {
         let on = only.split(',').any(|p| p.trim() == name);
         if on && !pause.is_zero() {
@@ -526,7 +529,7 @@ fn main() -> Result<(), BoxError> {
             );
         }
         if run_get {
-        let cpu = cpu_secs(pid);
+        let (cpu, client_cpu) = (cpu_secs(pid), cpu_secs(std::process::id()));
         let (mut lat, failed, dropped) =
             run_paced(&pool, rate * secs, rate, pace_step, get_req.clone()).await;
         let server_cpu = cpu_secs(pid) - cpu;
@@ -538,12 +541,45 @@ fn main() -> Result<(), BoxError> {
             ms(quantile(&mut lat, 0.99))
         );
         println!(
-            "  p99.9 {:.3} ms, max {:.3} ms; server CPU {:.2} s = {:.1} us per GET",
+            "  p99.9 {:.3} ms, max {:.3} ms; server CPU {:.2} s = {:.1} us per GET; client CPU {:.1} us per GET",
             ms(quantile(&mut lat, 0.999)),
             ms(lat.iter().max().copied().unwrap_or_default()),
             server_cpu,
-            server_cpu * 1e6 / n.max(1) as f64
+            server_cpu * 1e6 / n.max(1) as f64,
+            (cpu_secs(std::process::id()) - client_cpu) * 1e6 / n.max(1) as f64
         );
+        }
+        if run_get && lean_conns > 0 {
+            // The same paced cell from the lean HTTP/2 client (benches/src/h2_lean.rs), so
+            // the client's own CPU leaves the server room on the shared cores.
+            let paths: Vec<String> = (0..pods)
+                .map(|i| format!("/api/v1/namespaces/load/pods/pod-{i}"))
+                .collect();
+            let (cpu, client_cpu) = (cpu_secs(pid), cpu_secs(std::process::id()));
+            let out = tokio::task::spawn_blocking(move || {
+                h2_lean::run_paced_gets(port, &paths, lean_conns, rate, rate * secs, pace_step, MAX_IN_FLIGHT)
+            })
+            .await??;
+            let server_cpu = cpu_secs(pid) - cpu;
+            let client_cpu = cpu_secs(std::process::id()) - client_cpu;
+            let mut lat = out.latencies;
+            let n = lat.len();
+            println!(
+                "GET one pod paced at {rate}/s for {secs} s, lean client ({lean_conns} conns): {n} ok ({:.0}/s), {} failed, {} not sent; from scheduled time p50 {:.3} ms, p99 {:.3} ms",
+                n as f64 / secs as f64,
+                out.failures,
+                out.not_sent,
+                ms(quantile(&mut lat, 0.5)),
+                ms(quantile(&mut lat, 0.99))
+            );
+            println!(
+                "  p99.9 {:.3} ms, max {:.3} ms; server CPU {:.2} s = {:.1} us per GET; client CPU {:.1} us per GET",
+                ms(quantile(&mut lat, 0.999)),
+                ms(lat.iter().max().copied().unwrap_or_default()),
+                server_cpu,
+                server_cpu * 1e6 / n.max(1) as f64,
+                client_cpu * 1e6 / n.max(1) as f64
+            );
         }
 
         if phase("list") {
