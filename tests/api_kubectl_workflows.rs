@@ -561,3 +561,105 @@ fn workflows_kubectl_1_30() {
 fn workflows_kubectl_1_33() {
     workflows(33);
 }
+
+fn hpa_v1(target_cpu: u32) -> String {
+    format!(
+        "apiVersion: autoscaling/v1
+kind: HorizontalPodAutoscaler
+metadata:
+  name: h1
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}
+  minReplicas: 1
+  maxReplicas: 5
+  targetCPUUtilizationPercentage: {target_cpu}
+"
+    )
+}
+
+/// Server-side apply records an `Apply` entry (a create included) in the version the
+/// client spoke: an autoscaling/v1 HPA is stored as v2, but its manager's entry names
+/// autoscaling/v1 and v1's field paths, and conflicts are reported in that version.
+#[test]
+fn server_side_apply_records_apply_entries_in_the_request_version() {
+    let k = 33;
+    if !kubectl_path(k).exists() {
+        eprintln!("skipping: kubectl 1.{k} is not installed");
+        return;
+    }
+    let s = TestServer::start(&[]);
+    let ns = "ssa";
+    s.ok(k, &["create", "namespace", ns]);
+    let managed = |what: &str| {
+        let out = s.ok(
+            k,
+            &["get", what, "-n", ns, "--show-managed-fields", "-o", "json"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["metadata"]["managedFields"].clone()
+    };
+    let apply = |doc: &str, extra: &[&str]| {
+        let mut a = vec!["apply", "--server-side", "-n", ns, "-f", "-"];
+        a.extend(extra);
+        s.kubectl_stdin(k, &a, Some(doc))
+    };
+
+    // A create through apply is an Apply entry, not an Update.
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\ndata: {a: '1'}\n";
+    assert!(apply(cm, &[]).status.success());
+    let m = managed("configmap/c1");
+    assert_eq!(m.as_array().map(Vec::len), Some(1), "{m}");
+    assert_eq!(m[0]["manager"], "kubectl", "{m}");
+    assert_eq!(m[0]["operation"], "Apply", "{m}");
+    assert_eq!(m[0]["apiVersion"], "v1", "{m}");
+    assert!(m[0]["fieldsV1"]["f:data"]["f:a"].is_object(), "{m}");
+
+    // An autoscaling/v1 HPA: created, then changed, through apply.
+    assert!(apply(&hpa_v1(60), &[]).status.success());
+    assert!(apply(&hpa_v1(70), &[]).status.success());
+    let m = managed("horizontalpodautoscalers.v1.autoscaling/h1");
+    assert_eq!(m.as_array().map(Vec::len), Some(1), "{m}");
+    assert_eq!(m[0]["operation"], "Apply", "{m}");
+    assert_eq!(m[0]["apiVersion"], "autoscaling/v1", "{m}");
+    assert!(
+        m[0]["fieldsV1"]["f:spec"]["f:targetCPUUtilizationPercentage"].is_object(),
+        "{m}"
+    );
+    assert!(m[0]["fieldsV1"]["f:spec"].get("f:metrics").is_none(), "{m}");
+    // Stored as v2, with the applied value.
+    let v2 = s.ok(
+        k,
+        &[
+            "get",
+            "horizontalpodautoscalers.v2.autoscaling/h1",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.metrics[0].resource.target.averageUtilization}",
+        ],
+    );
+    assert_eq!(v2.trim(), "70");
+
+    // Another manager changing the same field conflicts, named in v1's terms.
+    let out = apply(&hpa_v1(80), &["--field-manager=other"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("autoscaling/v1") && e.contains(".spec.targetCPUUtilizationPercentage"),
+        "{e}"
+    );
+    // With force it takes the field over.
+    assert!(
+        apply(&hpa_v1(80), &["--field-manager=other", "--force-conflicts"])
+            .status
+            .success()
+    );
+    let m = managed("horizontalpodautoscalers.v1.autoscaling/h1");
+    let owner_of_target = m
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["fieldsV1"]["f:spec"]["f:targetCPUUtilizationPercentage"].is_object())
+        .map(|e| e["manager"].clone());
+    assert_eq!(owner_of_target, Some(serde_json::json!("other")), "{m}");
+}

@@ -10,7 +10,9 @@
 //!   back and written as an update guarded by the resourceVersion read (retried a bounded
 //!   number of times when someone else wrote in between, unless the patch named its own
 //!   resourceVersion);
-//! - server-side apply bodies are converted and applied to the stored version;
+//! - server-side apply runs in the served version (its managedFields entry names that
+//!   version and its field paths) on the served view of the stored object, and the result
+//!   is stored converted;
 //! - every response (object, list, Table, watch event) is converted back. Responses are
 //!   JSON: a protobuf Accept is answered with JSON, which clients accept as a fallback.
 
@@ -23,7 +25,10 @@ use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::Frame;
 use serde_json::Value;
 
-use super::objects::{content_type, decode_object, dispatch, metadata_mut, read_object};
+use super::objects::{
+    ServedVersion, content_type, decode_object, dispatch, metadata_mut, read_object,
+    server_side_apply,
+};
 use super::{Query, Target};
 use crate::auth::UserInfo;
 use crate::conversion::{self, ConversionError};
@@ -118,10 +123,14 @@ async fn patch(
 ) -> Result<Response<Body>, ApiError> {
     let ct = content_type(&headers);
     if ct == "application/apply-patch+yaml" {
-        let applied = crate::apply::parse_apply_body(body)?;
-        let v2 = to_stored(&applied)?;
-        let b = serde_json::to_vec(&v2).map_err(ApiError::internal)?;
-        return dispatch(app, user, t2, q, Method::PATCH, headers, b.into()).await;
+        // Applied in the served version, so the managedFields entry is the served
+        // version's (apiVersion and field paths), then stored converted.
+        let served = ServedVersion {
+            def: &t.def,
+            to_served: conversion::hpa_v2_to_v1,
+            to_stored,
+        };
+        return server_side_apply(app, &t2, &q, body, Some(&served)).await;
     }
     let av = t.def.api_version();
     let schema = crate::patch::schema::builtin_schema(&av, &t.def.kind);

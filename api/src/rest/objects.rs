@@ -684,8 +684,22 @@ pub(crate) async fn create_object(
     app: &App,
     def: &ResourceDef,
     namespace: Option<&str>,
-    mut obj: Value,
+    obj: Value,
     manager: &str,
+    dry: bool,
+) -> Result<(Bytes, Value), ApiError> {
+    create_tracked(app, def, namespace, obj, Some(manager), dry).await
+}
+
+/// Creates `obj`. `manager` is the field manager of a plain create, recorded as an
+/// `Update`; `None` when the caller (server-side apply) has already recorded the object's
+/// `managedFields` and they must be stored as they are.
+async fn create_tracked(
+    app: &App,
+    def: &ResourceDef,
+    namespace: Option<&str>,
+    mut obj: Value,
+    manager: Option<&str>,
     dry: bool,
 ) -> Result<(Bytes, Value), ApiError> {
     check_type_meta(def, &mut obj)?;
@@ -752,19 +766,20 @@ pub(crate) async fn create_object(
     if is_priority_class(def) {
         super::priority::admit_class(app, def, &obj).await?;
     }
-    let schema = patch_schema(def);
-    let av = def.api_version();
-    obj = crate::apply::record_update(
-        None,
-        &obj,
-        &crate::apply::UpdateOptions {
-            manager,
-            api_version: &av,
-            now: &now,
-            schema,
-            subresource: None,
-        },
-    )?;
+    if let Some(manager) = manager {
+        let av = def.api_version();
+        obj = crate::apply::record_update(
+            None,
+            &obj,
+            &crate::apply::UpdateOptions {
+                manager,
+                api_version: &av,
+                now: &now,
+                schema: patch_schema(def),
+                subresource: None,
+            },
+        )?;
+    }
     let name = meta_str(&obj, "name").to_string();
     if def.namespaced {
         check_namespace_open(
@@ -1130,6 +1145,91 @@ async fn update(
     outcome_response(o, &warnings)
 }
 
+/// The version a client speaks when it is not the stored one (autoscaling/v1 HPAs over the
+/// stored v2): server-side apply runs in that version, so the manager's `managedFields`
+/// entry carries its `apiVersion` and its field paths, as upstream records them.
+pub(super) struct ServedVersion<'a> {
+    pub def: &'a ResourceDef,
+    pub to_served: fn(&Value) -> Value,
+    pub to_stored: fn(&Value) -> Result<Value, ApiError>,
+}
+
+/// PATCH with `application/apply-patch+yaml` on `t` (the stored version), the body in
+/// `served`'s version when given.
+pub(super) async fn server_side_apply(
+    app: &App,
+    t: &Target,
+    q: &Query,
+    body: &[u8],
+    served: Option<&ServedVersion<'_>>,
+) -> Result<Response<Body>, ApiError> {
+    let mode = FieldValidation::parse(q.get("fieldValidation"))?;
+    let dry = dry_run(q)?;
+    let sub = t.subresource.as_deref();
+    let schemas = app.openapi().schemas().clone();
+    let manager = q
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "PATCH, application/apply-patch+yaml requires fieldManager to be set",
+            )
+        })?
+        .to_string();
+    let force = q.flag("force");
+    let view_def: &ResourceDef = served.map_or(&t.def, |s| s.def);
+    let mut applied = crate::apply::parse_apply_body(body)?;
+    check_type_meta(view_def, &mut applied)?;
+    let warnings = validation::check_fields(&mut applied, view_def, &schemas, mode)?;
+    let av = view_def.api_version();
+    let schema = patch_schema(view_def);
+    let to_stored = |v: Value| match served {
+        Some(s) => (s.to_stored)(&v),
+        None => Ok(v),
+    };
+    // Apply to a missing object creates it.
+    if app.backend.get(t.key()).await?.is_none() && sub.is_none() {
+        let now = now_rfc3339();
+        let opts = crate::apply::ApplyOptions {
+            manager: &manager,
+            force,
+            api_version: &av,
+            now: &now,
+            schema,
+            subresource: None,
+        };
+        let obj = crate::apply::apply(None, &applied, &opts)?;
+        if meta_str(&obj, "name") != t.name.as_deref().unwrap_or("") {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        let obj = to_stored(obj)?;
+        let (raw, _) = create_tracked(app, &t.def, t.namespace.as_deref(), obj, None, dry).await?;
+        return Ok(object_response(StatusCode::CREATED, raw, &warnings));
+    }
+    let o = guaranteed_update(app, t, &manager, dry, sub, false, |old| {
+        let now = now_rfc3339();
+        let opts = crate::apply::ApplyOptions {
+            manager: &manager,
+            force,
+            api_version: &av,
+            now: &now,
+            schema,
+            subresource: sub,
+        };
+        match served {
+            Some(s) => {
+                let view = (s.to_served)(old);
+                to_stored(crate::apply::apply(Some(&view), &applied, &opts)?)
+            }
+            None => Ok(crate::apply::apply(Some(old), &applied, &opts)?),
+        }
+    })
+    .await?;
+    outcome_response(o, &warnings)
+}
+
 async fn patch(
     app: &Arc<App>,
     t: &Target,
@@ -1146,61 +1246,7 @@ async fn patch(
     let schemas = app.openapi().schemas().clone();
     let mut warnings: Vec<String> = Vec::new();
     if ct == "application/apply-patch+yaml" {
-        let manager = q
-            .get("fieldManager")
-            .filter(|m| !m.is_empty())
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "PATCH, application/apply-patch+yaml requires fieldManager to be set",
-                )
-            })?
-            .to_string();
-        let force = q.flag("force");
-        let mut applied = crate::apply::parse_apply_body(body)?;
-        check_type_meta(&def, &mut applied)?;
-        warnings.extend(validation::check_fields(
-            &mut applied,
-            &def,
-            &schemas,
-            mode,
-        )?);
-        let av = def.api_version();
-        let schema = patch_schema(&def);
-        // Apply to a missing object creates it.
-        if app.backend.get(t.key()).await?.is_none() && sub.is_none() {
-            let now = now_rfc3339();
-            let opts = crate::apply::ApplyOptions {
-                manager: &manager,
-                force,
-                api_version: &av,
-                now: &now,
-                schema,
-                subresource: None,
-            };
-            let obj = crate::apply::apply(None, &applied, &opts)?;
-            if meta_str(&obj, "name") != t.name.as_deref().unwrap_or("") {
-                return Err(ApiError::bad_request(
-                    "the name of the object does not match the name on the URL",
-                ));
-            }
-            let (raw, _) =
-                create_object(app, &def, t.namespace.as_deref(), obj, &manager, dry).await?;
-            return Ok(object_response(StatusCode::CREATED, raw, &warnings));
-        }
-        let o = guaranteed_update(app, t, &manager, dry, sub, false, |old| {
-            let now = now_rfc3339();
-            let opts = crate::apply::ApplyOptions {
-                manager: &manager,
-                force,
-                api_version: &av,
-                now: &now,
-                schema,
-                subresource: sub,
-            };
-            Ok(crate::apply::apply(Some(old), &applied, &opts)?)
-        })
-        .await?;
-        return outcome_response(o, &warnings);
+        return server_side_apply(app, t, q, body, None).await;
     }
     let kind = match ct.as_str() {
         "application/json-patch+json" => 0,
