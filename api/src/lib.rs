@@ -27,6 +27,7 @@ pub mod client;
 pub mod kubeconfig;
 pub mod metrics;
 pub mod pki;
+pub mod quic;
 pub mod rest;
 pub mod server;
 pub mod watch;

@@ -596,7 +596,7 @@ impl<K: ApiObject> Api<K> {
     /// an `Err` with `is_gone()` (from the request) or a `WatchEvent::Error` (mid-stream).
     pub async fn watch(&self, wp: &WatchParams, resource_version: &str) -> Result<WatchStream<K>> {
         let path = format!("{}{}", self.collection()?, wp.query(resource_version));
-        let body = self.client.stream(&path).await?;
+        let body = self.client.watch_body(&path).await?;
         Ok(super::watch::decode_stream(body))
     }
 }

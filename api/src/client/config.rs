@@ -45,6 +45,10 @@ pub struct ClientConfig {
     pub max_response_bytes: usize,
     /// `User-Agent` header.
     pub user_agent: String,
+    /// Run watches over the apiserver's QUIC endpoint ([`crate::quic`]) on this UDP port
+    /// (0: the server URL's port, the server's default) instead of HTTP/2; every other
+    /// request stays on HTTP/2. Needs an https server. `None` (the default): HTTP/2.
+    pub quic_watch_port: Option<u16>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -58,6 +62,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
             .field("connections", &self.connections)
             .field("timeout", &self.timeout)
+            .field("quic_watch_port", &self.quic_watch_port)
             .finish()
     }
 }
@@ -80,7 +85,15 @@ impl ClientConfig {
             gzip: false,
             max_response_bytes: 1 << 30,
             user_agent: "kubeshard-client/0.1".into(),
+            quic_watch_port: None,
         }
+    }
+
+    /// The same configuration with watches over QUIC on the server URL's port number
+    /// (see [`ClientConfig::quic_watch_port`]).
+    pub fn with_quic_watches(mut self) -> Self {
+        self.quic_watch_port = Some(0);
+        self
     }
 
     /// Reads the current context of the kubeconfig at `path`.

@@ -5,7 +5,8 @@ use crate::status::{Status, StatusDetails};
 
 /// A failed client request.
 ///
-/// Retryable: [`ClientError::Connect`], [`ClientError::Http`], [`ClientError::Timeout`],
+/// Retryable: [`ClientError::Connect`], [`ClientError::Http`], [`ClientError::Quic`],
+/// [`ClientError::Timeout`],
 /// and [`ClientError::Api`] with code 409 Conflict (after a re-read), 429, 500, 503 or 504.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -30,6 +31,9 @@ pub enum ClientError {
     /// The HTTP/2 exchange failed (connection lost, stream reset).
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
+    /// The QUIC exchange of a watch failed (connection lost, stream reset, bad answer).
+    #[error("QUIC: {0}")]
+    Quic(String),
     /// The request (or its response headers, for a watch) took longer than the timeout.
     #[error("request timed out after {0:?}")]
     Timeout(std::time::Duration),

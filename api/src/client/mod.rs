@@ -30,6 +30,7 @@ mod config;
 mod error;
 pub mod leader;
 mod params;
+mod quic;
 pub mod runtime;
 mod transport;
 mod watch;
@@ -64,6 +65,8 @@ pub struct Client {
 
 struct Inner {
     pool: transport::Pool,
+    /// Watches over QUIC, when configured.
+    quic: Option<quic::QuicPool>,
     token: Option<HeaderValue>,
     user_agent: HeaderValue,
     timeout: Duration,
@@ -84,6 +87,7 @@ impl Client {
     /// bad configuration (server URL, certificates, key).
     pub fn new(cfg: ClientConfig) -> Result<Self> {
         let pool = transport::Pool::new(&cfg)?;
+        let quic = quic::QuicPool::new(&cfg, &pool.endpoint)?;
         let token = match &cfg.token {
             Some(t) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
@@ -98,6 +102,7 @@ impl Client {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                quic,
                 token,
                 user_agent,
                 timeout: cfg.timeout,
@@ -119,7 +124,32 @@ impl Client {
 
     /// Transport counters (connections made, requests sent).
     pub fn stats(&self) -> TransportStats {
-        self.inner.pool.stats()
+        let mut s = self.inner.pool.stats();
+        if let Some(q) = &self.inner.quic {
+            s.quic_connects = q.connects.load(Ordering::Relaxed);
+        }
+        s
+    }
+
+    /// Whether watches run over the server's QUIC endpoint
+    /// ([`ClientConfig::quic_watch_port`]).
+    pub fn quic_watches(&self) -> bool {
+        self.inner.quic.is_some()
+    }
+
+    /// Starts a watch over HTTP/2 or QUIC, as configured: the body once the response head
+    /// arrived (bounded by the request timeout); a refusal is the server's Status.
+    pub(crate) async fn watch_body(&self, path_and_query: &str) -> Result<watch::WatchBody> {
+        let Some(q) = &self.inner.quic else {
+            return Ok(watch::WatchBody::Http(self.stream(path_and_query).await?));
+        };
+        let ep = &self.inner.pool.endpoint;
+        let path = format!("{}{}", ep.prefix, path_and_query);
+        let headers = quic::headers(&self.inner.user_agent, self.inner.token.as_ref());
+        self.inner.pool.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(watch::WatchBody::Quic(
+            q.watch(&path, &headers, self.inner.timeout).await?,
+        ))
     }
 
     fn build(

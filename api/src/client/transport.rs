@@ -39,8 +39,10 @@ struct Slot {
 pub struct TransportStats {
     /// Connections established since the client was created (reconnects included).
     pub connects: u64,
-    /// Requests sent.
+    /// Requests sent (watches over QUIC included).
     pub requests: u64,
+    /// QUIC connections established for watches (reconnects included).
+    pub quic_connects: u64,
 }
 
 pub(crate) struct Pool {
@@ -78,6 +80,7 @@ impl Pool {
         TransportStats {
             connects: self.connects.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
+            quic_connects: 0,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Watch streams: newline-delimited JSON `WatchEvent`s read incrementally from an HTTP/2
-//! response body, each line bounded by [`MAX_WATCH_LINE`].
+//! response body or a QUIC stream, each line bounded by [`MAX_WATCH_LINE`].
 
 use std::collections::BTreeMap;
 
@@ -159,14 +159,41 @@ impl LineBuffer {
     }
 }
 
+/// A watch response body on either transport.
+pub(crate) enum WatchBody {
+    /// An HTTP/2 response body.
+    Http(hyper::body::Incoming),
+    /// A QUIC stream after its response head.
+    Quic(super::quic::QuicBody),
+}
+
+impl WatchBody {
+    /// The next chunk; `None` at the end of the body.
+    async fn chunk(&mut self) -> Option<Result<Bytes>> {
+        match self {
+            WatchBody::Http(b) => loop {
+                match b.frame().await? {
+                    Ok(frame) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Some(Ok(data));
+                        }
+                    }
+                    Err(e) => return Some(Err(ClientError::Http(e))),
+                }
+            },
+            WatchBody::Quic(q) => q.chunk().await,
+        }
+    }
+}
+
 struct State {
-    body: Option<hyper::body::Incoming>,
+    body: Option<WatchBody>,
     lines: LineBuffer,
 }
 
 /// The event stream of a watch response body.
 pub(crate) fn decode_stream<K: DeserializeOwned + Send + 'static>(
-    body: hyper::body::Incoming,
+    body: WatchBody,
 ) -> WatchStream<K> {
     let st = State {
         body: Some(body),
@@ -183,15 +210,11 @@ pub(crate) fn decode_stream<K: DeserializeOwned + Send + 'static>(
                 }
             }
             let body = st.body.as_mut()?;
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        st.lines.push(&data);
-                    }
-                }
+            match body.chunk().await {
+                Some(Ok(data)) => st.lines.push(&data),
                 Some(Err(e)) => {
                     st.body = None;
-                    return Some((Err(ClientError::Http(e)), st));
+                    return Some((Err(e), st));
                 }
                 None => {
                     st.body = None;

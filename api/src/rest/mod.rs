@@ -654,6 +654,121 @@ async fn ensure_kubernetes_endpoints(
     Ok(())
 }
 
+/// Serves a body-less resource read (GET/HEAD of an object or a collection, watches
+/// included) for a transport without hyper bodies: the QUIC endpoint ([`crate::quic`]).
+/// The same authentication, target parsing, handlers (so the same encoded-once watch
+/// events), metrics and `metav1.Status` errors as [`handle`]; anything else is 405 there
+/// (non-resource paths 404; pod log/exec/attach/port-forward need HTTP).
+pub(crate) async fn handle_read(
+    app: &Arc<App>,
+    conn: &ConnInfo,
+    method: &Method,
+    uri: &http::Uri,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let started = Instant::now();
+    let mut labels = None;
+    let resp = match route_read(app, conn, method, uri, headers, &mut labels).await {
+        Ok(r) => r,
+        Err(e) => body::error(&e),
+    };
+    let labels = labels.unwrap_or_else(|| {
+        crate::metrics::RequestLabels::non_resource(method.as_str(), uri.path())
+    });
+    app.metrics
+        .observe_request(&labels, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn route_read(
+    app: &Arc<App>,
+    conn: &ConnInfo,
+    method: &Method,
+    uri: &http::Uri,
+    headers: HeaderMap,
+    labels: &mut Option<crate::metrics::RequestLabels>,
+) -> Result<Response<Body>, ApiError> {
+    let user: &UserInfo = if conn.secure {
+        app.auth.authenticate_ref(
+            conn.cert_user.as_ref(),
+            headers
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        )?
+    } else {
+        &crate::auth::UNSECURED_ADMIN
+    };
+    if *method != Method::GET && *method != Method::HEAD {
+        return Err(ApiError::method_not_allowed());
+    }
+    let query = Query::parse(uri.query())?;
+    let segs: Vec<String> = uri
+        .path()
+        .split('/')
+        .skip(1)
+        .map(|s| percent_decode(s, false).ok_or_else(|| ApiError::bad_request("malformed path")))
+        .collect::<Result<_, _>>()?;
+    let mut segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    if segs.last() == Some(&"") {
+        segs.pop();
+    }
+    let (group, version, rest): (&str, &str, &[&str]) = match &segs[..] {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] if !rest.is_empty() => (g, v, rest),
+        _ => return Err(ApiError::path_not_found()),
+    };
+    let target = parse_target(app, group, version, rest)?;
+    let named = target.name.is_some();
+    let verb = match (named, query.flag("watch")) {
+        (false, true) => "WATCH",
+        (false, false) => "LIST",
+        (true, _) => "GET",
+    };
+    let scope = if named {
+        "resource"
+    } else if target.namespace.is_some() {
+        "namespace"
+    } else {
+        "cluster"
+    };
+    *labels = Some(crate::metrics::RequestLabels::resource(
+        verb,
+        &target.def.group,
+        &target.def.version,
+        &target.def.plural,
+        target.subresource.as_deref().unwrap_or(""),
+        &target.def.kind,
+        scope,
+    ));
+    if proxy::is_streaming(&target) {
+        return Err(ApiError::method_not_allowed());
+    }
+    let def = target.def.clone();
+    if let Some(stored) = crate::conversion::stored_version(&def.group, &def.version, &def.kind) {
+        return convert::serve(
+            app,
+            user,
+            target,
+            query,
+            method.clone(),
+            headers,
+            Bytes::new(),
+            stored,
+        )
+        .await;
+    }
+    objects::dispatch(
+        app,
+        user,
+        target,
+        query,
+        method.clone(),
+        headers,
+        Bytes::new(),
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

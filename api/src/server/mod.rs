@@ -64,6 +64,8 @@ pub struct ServerOptions {
     pub anonymous_auth: bool,
     /// Number of acceptor threads (one per core by default).
     pub acceptors: usize,
+    /// The QUIC watch endpoint ([`crate::quic`]): UDP on the TLS port's number by default.
+    pub quic: crate::quic::QuicPort,
 }
 
 impl ServerOptions {
@@ -78,6 +80,7 @@ impl ServerOptions {
             token_auth_file: None,
             anonymous_auth: false,
             acceptors: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            quic: crate::quic::QuicPort::SameAsTls,
         }
     }
 }
@@ -161,6 +164,8 @@ pub struct RunningServer {
     pub port: u16,
     /// The plain-HTTP port actually bound, if any.
     pub insecure_port: Option<u16>,
+    /// The QUIC (UDP) port actually bound, if the QUIC endpoint runs.
+    pub quic_port: Option<u16>,
     /// The admin kubeconfig written at start.
     pub kubeconfig: PathBuf,
     stop: watch::Sender<bool>,
@@ -348,9 +353,21 @@ pub fn start(
         threads.push(t);
     }
     drop(inboxes);
+    let listen = crate::quic::server::Listen {
+        ip: opts.bind_address,
+        port: opts.quic,
+        tls_port: port,
+        tls_ephemeral: opts.port == 0,
+    };
+    let quic = crate::quic::server::start(app, &tls, listen, n, stop_rx)?;
+    let quic_port = quic.map(|q| {
+        threads.push(q.thread);
+        q.port
+    });
     Ok(RunningServer {
         port,
         insecure_port,
+        quic_port,
         kubeconfig,
         stop,
         threads,

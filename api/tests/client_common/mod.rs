@@ -19,6 +19,8 @@ pub struct Server {
     server: Option<RunningServer>,
     pub port: u16,
     pub insecure_port: u16,
+    /// The QUIC watch endpoint's UDP port.
+    pub quic_port: Option<u16>,
     pub kubeconfig: PathBuf,
     pub dir: tempfile::TempDir,
 }
@@ -50,10 +52,38 @@ impl Server {
             engine,
             port: server.port,
             insecure_port: server.insecure_port.expect("insecure port"),
+            quic_port: server.quic_port,
             kubeconfig: server.kubeconfig.clone(),
             server: Some(server),
             dir,
         }
+    }
+
+    /// Stops the apiserver (the engine stays) and starts it again on the same ports and
+    /// data directory, as a restarted apiserver process would.
+    pub fn restart(&mut self) {
+        let old = self.server.take();
+        let (dir, port, quic) = (self.dir.path().to_path_buf(), self.port, self.quic_port);
+        let e = self.engine.clone();
+        let server = std::thread::spawn(move || {
+            if let Some(s) = old {
+                s.shutdown();
+            }
+            let mut opts = ServerOptions::new(dir);
+            opts.port = port;
+            opts.insecure_port = Some(0);
+            opts.acceptors = 1;
+            opts.quic = match quic {
+                Some(p) => api::quic::QuicPort::Port(p),
+                None => api::quic::QuicPort::Off,
+            };
+            api::server::start(opts, e)
+        })
+        .join()
+        .expect("restart thread")
+        .expect("server");
+        self.insecure_port = server.insecure_port.expect("insecure port");
+        self.server = Some(server);
     }
 
     /// A client with the admin kubeconfig the server wrote (TLS, x509).
