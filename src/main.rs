@@ -179,6 +179,12 @@ struct ServerArgs {
     /// A plain-HTTP port on 127.0.0.1 for development; its requests are the admin.
     #[arg(long)]
     insecure_port: Option<u16>,
+    /// The UDP port of the QUIC watch endpoint (default: the number of --port; 0: any).
+    #[arg(long)]
+    quic_port: Option<u16>,
+    /// Serve no QUIC watch endpoint.
+    #[arg(long, conflicts_with = "quic_port")]
+    no_quic: bool,
     /// Extra names or addresses for the serving certificate (comma-separated).
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
@@ -227,6 +233,11 @@ fn run_server(args: ServerArgs, up: Option<up::ComponentArgs>) -> anyhow::Result
     opts.port = args.port;
     opts.bind_address = args.bind_address;
     opts.insecure_port = args.insecure_port;
+    opts.quic = match (args.no_quic, args.quic_port) {
+        (true, _) => api::quic::QuicPort::Off,
+        (false, Some(p)) => api::quic::QuicPort::Port(p),
+        (false, None) => api::quic::QuicPort::SameAsTls,
+    };
     opts.extra_sans = args.tls_san;
     opts.token_auth_file = args.token_auth_file;
     opts.anonymous_auth = args.anonymous_auth;
@@ -239,7 +250,7 @@ fn run_server(args: ServerArgs, up: Option<up::ComponentArgs>) -> anyhow::Result
         api::server::start_with_etcd(opts, &args.etcd_servers)?
     };
     let kubeconfig = server.kubeconfig.display().to_string();
-    tracing::info!(port = server.port, insecure_port = ?server.insecure_port, "apiserver listening");
+    tracing::info!(port = server.port, insecure_port = ?server.insecure_port, quic_port = ?server.quic_port, "apiserver listening");
     if up.is_some() {
         println!(
             "kubeshard is up: the API server listens on https://127.0.0.1:{}",
@@ -256,6 +267,9 @@ fn run_server(args: ServerArgs, up: Option<up::ComponentArgs>) -> anyhow::Result
     }
     if let Some(p) = server.insecure_port {
         println!("plain HTTP (admin, development only) on http://127.0.0.1:{p}");
+    }
+    if let Some(p) = server.quic_port {
+        println!("QUIC watch endpoint on UDP port {p}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
