@@ -46,6 +46,10 @@ pub enum ShellError {
         /// What `ip` said.
         detail: String,
     },
+    /// The kernel data path was required ([`crate::KernelForward::On`]) and could not be
+    /// set up. Not retryable on this kernel/privilege; `Auto` falls back instead.
+    #[error("kernel forwarding: {0}")]
+    Bpf(#[from] crate::bpf::BpfError),
     /// A cross-shard call failed (the set is shutting down). Not retryable.
     #[error("reaching a shard: {0}")]
     Invoke(String),

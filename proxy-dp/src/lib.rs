@@ -19,9 +19,16 @@
 //! - [`dns`]: cluster DNS (CoreDNS's `kubernetes` schema): a sans-IO record core over
 //!   Services and EndpointSlices and a per-shard UDP/TCP server shell.
 //!
-//! **Unsafe:** none (the workspace forbids it here); splice goes through `shards::uring` or
-//! `nix`'s safe wrapper.
+//! - [`bpf`]: in-kernel forwarding of established TCP flows (a sockmap and an `sk_skb`
+//!   verdict program built as bytecode in Rust, loaded with the raw `bpf(2)` call).
+//!
+//! **Unsafe:** only in `bpf::sys` (the crate denies it elsewhere): the `bpf(2)` system call
+//! has no safe wrapper in our dependencies (and a BPF toolchain or `aya`'s loader is not
+//! wanted: CI builds on stable Rust with no external tools), and the `SO_COOKIE`/`TCP_INFO`
+//! reads and the watcher's `epoll` calls are raw `libc` calls next to it. Each block has a
+//! `// SAFETY:` comment. Splice goes through `shards::uring` or `nix`'s safe wrapper.
 
+pub mod bpf;
 pub mod core;
 pub mod error;
 
@@ -30,5 +37,7 @@ pub mod run;
 pub mod servicelb;
 pub mod shell;
 
-pub use shell::{Change, Dataplane, DataplaneConfig, ForwardMode};
+pub use shell::{
+    Change, Dataplane, DataplaneConfig, ForwardMode, KERNEL_FORWARD_ENV, KernelForward,
+};
 pub mod dns;

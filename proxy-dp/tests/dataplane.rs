@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use proxy_dp::{Change, Dataplane, DataplaneConfig, ForwardMode};
+use proxy_dp::{Change, Dataplane, DataplaneConfig, ForwardMode, KernelForward};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -127,12 +127,15 @@ async fn tcp_backend_on(bind: &str, id: usize) -> (u16, tokio::task::JoinHandle<
     (port, h)
 }
 
+/// A dataplane forwarding TCP in user space with `mode` (the kernel path has its own tests
+/// in `kernel_forward.rs`).
 async fn dataplane(mode: ForwardMode) -> Dataplane {
     Dataplane::start(
         DataplaneConfig::default()
             .node_name("n1")
             .shards(2)
             .forward_mode(mode)
+            .kernel_forward(KernelForward::Off)
             .connect_timeout(Duration::from_millis(500)),
     )
     .await

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use proxy_dp::core::RoutingTable;
-use proxy_dp::{Change, Dataplane, DataplaneConfig, ForwardMode};
+use proxy_dp::{Change, Dataplane, DataplaneConfig, ForwardMode, KernelForward};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -385,7 +385,12 @@ fn haproxy(b: &Backends, dir: &std::path::Path) -> Res<(Proc, Target)> {
     );
     // HAProxy copies through 16 KiB user-space buffers unless told to splice;
     // `HAPROXY_SPLICE=1` measures it with `option splice-auto` as well.
+    // Splicing needs pipes: HAProxy reserves 2 fds per pipe (maxpipes defaults to
+    // maxconn/4) and refused to start ("Cannot raise FD limit to 20017, limit is 20000")
+    // under this machine's hard RLIMIT_NOFILE of 20,000, which is why splice-auto "did not
+    // come up" in session 6. 1,024 pipes fit.
     if std::env::var("HAPROXY_SPLICE").is_ok_and(|v| v == "1") {
+        cfg = cfg.replace("  maxconn 8000\n", "  maxconn 8000\n  maxpipes 1024\n");
         cfg += "  option splice-auto\n";
     }
     for (i, (p, bp)) in ports.iter().zip([b.sink, b.echo, b.oneshot]).enumerate() {
@@ -574,13 +579,15 @@ fn kubeshard(
     rt: &tokio::runtime::Runtime,
     b: &Backends,
     mode: ForwardMode,
+    kernel: KernelForward,
     vip: &str,
 ) -> Res<(Dataplane, Target)> {
     // `PIPE_SIZE` (bytes) overrides the dataplane's splice pipe size, for experiments.
     let mut cfg = DataplaneConfig::default()
         .node_name("bench")
         .shards(2)
-        .forward_mode(mode);
+        .forward_mode(mode)
+        .kernel_forward(kernel);
     if let Ok(Ok(n)) = std::env::var("PIPE_SIZE").map(|v| v.parse::<usize>()) {
         cfg = cfg.pipe_size(n);
     }
@@ -810,20 +817,45 @@ fn main() -> Res<()> {
     if want("direct") {
         rows.push(("direct".into(), measure("direct", direct, runs, secs)?));
     }
-    for (name, mode, vip) in [
-        ("kubeshard (adaptive)", ForwardMode::Adaptive, "10.96.233.4"),
-        ("kubeshard (splice)", ForwardMode::Splice, "10.96.233.1"),
+    // `KUBESHARD_PROXY_SOCKMAP` (auto/on/off) would override every kubeshard row; the rows
+    // below set the kernel path explicitly instead: `sockmap` on, the others off.
+    let off = KernelForward::Off;
+    for (name, mode, kernel, vip) in [
+        (
+            "kubeshard (sockmap)",
+            ForwardMode::Splice,
+            KernelForward::On,
+            "10.96.233.5",
+        ),
+        (
+            "kubeshard (adaptive)",
+            ForwardMode::Adaptive,
+            off,
+            "10.96.233.4",
+        ),
+        (
+            "kubeshard (splice)",
+            ForwardMode::Splice,
+            off,
+            "10.96.233.1",
+        ),
         (
             "kubeshard (io_uring splice)",
             ForwardMode::UringSplice,
+            off,
             "10.96.233.2",
         ),
-        ("kubeshard (tokio copy)", ForwardMode::Copy, "10.96.233.3"),
+        (
+            "kubeshard (tokio copy)",
+            ForwardMode::Copy,
+            off,
+            "10.96.233.3",
+        ),
     ] {
         if !want(name) {
             continue;
         }
-        let (dp, t) = kubeshard(&rt, &b, mode, vip)?;
+        let (dp, t) = kubeshard(&rt, &b, mode, kernel, vip)?;
         rows.push((name.into(), measure(name, t, runs, secs)?));
         dp.shutdown()?;
     }

@@ -43,6 +43,14 @@ pub struct Metrics {
     pub address_errors: AtomicU64,
     /// Table updates applied.
     pub updates: AtomicU64,
+    /// TCP connections forwarded in the kernel (sockmap) to their end.
+    pub kernel_flows: AtomicU64,
+    /// TCP connections forwarded in user space because the kernel path's maps were full.
+    pub kernel_full: AtomicU64,
+    /// TCP connections the kernel path could not take for another reason (forwarded in user
+    /// space): mostly a client whose FIN came in before the proxy got to its socket (only
+    /// established sockets may enter a sockmap).
+    pub kernel_errors: AtomicU64,
     update_buckets: [AtomicU64; UPDATE_BUCKETS_US.len() + 1],
     update_sum_us: AtomicU64,
     services: Mutex<HashMap<ServiceKey, (usize, Arc<ServiceMetrics>)>>,
@@ -102,6 +110,14 @@ impl Metrics {
             "kubeshard_proxy_conn_table_full_total {}",
             g(&self.conn_table_full)
         );
+        for (name, v) in [
+            ("kubeshard_proxy_kernel_flows_total", &self.kernel_flows),
+            ("kubeshard_proxy_kernel_full_total", &self.kernel_full),
+            ("kubeshard_proxy_kernel_errors_total", &self.kernel_errors),
+        ] {
+            let _ = writeln!(s, "# TYPE {name} counter");
+            let _ = writeln!(s, "{name} {}", g(v));
+        }
         let _ = writeln!(s, "# TYPE kubeshard_proxy_flow_table_full_total counter");
         let _ = writeln!(
             s,

@@ -16,6 +16,7 @@
 pub mod addr;
 pub mod admin;
 pub mod forward;
+mod kernel;
 pub mod metrics;
 mod tcp;
 mod udp;
@@ -33,6 +34,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use shards::{ShardConfig, ShardHandle, ShardSet};
 use tokio::task::JoinHandle;
 
+use crate::bpf::SockmapForwarder;
 use crate::core::{BackendSet, Balancer, Effect, Frontend, Protocol, RoutingTable};
 use crate::error::ShellError;
 pub use forward::ForwardMode;
@@ -64,6 +66,51 @@ pub struct DataplaneConfig {
     pub udp_idle_timeout: Duration,
     /// Bytes asked for each splice pipe (`F_SETPIPE_SZ`); default [`forward::PIPE_SIZE`].
     pub pipe_size: usize,
+    /// Whether established TCP connections are forwarded in the kernel (sockmap); see
+    /// [`KernelForward`]. Connections the kernel path cannot take use `forward_mode`.
+    pub kernel_forward: KernelForward,
+    /// Connections the kernel path holds at once (all shards); beyond it new connections
+    /// are forwarded in user space (`forward_mode`) and counted.
+    pub kernel_max_connections: u32,
+}
+
+/// Whether TCP payload is forwarded in the kernel (a sockmap with an `sk_skb` verdict
+/// program, [`crate::bpf`]) or in user space ([`ForwardMode`]). Chosen once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelForward {
+    /// The kernel path when it can be set up (BPF allowed, kernel support), else user space;
+    /// the choice is logged.
+    #[default]
+    Auto,
+    /// The kernel path or a start error ([`ShellError::Bpf`]).
+    On,
+    /// User space only.
+    Off,
+}
+
+impl std::str::FromStr for KernelForward {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(KernelForward::Auto),
+            "on" | "sockmap" | "1" => Ok(KernelForward::On),
+            "off" | "0" => Ok(KernelForward::Off),
+            other => Err(format!(
+                "unknown kernel forwarding {other:?} (auto, on, off)"
+            )),
+        }
+    }
+}
+
+/// The environment variable that overrides [`DataplaneConfig::kernel_forward`] where the
+/// binary reads it ([`KernelForward::from_env`]): `auto`, `on` or `off`.
+pub const KERNEL_FORWARD_ENV: &str = "KUBESHARD_PROXY_SOCKMAP";
+
+impl KernelForward {
+    /// `KUBESHARD_PROXY_SOCKMAP` if set and valid.
+    pub fn from_env() -> Option<KernelForward> {
+        std::env::var(KERNEL_FORWARD_ENV).ok()?.parse().ok()
+    }
 }
 
 impl Default for DataplaneConfig {
@@ -80,6 +127,8 @@ impl Default for DataplaneConfig {
             max_udp_flows_per_shard: 16_384,
             udp_idle_timeout: Duration::from_secs(30),
             pipe_size: forward::PIPE_SIZE,
+            kernel_forward: KernelForward::default(),
+            kernel_max_connections: 65_536,
         }
     }
 }
@@ -133,6 +182,16 @@ impl DataplaneConfig {
     /// Sets the bytes asked for each splice pipe.
     pub fn pipe_size(mut self, n: usize) -> Self {
         self.pipe_size = n;
+        self
+    }
+    /// Sets whether the kernel data path is used.
+    pub fn kernel_forward(mut self, k: KernelForward) -> Self {
+        self.kernel_forward = k;
+        self
+    }
+    /// Sets how many connections the kernel path holds at once.
+    pub fn kernel_max_connections(mut self, n: u32) -> Self {
+        self.kernel_max_connections = n;
         self
     }
     /// Pins shards to cores.
@@ -190,6 +249,8 @@ pub(crate) struct ShardState {
     pub(crate) conns: Cell<usize>,
     pub(crate) flows: Cell<usize>,
     pub(crate) pools: forward::Pools,
+    /// The kernel data path, when it is on.
+    pub(crate) kernel: Option<kernel::KernelPath>,
 }
 
 type RouteUpdate = (Frontend, Arc<BackendSet>, Arc<ServiceMetrics>);
@@ -208,6 +269,7 @@ pub struct Dataplane {
     control: tokio::sync::Mutex<Control>,
     metrics: Arc<Metrics>,
     config: DataplaneConfig,
+    sockmap: Option<Arc<SockmapForwarder>>,
 }
 
 impl Dataplane {
@@ -221,6 +283,31 @@ impl Dataplane {
         )?;
         let handle = set.handle().clone();
         let metrics = Arc::new(Metrics::default());
+        let sockmap = match config.kernel_forward {
+            KernelForward::Off => {
+                tracing::info!("TCP forwarding in user space ({:?})", config.forward_mode);
+                None
+            }
+            k => match SockmapForwarder::new(config.kernel_max_connections) {
+                Ok(s) => {
+                    tracing::info!(
+                        max_connections = config.kernel_max_connections,
+                        "TCP forwarding in the kernel (sockmap)"
+                    );
+                    Some(Arc::new(s))
+                }
+                Err(e) if k == KernelForward::On => return Err(ShellError::Bpf(e)),
+                Err(e) => {
+                    tracing::info!(
+                        error = %e,
+                        "kernel forwarding unavailable; TCP forwarding in user space ({:?})",
+                        config.forward_mode
+                    );
+                    None
+                }
+            },
+        };
+        let shard_sockmap = sockmap.clone();
         let pipe_size = config.pipe_size;
         let settings = Arc::new(Settings {
             mode: config.forward_mode,
@@ -238,6 +325,9 @@ impl Dataplane {
                 conns: Cell::new(0),
                 flows: Cell::new(0),
                 pools: forward::Pools::new(pipe_size),
+                kernel: shard_sockmap
+                    .as_ref()
+                    .map(|s| kernel::KernelPath::new(Arc::clone(s))),
             })
             .await
             .map_err(|e| ShellError::Invoke(e.to_string()))?;
@@ -252,7 +342,19 @@ impl Dataplane {
             }),
             metrics,
             config,
+            sockmap,
         })
+    }
+
+    /// Whether TCP connections are forwarded in the kernel (decided at start).
+    pub fn kernel_forwarding(&self) -> bool {
+        self.sockmap.is_some()
+    }
+
+    /// Entries in the kernel path's two maps (`peers`, `active`; two per connection each),
+    /// or `None` when the kernel path is off.
+    pub fn kernel_map_entries(&self) -> Option<Result<(usize, usize), crate::bpf::BpfError>> {
+        self.sockmap.as_ref().map(|s| s.entries())
     }
 
     /// The counters.
@@ -437,7 +539,8 @@ impl Dataplane {
                                 let Some(st) = shards::local::<ShardState>() else {
                                     return;
                                 };
-                                let Ok(l) = tokio::net::TcpListener::from_std(l) else {
+                                let Ok(l) = crate::bpf::async_fd(l, tokio::io::Interest::READABLE)
+                                else {
                                     return;
                                 };
                                 let h = tokio::task::spawn_local(tcp::accept_loop(f, l));

@@ -6,10 +6,12 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::forward::{self, set_rst_on_close};
+use super::forward;
+use super::kernel::{self, NotTaken};
 use super::{ShardState, shard_state};
 use crate::core::Frontend;
 
@@ -25,19 +27,28 @@ impl Drop for ConnSlot {
     }
 }
 
-fn refuse(client: TcpStream) {
+fn refuse(client: std::net::TcpStream) {
     // Accept-then-RST: the client learns at once (no SYN timeout).
-    set_rst_on_close(&client);
+    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
     drop(client);
 }
 
 /// Accepts on one shard's listener of `f` until the task is aborted (route removed).
-pub(crate) async fn accept_loop(f: Frontend, l: TcpListener) {
+/// Accepted sockets are not registered with tokio: the kernel data path watches them on its
+/// own epoll set, and only connections forwarded in user space are registered.
+pub(crate) async fn accept_loop(f: Frontend, l: AsyncFd<std::net::TcpListener>) {
     let Some(st) = shard_state() else {
         return;
     };
     loop {
-        let (client, peer) = match l.accept().await {
+        let accepted = match l.readable().await {
+            Ok(mut g) => match g.try_io(|l| crate::bpf::accept_nonblocking(l.get_ref())) {
+                Ok(r) => r,
+                Err(_would_block) => continue,
+            },
+            Err(e) => Err(e),
+        };
+        let (client, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE/ENFILE and the like: back off briefly instead of spinning.
@@ -68,14 +79,9 @@ pub(crate) async fn accept_loop(f: Frontend, l: TcpListener) {
             let ip = peer.ip().to_string();
             let owner = shards::shard_for_key(ip.as_bytes(), ctx.count());
             if owner != ctx.id() {
-                let Ok(std) = client.into_std() else {
-                    continue;
-                };
                 let sent = ctx.handle().try_invoke_on(owner, move || async move {
-                    if let Ok(c) = TcpStream::from_std(std)
-                        && let Some(st) = shard_state()
-                    {
-                        tokio::task::spawn_local(handle(st, f, c, peer));
+                    if let Some(st) = shard_state() {
+                        tokio::task::spawn_local(handle(st, f, client, peer));
                     }
                 });
                 // A full mailbox drops the connection (closed; the client retries).
@@ -92,7 +98,7 @@ pub(crate) async fn accept_loop(f: Frontend, l: TcpListener) {
 }
 
 /// One client connection on this shard.
-async fn handle(st: Rc<ShardState>, f: Frontend, client: TcpStream, peer: SocketAddr) {
+async fn handle(st: Rc<ShardState>, f: Frontend, client: std::net::TcpStream, peer: SocketAddr) {
     if st.conns.get() >= st.settings.max_conns {
         st.settings
             .metrics
@@ -141,7 +147,31 @@ async fn handle(st: Rc<ShardState>, f: Frontend, client: TcpStream, peer: Socket
     // `connect_backend`.
     metrics.active.fetch_add(1, Ordering::Relaxed);
     metrics.total.fetch_add(1, Ordering::Relaxed);
-    forward::forward(st.settings.mode, client, backend, &metrics.bytes, &st.pools).await;
+    let mut pair = Some((client, backend));
+    if let Some(k) = st.kernel.as_ref()
+        && let Some((c, b)) = pair.take()
+    {
+        let m = &st.settings.metrics;
+        match kernel::forward(k, c, b, &metrics.bytes).await {
+            Ok(_) => {
+                m.kernel_flows.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(NotTaken::Full(c, b)) => {
+                m.kernel_full.fetch_add(1, Ordering::Relaxed);
+                pair = Some((c, b));
+            }
+            Err(NotTaken::Failed(c, b, e)) => {
+                m.kernel_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "kernel path refused a connection");
+                pair = Some((c, b));
+            }
+        }
+    }
+    if let Some((c, b)) = pair
+        && let (Ok(client), Ok(backend)) = (TcpStream::from_std(c), TcpStream::from_std(b))
+    {
+        forward::forward(st.settings.mode, client, backend, &metrics.bytes, &st.pools).await;
+    }
     metrics.active.fetch_sub(1, Ordering::Relaxed);
     release(&st, f, addr);
 }
@@ -151,7 +181,10 @@ async fn handle(st: Rc<ShardState>, f: Frontend, client: TcpStream, peer: Socket
 /// returns `EINPROGRESS` (the SYN-ACK is processed before the call returns): `getpeername`
 /// says so, and the connection goes on at once instead of waiting one event-loop round for
 /// epoll to report it writable (what `TcpStream::connect` does).
-async fn connect_backend(addr: SocketAddr, deadline: Instant) -> std::io::Result<TcpStream> {
+async fn connect_backend(
+    addr: SocketAddr,
+    deadline: Instant,
+) -> std::io::Result<std::net::TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(
         Domain::for_address(addr),
@@ -164,14 +197,18 @@ async fn connect_backend(addr: SocketAddr, deadline: Instant) -> std::io::Result
         Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    let stream = TcpStream::from_std(std::net::TcpStream::from(s))?;
+    let stream = std::net::TcpStream::from(s);
     // ENOTCONN while the SYN is unanswered (SYN_SENT) or after a refusal (CLOSE).
     if stream.peer_addr().is_ok() {
         return Ok(stream);
     }
-    tokio::time::timeout_at(deadline, stream.writable())
+    // Registered with tokio only while waiting (dropping the AsyncFd deregisters it).
+    let afd = crate::bpf::async_fd(stream, tokio::io::Interest::WRITABLE)?;
+    tokio::time::timeout_at(deadline, afd.writable())
         .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??
+        .retain_ready();
+    let stream = afd.into_inner();
     if let Some(e) = stream.take_error()? {
         return Err(e);
     }
