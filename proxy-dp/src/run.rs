@@ -68,7 +68,12 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
     let client = Client::from_kubeconfig(&opts.kubeconfig)?;
-    let dp = Dataplane::start(opts.dataplane.clone()).await?;
+    let mut cfg = opts.dataplane.clone();
+    // `KUBESHARD_PROXY_SOCKMAP=auto|on|off` forces the kernel data path on or off.
+    if let Some(k) = crate::KernelForward::from_env() {
+        cfg.kernel_forward = k;
+    }
+    let dp = Dataplane::start(cfg).await?;
     let admin = dp.serve_admin(opts.metrics_addr).await?;
     tracing::info!(%admin, "proxy: /metrics and /healthz");
 
