@@ -1,8 +1,9 @@
 //! Watches over the apiserver's QUIC endpoint (`api::quic`) against a real in-process
 //! apiserver over real UDP sockets: event order and resourceVersions, selectors, resume,
 //! 410 for a compacted resourceVersion, bookmarks, authentication, 1,000 watches on one
-//! connection, a stalled stream next to a healthy one, and an informer across a server
-//! restart. Every wait is bounded.
+//! connection, a stalled stream next to a healthy one, an unread stream cut off with a 410,
+//! an informer across a server restart, and raw GET/LIST/refusals on the wire format.
+//! Every wait is bounded.
 
 mod client_common;
 
@@ -497,4 +498,159 @@ async fn refusals_are_statuses() {
         .unwrap_err();
     assert!(matches!(e, ClientError::Api(_)), "{e:?}");
     assert_eq!(e.code(), Some(400), "{e}");
+}
+
+/// A QUIC connection made by hand with the admin certificate, for raw requests.
+async fn raw_connection(s: &Server) -> (quinn::Endpoint, quinn::Connection) {
+    let cfg = s.config();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &cfg.ca_pem.unwrap()[..]) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let certs = rustls_pemfile::certs(&mut &cfg.client_cert_pem.unwrap()[..])
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut &cfg.client_key_pem.unwrap()[..])
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    tls.alpn_protocols = vec![api::quic::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.quic_port.unwrap()));
+    let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+    (ep, conn)
+}
+
+/// Sends `head` on a new stream and reads the whole answer: status and body.
+async fn raw(conn: &quinn::Connection, head: &[u8]) -> (u16, serde_json::Value) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(head).await.unwrap();
+    send.finish().unwrap();
+    let all = tokio::time::timeout(EVENT_WAIT, recv.read_to_end(4 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = api::quic::frame::HeadBuffer::new();
+    buf.push(&all);
+    let (h, body) = buf.response().unwrap().unwrap();
+    (h.status.as_u16(), serde_json::from_slice(body).unwrap())
+}
+
+#[tokio::test]
+async fn raw_get_and_list_and_refusals() {
+    let s = Server::start();
+    let http: Api<ConfigMap> = Api::namespaced(s.client(), "default");
+    http.create(&PostParams::default(), &cm("one", &[], "1"))
+        .await
+        .unwrap();
+    let (_ep, conn) = raw_connection(&s).await;
+    let (code, body) = raw(
+        &conn,
+        b"GET /api/v1/namespaces/default/configmaps/one HTTP/1.1\r\naccept: application/json\r\n\r\n",
+    )
+    .await;
+    assert_eq!((code, body["data"]["k"].as_str()), (200, Some("1")));
+    let (code, body) = raw(
+        &conn,
+        b"GET /api/v1/namespaces/default/configmaps?limit=10 HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(body["kind"], "ConfigMapList");
+    assert_eq!(body["items"][0]["metadata"]["name"], "one");
+    let (code, body) = raw(
+        &conn,
+        b"GET /api/v1/namespaces/default/configmaps/missing HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!((code, body["reason"].as_str()), (404, Some("NotFound")));
+    let (code, body) = raw(
+        &conn,
+        b"DELETE /api/v1/namespaces/default/configmaps/one HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!((code, body["kind"].as_str()), (405, Some("Status")));
+    let (code, _) = raw(&conn, b"GET /version HTTP/1.1\r\n\r\n").await;
+    assert_eq!(code, 404);
+    let (code, body) = raw(&conn, b"\x00garbage\r\n\r\n").await;
+    assert_eq!((code, body["reason"].as_str()), (400, Some("BadRequest")));
+    // The refused delete changed nothing.
+    assert!(http.get_opt("one").await.unwrap().is_some());
+}
+
+/// A watch whose client stops reading backs up into the fan-out, which cuts it off with a
+/// 410 `Gone` event as over HTTP/2, while its neighbour on the connection gets every
+/// event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_stream_is_cut_off_with_410() {
+    // More than the fan-out's ring (4,096) plus the watch's buffer (256) and window.
+    const OBJECTS: usize = 4_600;
+    let s = Server::start();
+    let quic: Api<ConfigMap> = Api::namespaced(quic_client(&s), "default");
+    let http: Api<ConfigMap> = Api::namespaced(s.client(), "default");
+    let start = http
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .resource_version;
+    let mut unread = quic
+        .watch(&WatchParams::default().labels("app=flood"), &start)
+        .await
+        .unwrap();
+    let mut reader = quic
+        .watch(&WatchParams::default().labels("app=flood"), &start)
+        .await
+        .unwrap();
+    let data = "y".repeat(2_000);
+    let creates = futures::stream::iter(0..OBJECTS)
+        .map(|i| {
+            let (http, data) = (http.clone(), data.clone());
+            async move {
+                http.create(
+                    &PostParams::default(),
+                    &cm(&format!("f-{i}"), &[("app", "flood")], &data),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .buffer_unordered(16);
+    let read_all = async {
+        let mut n = 0;
+        while n < OBJECTS {
+            match next(&mut reader).await {
+                WatchEvent::Added(_) => n += 1,
+                other => panic!("the read stream got {other:?}"),
+            }
+        }
+    };
+    let ((), ()) = tokio::time::timeout(
+        Duration::from_secs(120),
+        futures::future::join(creates.collect::<()>(), read_all),
+    )
+    .await
+    .expect("creates and the read stream in time");
+    // The unread stream: what was buffered, then the 410 (bounded by the object count).
+    let mut added = 0;
+    let status = loop {
+        match next(&mut unread).await {
+            WatchEvent::Added(_) => added += 1,
+            WatchEvent::Error(st) => break st,
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(added < OBJECTS, "the unread stream was never cut off");
+    };
+    assert_eq!((status.code, status.reason.as_str()), (410, "Gone"));
+    assert!(
+        unread.next().await.is_none(),
+        "the stream ends after the 410"
+    );
 }

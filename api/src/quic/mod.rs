@@ -27,7 +27,7 @@
 //! ([`HEAD_TIMEOUT`]), head size, unacknowledged bytes per connection ([`SEND_WINDOW`]) and
 //! per stream (the client's stream window, 512 KiB for ours). A stream whose client stops
 //! reading stops being polled: its watch backs up into the fan-out, which ends it with a
-//! 410 `Expired` event exactly as over HTTP/2; a stream that cannot take a single write for
+//! 410 `Gone` event exactly as over HTTP/2; a stream that cannot take a single write for
 //! [`WRITE_STALL_TIMEOUT`] is reset ([`RESET_STALLED`]).
 //!
 //! The wire format's core is sans-IO ([`frame`]); [`server`] is the tokio/quinn shell.
