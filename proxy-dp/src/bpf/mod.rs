@@ -263,3 +263,62 @@ fn load(prog: &[insn::Insn]) -> Result<OwnedFd, BpfError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program the verifier refuses (it returns r0 without ever setting it): the error
+    /// carries the verifier's log, which names the register.
+    #[test]
+    fn a_refused_program_reports_the_verifier_log() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root to load BPF programs");
+            return;
+        }
+        let mut a = Asm::new();
+        a.exit();
+        let bad = a.finish().expect("assembles");
+        match load(&bad) {
+            Err(BpfError::ProgLoad { source, log }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EACCES), "{source}");
+                assert!(log.contains("R0 !read_ok"), "log: {log}");
+            }
+            other => panic!("want a verifier refusal, got {other:?}"),
+        }
+    }
+
+    /// The real program passes the verifier and the maps take no socket but established TCP.
+    #[test]
+    fn the_verdict_program_loads_and_attaches() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root to load BPF programs");
+            return;
+        }
+        let f = SockmapForwarder::new(4).expect("sockmap forwarder");
+        assert_eq!(f.entries().expect("walk"), (0, 0));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let a = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (b, _) = l.accept().expect("accept");
+        let (ka, kb) = (
+            socket_cookie(a.as_fd()).expect("cookie"),
+            socket_cookie(b.as_fd()).expect("cookie"),
+        );
+        assert_ne!(ka, kb);
+        f.insert_pair(a.as_fd(), ka, b.as_fd(), kb).expect("insert");
+        assert_eq!(f.entries().expect("walk"), (2, 2));
+        // The same pair again: the keys exist (BPF_NOEXIST), and nothing is left half-done.
+        assert!(f.insert_pair(a.as_fd(), ka, b.as_fd(), kb).is_err());
+        assert_eq!(f.entries().expect("walk"), (2, 2));
+        drop((a, b));
+        let t0 = std::time::Instant::now();
+        while f.entries().expect("walk") != (0, 0) && t0.elapsed().as_secs() < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            f.entries().expect("walk"),
+            (0, 0),
+            "closed sockets left in the maps"
+        );
+    }
+}
