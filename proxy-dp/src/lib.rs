@@ -4,6 +4,33 @@
 //! change) and a per-core forwarding shell on `shards` listeners that splices TCP and
 //! forwards UDP per flow to ready endpoints.
 //!
+//! ## Forwarding: splice in user space, the sockmap kernel path measured and kept off
+//!
+//! DESIGN.md chose "splice forwarding". Session 6 measured the user-space engines at 0.44x a
+//! direct connection's bulk throughput with the shard threads over 90% in the kernel, and
+//! concluded forwarding had to move into the kernel. Session 7 built that ([`bpf`]: a sockmap
+//! and an `sk_skb` stream-verdict program redirecting each socket's bytes to its peer's
+//! egress; user space keeps accept, backend choice, connect, and watches only FIN/errors to
+//! pass half-closes and resets on) and measured it side by side
+//! (`RUNS=3 SECS=2 ./target/release/proxy_vs_haproxy`, medians of 3, load 4.0-7.0, BENCHMARKS.md
+//! `## proxy-dp: kernel forwarding with a sockmap`):
+//!
+//! | path | bulk Gbit/s | CPU ms/Gbit | short conn/s | RTT p50/p99 us |
+//! |---|---:|---:|---:|---:|
+//! | sockmap | 4.64 | 425 | 2,906 | 39.5 / 102.7 |
+//! | splice | 9.87 | 202 | 7,167 | 78.8 / 1,021 |
+//! | adaptive (default) | 7.62 | 260 | 6,138 | 46.4 / 129.1 |
+//! | HAProxy 2.6 | 6.62 | 302 | 6,403 | 73.8 / 1,244 |
+//!
+//! The kernel path lost on throughput, CPU and connection rate: an egress redirect from an
+//! `sk_skb` program is not sent in the softirq that received the segment but queued on the
+//! peer's psock and sent by a kernel work queue (a context switch per batch, on the same two
+//! cores as everything else), and a FIN has to wait until that queue has handed the bytes
+//! before it can be passed on (most short connections waited). So the decision stays
+//! **splice/adaptive in user space by default**; the sockmap path is kept, tested and
+//! selectable ([`KernelForward::On`], `KUBESHARD_PROXY_SOCKMAP=on`) for kernels or workloads
+//! where it measures better (its added latency was the lowest of the proxies here).
+//!
 //! **Must not depend on:** `store`, `scheduler`, `controllers` or `node`. The routing core
 //! must not do I/O, read clocks or spawn tasks: its shell hands it events and the time.
 //!

@@ -177,13 +177,27 @@ fn echo_transfer(addr: SocketAddr, len: usize) -> bool {
     let mut r = s;
     r.read_to_end(&mut all).expect("read to EOF");
     writer.join().expect("writer");
-    all.len() == len + 6
+    let ok = all.len() == len + 6
         && &all[..3] == b"hi\n"
         && all[3..3 + len]
             .iter()
             .enumerate()
             .all(|(i, b)| *b == pattern(i))
-        && &all[3 + len..] == b"bye"
+        && &all[3 + len..] == b"bye";
+    if !ok {
+        let bad = all
+            .iter()
+            .skip(3)
+            .enumerate()
+            .position(|(i, b)| i >= len || *b != pattern(i));
+        eprintln!(
+            "echo of {len} bytes: got {} bytes, head {:?}, first difference at {bad:?}, tail {:?}",
+            all.len(),
+            &all[..all.len().min(3)],
+            &all[all.len().saturating_sub(8)..]
+        );
+    }
+    ok
 }
 
 /// Waits until both maps are empty again (closing a socket removes it from them).
@@ -414,5 +428,41 @@ fn off_forwards_in_user_space() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+    dp.shutdown().expect("shutdown");
+}
+
+/// The bench's short-connection job: connect, one byte there and back, the backend closes
+/// first. Every one must complete through the kernel path (its FIN waits for the byte).
+#[test]
+fn short_connections_complete() {
+    if !is_root() {
+        return;
+    }
+    let port = backend(|mut s| {
+        let mut b = [0u8; 1];
+        if s.read_exact(&mut b).is_ok() {
+            let _ = s.write_all(&b);
+        }
+    });
+    let (_rt, dp, addr) = dataplane(kernel(), 8, port);
+    for i in 0..300 {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, T).expect("connect");
+        s.set_read_timeout(Some(T)).expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
+        s.write_all(b"x").expect("write");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(got, b"x", "connection {i}");
+    }
+    let m = dp.metrics();
+    let o = std::sync::atomic::Ordering::Relaxed;
+    eprintln!(
+        "kernel flows {}, fin waits {}, user space {}",
+        m.kernel_flows.load(o),
+        m.kernel_fin_waits.load(o),
+        m.kernel_errors.load(o)
+    );
+    assert_eq!(maps_drain(&dp), (0, 0));
     dp.shutdown().expect("shutdown");
 }

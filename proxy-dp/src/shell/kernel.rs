@@ -8,7 +8,8 @@
 //!   to `dst`'s send queue, `shutdown(dst, SHUT_WR)`. The kernel moves redirected bytes to
 //!   `dst` from a work queue, so a FIN seen by user space may overtake them; the check
 //!   compares `src`'s `TCP_INFO` bytes received (minus the FIN) with `dst`'s bytes written
-//!   (sent once + not yet sent) and waits (yield, then 1 ms steps) until they meet.
+//!   (sent once + not yet sent) and waits until they meet: a few `sched_yield`s, then
+//!   yields to the shard's other tasks, then 1 ms steps; reset after 30 s without progress.
 //! - An error on either side (RST, a failed redirect): both sockets are closed with
 //!   `SO_LINGER 0`, i.e. reset.
 //! - Both directions ended: both sockets are closed, which removes them from the maps.
@@ -32,9 +33,10 @@ use crate::bpf::{self, SockmapForwarder};
 /// A direction waiting for its bytes to reach the peer gives up (and resets the
 /// connection) after this long without progress.
 const DRAIN_STALL: Duration = Duration::from_secs(30);
-/// Checks with `sched_yield` between them before sleeping (the kernel's work queue
-/// usually finishes within a few).
-const DRAIN_SPINS: u32 = 8;
+/// Checks with `sched_yield` between them, then checks with a yield to the shard's other
+/// tasks between them, before 1 ms sleeps (see `forward`).
+const DRAIN_SPINS: u32 = 4;
+const DRAIN_YIELDS: u32 = 256;
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 256;
 
@@ -164,8 +166,9 @@ pub(crate) enum NotTaken {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Dir {
     Open,
-    /// FIN seen from the source; waiting for its bytes to reach the peer's send queue.
-    Draining,
+    /// FIN seen from the source, which had received this many payload bytes; waiting for
+    /// them to reach the peer's send queue.
+    Draining(u64),
     Done,
 }
 
@@ -177,6 +180,7 @@ pub(crate) async fn forward(
     client: TcpStream,
     backend: TcpStream,
     bytes: &AtomicU64,
+    fin_waits: &AtomicU64,
 ) -> Result<Outcome, NotTaken> {
     let keys = (|| -> io::Result<(u64, u64)> {
         Ok((
@@ -239,39 +243,42 @@ pub(crate) async fn forward(
     }
     let mut dir = [Dir::Open; 2];
     let mut moved = [0u64; 2];
-    let mut spins = 0u32;
+    let mut rounds = 0u32;
     let mut last_progress = tokio::time::Instant::now();
     let mut last_written = [0u64; 2];
     loop {
-        for (d, events) in dir.iter_mut().zip(&reg.sig.events) {
+        for ((d, events), src) in dir.iter_mut().zip(&reg.sig.events).zip(&socks) {
             let ev = events.replace(0);
             if ev & libc::EPOLLERR as u32 != 0 {
                 return Ok(reset(socks));
             }
             if ev & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 && *d == Dir::Open {
-                *d = Dir::Draining;
+                // Every byte before the FIN is in: bytes_received counts the FIN's sequence
+                // number too.
+                let Ok(c) = bpf::tcp_counters(src.as_fd()) else {
+                    return Ok(reset(socks));
+                };
+                *d = Dir::Draining(c.bytes_received.saturating_sub(1));
             }
         }
         let mut waiting = false;
         for side in 0..2 {
-            if dir[side] != Dir::Draining {
+            let Dir::Draining(target) = dir[side] else {
                 continue;
-            }
-            let (src, dst) = (&socks[side], &socks[1 - side]);
-            let (Ok(s), Ok(d)) = (
-                bpf::tcp_counters(src.as_fd()),
-                bpf::tcp_counters(dst.as_fd()),
-            ) else {
+            };
+            let dst = &socks[1 - side];
+            let Ok(d) = bpf::tcp_counters(dst.as_fd()) else {
                 return Ok(reset(socks));
             };
-            // bytes_received counts the FIN's sequence number too.
-            let data = s.bytes_received.saturating_sub(1);
             let written = d.written();
-            if written >= data {
-                moved[side] = data;
+            if written >= target {
+                moved[side] = target;
                 let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
                 dir[side] = Dir::Done;
             } else {
+                if rounds == 0 {
+                    fin_waits.fetch_add(1, Ordering::Relaxed);
+                }
                 waiting = true;
                 if written != last_written[side] {
                     last_written[side] = written;
@@ -282,23 +289,27 @@ pub(crate) async fn forward(
         if dir == [Dir::Done; 2] {
             break;
         }
-        if waiting {
-            if last_progress.elapsed() > DRAIN_STALL {
-                return Ok(reset(socks));
-            }
-            if spins < DRAIN_SPINS {
-                spins += 1;
-                // Let the kernel's work queue (on this CPU, often) run.
-                std::thread::yield_now();
-                continue;
-            }
+        if !waiting {
+            rounds = 0;
+            reg.sig.notify.notified().await;
+            continue;
+        }
+        if last_progress.elapsed() > DRAIN_STALL {
+            return Ok(reset(socks));
+        }
+        rounds += 1;
+        if rounds <= DRAIN_SPINS {
+            // The work queue may be waiting for this CPU.
+            std::thread::yield_now();
+        } else if rounds <= DRAIN_SPINS + DRAIN_YIELDS {
+            // Let the shard's other tasks run meanwhile; the queue usually empties within
+            // tens of microseconds, well under the timer's 1 ms.
+            tokio::task::yield_now().await;
+        } else {
             tokio::select! {
                 () = reg.sig.notify.notified() => {}
                 () = tokio::time::sleep(Duration::from_millis(1)) => {}
             }
-        } else {
-            spins = 0;
-            reg.sig.notify.notified().await;
         }
     }
     let total = moved[0] + moved[1];

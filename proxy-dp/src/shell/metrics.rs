@@ -47,6 +47,9 @@ pub struct Metrics {
     pub kernel_flows: AtomicU64,
     /// TCP connections forwarded in user space because the kernel path's maps were full.
     pub kernel_full: AtomicU64,
+    /// Times a FIN on the kernel path found its bytes not yet in the peer's send queue and
+    /// waited (yield, then 1 ms sleeps) before passing the FIN on.
+    pub kernel_fin_waits: AtomicU64,
     /// TCP connections the kernel path could not take for another reason (forwarded in user
     /// space): mostly a client whose FIN came in before the proxy got to its socket (only
     /// established sockets may enter a sockmap).
@@ -114,6 +117,10 @@ impl Metrics {
             ("kubeshard_proxy_kernel_flows_total", &self.kernel_flows),
             ("kubeshard_proxy_kernel_full_total", &self.kernel_full),
             ("kubeshard_proxy_kernel_errors_total", &self.kernel_errors),
+            (
+                "kubeshard_proxy_kernel_fin_waits_total",
+                &self.kernel_fin_waits,
+            ),
         ] {
             let _ = writeln!(s, "# TYPE {name} counter");
             let _ = writeln!(s, "{name} {}", g(v));

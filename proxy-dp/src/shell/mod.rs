@@ -76,15 +76,19 @@ pub struct DataplaneConfig {
 
 /// Whether TCP payload is forwarded in the kernel (a sockmap with an `sk_skb` verdict
 /// program, [`crate::bpf`]) or in user space ([`ForwardMode`]). Chosen once at start.
+///
+/// The default is `Off`: measured on this machine (BENCHMARKS.md, `## proxy-dp: kernel
+/// forwarding with a sockmap`), the sockmap path moved 0.47x the bulk throughput of splice at
+/// 2.1x its CPU per Gbit and 0.41x its short connections per second (see the crate doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelForward {
     /// The kernel path when it can be set up (BPF allowed, kernel support), else user space;
     /// the choice is logged.
-    #[default]
     Auto,
     /// The kernel path or a start error ([`ShellError::Bpf`]).
     On,
-    /// User space only.
+    /// User space only (the default).
+    #[default]
     Off,
 }
 

@@ -152,7 +152,7 @@ async fn handle(st: Rc<ShardState>, f: Frontend, client: std::net::TcpStream, pe
         && let Some((c, b)) = pair.take()
     {
         let m = &st.settings.metrics;
-        match kernel::forward(k, c, b, &metrics.bytes).await {
+        match kernel::forward(k, c, b, &metrics.bytes, &m.kernel_fin_waits).await {
             Ok(_) => {
                 m.kernel_flows.fetch_add(1, Ordering::Relaxed);
             }
