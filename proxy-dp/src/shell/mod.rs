@@ -85,7 +85,8 @@ pub enum KernelForward {
     /// The kernel path when it can be set up (BPF allowed, kernel support), else user space;
     /// the choice is logged.
     Auto,
-    /// The kernel path or a start error ([`ShellError::Bpf`]).
+    /// The kernel path or a start error ([`ShellError::Bpf`]). Experimental: on Linux 6.18
+    /// it duplicated a segment in large transfers under pressure (see the crate doc).
     On,
     /// User space only (the default).
     #[default]
