@@ -126,6 +126,22 @@ impl CgroupDriver {
         CgroupDriver::V2 { base }
     }
 
+    /// The base group itself (`<caller's group>/<name>` in every hierarchy), for whoever
+    /// owns the whole group (a bench or test run) to remove with [`Cgroup::remove`] when it
+    /// is done: the runtime removes only the groups below it.
+    pub fn base(&self) -> Cgroup {
+        match self {
+            CgroupDriver::V1 { bases } => Cgroup {
+                v2: false,
+                dirs: bases.iter().map(|(_, b)| b.clone()).collect(),
+            },
+            CgroupDriver::V2 { base } => Cgroup {
+                v2: true,
+                dirs: vec![base.clone()],
+            },
+        }
+    }
+
     /// Creates (or reuses) `<base>/<rel>` in every hierarchy and applies `res`.
     pub fn create(&self, rel: &str, res: &Resources) -> Result<Cgroup, CgroupError> {
         match self {

@@ -22,7 +22,9 @@
 //! - [`server`]: the kubelet's HTTPS API (logs, exec, attach, port-forward over WebSocket
 //!   and SPDY/3.1), which the apiserver proxies `pods/log|exec|attach|portforward` to;
 //! - [`shim`]: the per-container monitor process (and the sandbox holder) the runtime starts by
-//!   re-executing a binary that calls [`shim::run_if_requested`] first thing in `main`.
+//!   re-executing a binary that calls [`shim::run_if_requested`] first thing in `main`: the
+//!   small `kubeshard-shim` next to the kubelet's binary when it is of the same build
+//!   ([`shim::program_for`]), else the kubelet's binary itself.
 //!
 //! **Must not depend on:** `store`, `scheduler`, `controllers` or `proxy-dp`: it talks to the
 //! cluster only through the API.

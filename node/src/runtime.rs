@@ -550,10 +550,12 @@ impl Runtime {
     /// /etc/resolv.conf. Returns its id.
     pub async fn create_sandbox(&self, cfg: &SandboxConfig) -> Result<String, RuntimeError> {
         let (this, cfg) = (self.clone(), cfg.clone());
-        let (id, dir, pod_cg, holder_cg) = blocking(move || this.prepare_sandbox(&cfg)).await?;
+        let (id, dir, pod_cg, _holder_cg) = blocking(move || this.prepare_sandbox(&cfg)).await?;
         match self.spawn_shim("sandbox", &dir).await {
             Ok((shim_pid, pid)) => {
-                let _ = holder_cg.add_pid(pid);
+                // The holder is already in its cgroup: the shim moved itself there before it
+                // forked the holder (a second move cost 4 `cgroup.procs` writes per pod on v1,
+                // each a global cgroup lock that forks and exits on the host also take).
                 record_started(&dir, shim_pid, pid)?;
                 Ok(id)
             }

@@ -40,6 +40,86 @@ use crate::spec::{ContainerSpec, ExitState, SandboxSpec};
 /// The first argument that selects the shim.
 pub const SHIM_ARG: &str = "__kubeshard-shim";
 
+/// The file name of the stand-alone shim binary (`node/src/bin/kubeshard-shim.rs`), looked
+/// for next to the kubelet's own binary by [`program_for`].
+pub const SHIM_BIN: &str = "kubeshard-shim";
+
+/// This build's identity (a hash of the node crate's sources, from `build.rs`): a shim
+/// binary answers `SHIM_ARG build-id` with it.
+pub const BUILD_ID: &str = env!("KUBESHARD_NODE_BUILD_ID");
+
+/// How long [`program_for`] waits for a candidate shim's `build-id` answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The program the runtime should start as its shim, given `main_exe`, the binary that
+/// serves as the shim itself (the `kubeshard` binary, which calls [`run_if_requested`]).
+///
+/// Prefers the small stand-alone `kubeshard-shim` next to `main_exe` when it is an
+/// executable file answering with this build's [`BUILD_ID`]: every sandbox and container
+/// start fork+execs the shim, and the `kubeshard` binary (~150 MB, ~34,000 relocations)
+/// costs more to load at each exec and more memory per running shim. Anything else
+/// (missing, not executable, another build's shim, no answer within 5 s) falls back to
+/// `main_exe`, which always works. Blocking: runs the candidate once.
+pub fn program_for(main_exe: &Path) -> PathBuf {
+    let candidate = main_exe.with_file_name(SHIM_BIN);
+    if candidate == main_exe {
+        return main_exe.to_path_buf();
+    }
+    match probe_build_id(&candidate) {
+        Ok(id) if id == BUILD_ID => candidate,
+        Ok(id) => {
+            tracing::info!(shim = %candidate.display(), %id, expected = BUILD_ID,
+                "not using the stand-alone shim: it is from another build");
+            main_exe.to_path_buf()
+        }
+        Err(e) => {
+            tracing::debug!(shim = %candidate.display(), "no stand-alone shim: {e}");
+            main_exe.to_path_buf()
+        }
+    }
+}
+
+/// Runs `program SHIM_ARG build-id` and returns its answer (bounded in size and time).
+fn probe_build_id(program: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = fs::metadata(program).map_err(|e| e.to_string())?;
+    if !md.is_file() || md.permissions().mode() & 0o111 == 0 {
+        return Err("not an executable file".into());
+    }
+    let mut child = std::process::Command::new(program)
+        .arg(SHIM_ARG)
+        .arg("build-id")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
+    // Bounded poll: at most PROBE_TIMEOUT / 5 ms iterations.
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("no answer".into());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let mut out = String::new();
+    if let Some(so) = child.stdout.take() {
+        let _ = so.take(4096).read_to_string(&mut out);
+    }
+    if !status.success() {
+        return Err(format!("exited with {status}"));
+    }
+    Ok(out.trim().to_string())
+}
+
 /// If this process was started as a shim (`argv[1] == SHIM_ARG`), runs it and exits;
 /// otherwise returns. Call it first in `main`, before any thread or runtime starts.
 pub fn run_if_requested() {
@@ -53,12 +133,16 @@ pub fn run_if_requested() {
     let code = match (args.get(2).map(String::as_str), args.get(3)) {
         (Some("sandbox"), Some(dir)) => run_sandbox(Path::new(dir)),
         (Some("container"), Some(dir)) => run_container(Path::new(dir)),
+        (Some("build-id"), None) => {
+            report(BUILD_ID);
+            0
+        }
         (Some("exec"), Some(dir)) => match args.get(4) {
             Some(exec_dir) => run_exec(Path::new(dir), Path::new(exec_dir)),
             None => 2,
         },
         _ => {
-            eprintln!("usage: {SHIM_ARG} sandbox|container DIR | exec DIR EXEC_DIR");
+            eprintln!("usage: {SHIM_ARG} sandbox|container DIR | exec DIR EXEC_DIR | build-id");
             2
         }
     };
@@ -1028,4 +1112,44 @@ fn exec_init(
     crate::sys::reset_signals();
     let e = nix::unistd::execve(&cstr(&path)?, &argv, &envp).unwrap_err();
     Err(format!("exec {}: {e}", exec.argv[0]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in shim: a script answering `build-id` with `answer`.
+    fn fake_shim(dir: &Path, answer: &str, mode: u32) -> PathBuf {
+        let p = dir.join(SHIM_BIN);
+        fs::write(&p, format!("#!/bin/sh\necho '{answer}'\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn program_for_prefers_a_same_build_shim_next_to_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let main_exe = dir.path().join("kubeshard");
+        // Missing: the binary itself.
+        assert_eq!(program_for(&main_exe), main_exe);
+        // Same build: the stand-alone shim.
+        let shim = fake_shim(dir.path(), BUILD_ID, 0o755);
+        assert_eq!(program_for(&main_exe), shim);
+        // The shim binary given directly stays itself.
+        assert_eq!(program_for(&shim), shim);
+    }
+
+    #[test]
+    fn program_for_falls_back_on_other_builds_and_non_executables() {
+        let dir = tempfile::tempdir().unwrap();
+        let main_exe = dir.path().join("kubeshard");
+        fake_shim(dir.path(), "0.1.0-0000000000000000", 0o755);
+        assert_eq!(program_for(&main_exe), main_exe, "another build's shim");
+        fake_shim(dir.path(), BUILD_ID, 0o644);
+        assert_eq!(program_for(&main_exe), main_exe, "not executable");
+        fs::remove_file(dir.path().join(SHIM_BIN)).unwrap();
+        fs::create_dir(dir.path().join(SHIM_BIN)).unwrap();
+        assert_eq!(program_for(&main_exe), main_exe, "a directory");
+    }
 }

@@ -257,6 +257,12 @@ fn main() {
         for sb in runtime.list_sandboxes().unwrap_or_default() {
             let _ = runtime.remove_sandbox(&sb.id).await;
         }
+        // The run's own top-level group, which the runtime never removes.
+        if let Ok(d) = node::cgroup::CgroupDriver::detect(&group())
+            && let Err(e) = d.base().remove(Duration::from_secs(5))
+        {
+            eprintln!("removing the bench's cgroup: {e}");
+        }
     });
     server.shutdown();
     engine.close();

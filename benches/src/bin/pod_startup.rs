@@ -173,10 +173,10 @@ fn main() {
             ListParams::default().labels("bench=startup"),
         );
         let watcher = tokio::spawn(informer.run(move |ev: api::client::runtime::Event<Pod>| {
-            let p = match &ev {
-                api::client::runtime::Event::Added(p)
-                | api::client::runtime::Event::Modified(p) => p,
-                _ => return,
+            let (api::client::runtime::Event::Added(p) | api::client::runtime::Event::Modified(p)) =
+                &ev
+            else {
+                return;
             };
             if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
                 let now = Instant::now();
@@ -223,9 +223,15 @@ fn main() {
         rcfg.cgroups =
             node::cgroup::CgroupDriver::detect(&format!("kubeshard-bench-{}", std::process::id()))
                 .unwrap();
+        let base = rcfg.cgroups.base();
         let runtime = node::runtime::Runtime::new(rcfg).unwrap();
         for sb in runtime.list_sandboxes().unwrap_or_default() {
             let _ = runtime.remove_sandbox(&sb.id).await;
+        }
+        // And the run's own top-level group (`kubeshard-bench-<pid>` in each hierarchy),
+        // which the runtime never removes.
+        if let Err(e) = base.remove(Duration::from_secs(5)) {
+            eprintln!("removing the bench's cgroup: {e}");
         }
     });
     server.shutdown();

@@ -73,7 +73,9 @@ pub struct KubeletConfig {
     pub node_ip: Option<IpAddr>,
     /// The static pod manifest directory (default `<data_dir>/manifests`).
     pub pod_manifest_path: Option<PathBuf>,
-    /// The shim binary ([`crate::shim::run_if_requested`]).
+    /// The binary that serves as the shim ([`crate::shim::run_if_requested`]); the kubelet
+    /// uses the stand-alone `kubeshard-shim` next to it instead when that one is of the
+    /// same build ([`crate::shim::program_for`]).
     pub shim_program: PathBuf,
     /// The cgroup layout (default: detected, under a `kubeshard` group).
     pub cgroups: Option<CgroupDriver>,
@@ -246,7 +248,14 @@ impl Kubelet {
             )));
         }
         std::fs::create_dir_all(&cfg.data_dir).map_err(RuntimeError::from)?;
-        let mut rcfg = RuntimeConfig::new(&cfg.data_dir, cfg.shim_program.clone())?;
+        // The small stand-alone shim next to the given binary when it is of this build
+        // (cheaper to exec at every sandbox and container start), else the binary itself.
+        let main_exe = cfg.shim_program.clone();
+        let shim = tokio::task::spawn_blocking(move || crate::shim::program_for(&main_exe))
+            .await
+            .unwrap_or_else(|_| cfg.shim_program.clone());
+        tracing::info!(shim = %shim.display(), "container shim");
+        let mut rcfg = RuntimeConfig::new(&cfg.data_dir, shim)?;
         if let Some(c) = &cfg.cgroups {
             rcfg.cgroups = c.clone();
         }
