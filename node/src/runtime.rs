@@ -556,7 +556,8 @@ impl Runtime {
                 // The holder is already in its cgroup: the shim moved itself there before it
                 // forked the holder (a second move cost 4 `cgroup.procs` writes per pod on v1,
                 // each a global cgroup lock that forks and exits on the host also take).
-                record_started(&dir, shim_pid, pid)?;
+                let d = dir.clone();
+                blocking(move || record_started(&d, shim_pid, pid)).await?;
                 Ok(id)
             }
             Err(e) => {
@@ -829,14 +830,17 @@ impl Runtime {
     /// [`RuntimeError::StartFailed`] naming what failed (the container is then exited with
     /// the start error recorded).
     pub async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
-        let (dir, _spec, state, exit) = self.container_files(id)?;
+        let (this, id_s) = (self.clone(), id.to_string());
+        let (dir, _spec, state, exit) = blocking(move || this.container_files(&id_s)).await?;
         if state.is_some() || exit.is_some() {
             return Err(RuntimeError::InvalidState(format!(
                 "container {id} was already started"
             )));
         }
         let (shim_pid, pid) = self.spawn_shim("container", &dir).await?;
-        record_started(&dir, shim_pid, pid)
+        // A new file (temp + rename): off the async workers, as every runtime file write is
+        // (an inode allocation took milliseconds on a file system with many recent deletions).
+        blocking(move || record_started(&dir, shim_pid, pid)).await
     }
 
     /// The status of a container, from its files (works the same after a kubelet restart).
