@@ -97,8 +97,11 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// RSS of this binary's shim processes (children of init after their setsid), in KiB.
+/// RSS of the container shim processes this binary's kubelet started (children of init after
+/// their setsid), in KiB: the stand-alone `kubeshard-shim` next to it when the kubelet picked
+/// that one (`node::shim::program_for`), else this binary.
 fn shims_rss_kib(exe: &Path) -> (usize, u64) {
+    let small = exe.with_file_name(node::shim::SHIM_BIN);
     let mut n = 0;
     let mut total = 0;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -110,7 +113,8 @@ fn shims_rss_kib(exe: &Path) -> (usize, u64) {
         };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         if args.len() > 2
-            && args[0] == exe.as_os_str().as_encoded_bytes()
+            && (args[0] == exe.as_os_str().as_encoded_bytes()
+                || args[0] == small.as_os_str().as_encoded_bytes())
             && args[1] == node::shim::SHIM_ARG.as_bytes()
             && args[2] == b"container"
         {
