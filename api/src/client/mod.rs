@@ -13,7 +13,9 @@
 //!   otherwise); [`Api<DynamicObject>`] with an [`ApiResource`] does the same untyped, for
 //!   custom resources and generic controllers.
 //! - [`WatchEvent`] streams decoded incrementally from newline-delimited JSON, each line
-//!   bounded by [`MAX_WATCH_LINE`].
+//!   bounded by [`MAX_WATCH_LINE`]; over HTTP/2 by default, or as streams on the server's
+//!   QUIC endpoint ([`crate::quic`]) with [`ClientConfig::with_quic_watches`] (lists and
+//!   writes stay on HTTP/2).
 //! - [`runtime`]: reflectors/informers ([`runtime::Informer`], [`runtime::Store`]) that list,
 //!   watch, resume from bookmarks, relist on 410 and back off.
 //! - [`leader`]: leader election over a `coordination.k8s.io/v1` Lease.
