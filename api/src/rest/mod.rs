@@ -390,7 +390,7 @@ async fn route(
     // nodes/{name}/proxy/{path...}: the node's kubelet answers.
     if let ["api", "v1", "nodes", node, "proxy", tail @ ..] = segs {
         check_segment(node)?;
-        return proxy::serve_node_proxy(app, node, &tail.join("/"), req).await;
+        return Box::pin(proxy::serve_node_proxy(app, node, &tail.join("/"), req)).await;
     }
     let (group, version, rest): (&str, &str, &[&str]) = match segs {
         ["api", "v1", rest @ ..] => ("", "v1", rest),
@@ -417,7 +417,7 @@ async fn route(
     let target = parse_target(app, group, version, rest)?;
     *labels = Some(request_labels(&target, &query, &req));
     if proxy::is_streaming(&target) {
-        return proxy::serve(app, target, query, req).await;
+        return Box::pin(proxy::serve(app, target, query, req)).await;
     }
     objects::serve(app, user, target, query, req).await
 }

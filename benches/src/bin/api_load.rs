@@ -19,7 +19,8 @@
 //! `API_PACE_US` (the paced phases' send step, 100 us: requests due within a step leave
 //! together), `API_CLIENT_THREADS` (the load generator's tokio workers, 2), `API_CONNS` (HTTP/2
 //! connections for the requests, 8), `API_LEAN_CONNS` (connections of the lean client's
-//! paced GET cell, 2; 0 skips it).
+//! paced GET cell, 2; 0 skips it), `API_GET_CELLS` (which GET cells run: a comma list of
+//! `closed` (1, 64 and 512 in flight), `paced` (the h2 client) and `lean`; all by default).
 //! Every phase is bounded in count and time.
 //!
 //! The load generator shares the cores with the server, so it is kept cheap: request URIs
@@ -445,6 +446,9 @@ fn main() -> Result<(), BoxError> {
     let client_threads: usize = env_or("API_CLIENT_THREADS", 2);
     let conns: usize = env_or("API_CONNS", 8);
     let lean_conns: usize = env_or("API_LEAN_CONNS", 2);
+    let get_cells: String = env_or("API_GET_CELLS", "closed,paced,lean".to_string());
+    let cell = |name: &str| get_cells.split(',').any(|c| c.trim() == name);
+    let (run_closed_gets, run_paced_h2, run_lean) = (cell("closed"), cell("paced"), cell("lean"));
     let phase = move |name: &str| {
         let on = only.split(',').any(|p| p.trim() == name);
         if on && !pause.is_zero() {
@@ -516,7 +520,7 @@ fn main() -> Result<(), BoxError> {
                 body: Bytes::new(),
             }
         };
-        for in_flight in [1usize, 64, 512].into_iter().filter(|_| run_get) {
+        for in_flight in [1usize, 64, 512].into_iter().filter(|_| run_get && run_closed_gets) {
             let cpu = cpu_secs(pid);
             let (mut lat, wall, failed) =
                 run_closed(&pool, usize::MAX, in_flight, Duration::from_secs(secs), get_req.clone())
@@ -528,7 +532,7 @@ fn main() -> Result<(), BoxError> {
                 (cpu_secs(pid) - cpu) * 1e6 / lat.len().max(1) as f64
             );
         }
-        if run_get {
+        if run_get && run_paced_h2 {
         let (cpu, client_cpu) = (cpu_secs(pid), cpu_secs(std::process::id()));
         let (mut lat, failed, dropped) =
             run_paced(&pool, rate * secs, rate, pace_step, get_req.clone()).await;
@@ -549,7 +553,7 @@ fn main() -> Result<(), BoxError> {
             (cpu_secs(std::process::id()) - client_cpu) * 1e6 / n.max(1) as f64
         );
         }
-        if run_get && lean_conns > 0 {
+        if run_get && run_lean && lean_conns > 0 {
             // The same paced cell from the lean HTTP/2 client (benches/src/h2_lean.rs), so
             // the client's own CPU leaves the server room on the shared cores.
             let paths: Vec<String> = (0..pods)
