@@ -119,6 +119,14 @@ impl Shard {
         if range.is_empty() {
             return;
         }
+        // One key: a point lookup, not a range search for both edges (the apiserver's GET
+        // of one object reads through here).
+        if let End::Single = range.end {
+            if let Some(env) = self.get(&range.start, rev) {
+                f(env);
+            }
+            return;
+        }
         for (_, h) in self.keys.range::<[u8], _>(range.bounds()) {
             if let Some(Version {
                 value: Some(env), ..
