@@ -743,21 +743,7 @@ async fn route_read(
     if proxy::is_streaming(&target) {
         return Err(ApiError::method_not_allowed());
     }
-    let def = target.def.clone();
-    if let Some(stored) = crate::conversion::stored_version(&def.group, &def.version, &def.kind) {
-        return convert::serve(
-            app,
-            user,
-            target,
-            query,
-            method.clone(),
-            headers,
-            Bytes::new(),
-            stored,
-        )
-        .await;
-    }
-    objects::dispatch(
+    objects::serve_read_body(
         app,
         user,
         target,

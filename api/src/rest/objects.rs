@@ -317,13 +317,30 @@ pub(crate) async fn serve(
     } else {
         body::read_limited(incoming).await?
     };
-    if let Some(stored) = stored {
-        return Box::pin(super::convert::serve(
-            app, user, t, q, method, headers, body, stored,
-        ))
-        .await;
+    serve_read_body(app, user, t, q, method, headers, body).await
+}
+
+/// Serves a resource request whose body has been read: through the conversion of a served
+/// version that is not the stored one, else the stored version's handlers. Boxed: see
+/// [`serve`].
+pub(super) async fn serve_read_body(
+    app: &Arc<App>,
+    user: &UserInfo,
+    t: Target,
+    q: Query,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    match crate::conversion::stored_version(&t.def.group, &t.def.version, &t.def.kind) {
+        Some(stored) => {
+            Box::pin(super::convert::serve(
+                app, user, t, q, method, headers, body, stored,
+            ))
+            .await
+        }
+        None => Box::pin(dispatch(app, user, t, q, method, headers, body)).await,
     }
-    Box::pin(dispatch(app, user, t, q, method, headers, body)).await
 }
 
 /// Serves a resource request whose body has been read.
@@ -1200,16 +1217,16 @@ pub(super) async fn server_side_apply(
         None => Ok(v),
     };
     // Apply to a missing object creates it.
+    let now = now_rfc3339();
+    let opts = crate::apply::ApplyOptions {
+        manager: &manager,
+        force,
+        api_version: &av,
+        now: &now,
+        schema,
+        subresource: sub,
+    };
     if app.backend.get(t.key()).await?.is_none() && sub.is_none() {
-        let now = now_rfc3339();
-        let opts = crate::apply::ApplyOptions {
-            manager: &manager,
-            force,
-            api_version: &av,
-            now: &now,
-            schema,
-            subresource: None,
-        };
         let obj = crate::apply::apply(None, &applied, &opts)?;
         if meta_str(&obj, "name") != t.name.as_deref().unwrap_or("") {
             return Err(ApiError::bad_request(
@@ -1220,23 +1237,12 @@ pub(super) async fn server_side_apply(
         let (raw, _) = create_tracked(app, &t.def, t.namespace.as_deref(), obj, None, dry).await?;
         return Ok(object_response(StatusCode::CREATED, raw, &warnings));
     }
-    let o = guaranteed_update(app, t, &manager, dry, sub, false, |old| {
-        let now = now_rfc3339();
-        let opts = crate::apply::ApplyOptions {
-            manager: &manager,
-            force,
-            api_version: &av,
-            now: &now,
-            schema,
-            subresource: sub,
-        };
-        match served {
-            Some(s) => {
-                let view = (s.to_served)(old);
-                to_stored(crate::apply::apply(Some(&view), &applied, &opts)?)
-            }
-            None => Ok(crate::apply::apply(Some(old), &applied, &opts)?),
+    let o = guaranteed_update(app, t, &manager, dry, sub, false, |old| match served {
+        Some(s) => {
+            let view = (s.to_served)(old);
+            to_stored(crate::apply::apply(Some(&view), &applied, &opts)?)
         }
+        None => Ok(crate::apply::apply(Some(old), &applied, &opts)?),
     })
     .await?;
     outcome_response(o, &warnings)

@@ -268,6 +268,33 @@ fn report(label: &str, lat: &mut [Duration], wall: Duration, failures: u64) {
     );
 }
 
+/// Prints a paced cell: its answers and tail from scheduled send time, the failures and the
+/// requests not sent (the client's in-flight bound full), and the server's and the client's
+/// CPU seconds per answered GET.
+fn report_paced(
+    label: &str,
+    lat: &mut [Duration],
+    secs: u64,
+    (failed, not_sent): (u64, u64),
+    (server_cpu, client_cpu): (f64, f64),
+) {
+    let n = lat.len();
+    println!(
+        "{label}: {n} ok ({:.0}/s), {failed} failed, {not_sent} not sent (client bound full); from scheduled time p50 {:.3} ms, p99 {:.3} ms",
+        n as f64 / secs.max(1) as f64,
+        ms(quantile(lat, 0.5)),
+        ms(quantile(lat, 0.99))
+    );
+    println!(
+        "  p99.9 {:.3} ms, max {:.3} ms; server CPU {:.2} s = {:.1} us per GET; client CPU {:.1} us per GET",
+        ms(quantile(lat, 0.999)),
+        ms(lat.iter().max().copied().unwrap_or_default()),
+        server_cpu,
+        server_cpu * 1e6 / n.max(1) as f64,
+        client_cpu * 1e6 / n.max(1) as f64
+    );
+}
+
 /// `total` requests built by `make(i)`, paced at `rate` per second; latency is measured from
 /// each request's scheduled send time (so a stalled server is charged for the queue it
 /// causes, and so is the client's own lag). Returns the latencies of the 2xx answers, the
@@ -537,20 +564,13 @@ fn main() -> Result<(), BoxError> {
         let (mut lat, failed, dropped) =
             run_paced(&pool, rate * secs, rate, pace_step, get_req.clone()).await;
         let server_cpu = cpu_secs(pid) - cpu;
-        let n = lat.len();
-        println!(
-            "GET one pod paced at {rate}/s for {secs} s: {n} ok ({:.0}/s), {failed} failed, {dropped} not sent (client bound full); from scheduled time p50 {:.3} ms, p99 {:.3} ms",
-            n as f64 / secs as f64,
-            ms(quantile(&mut lat, 0.5)),
-            ms(quantile(&mut lat, 0.99))
-        );
-        println!(
-            "  p99.9 {:.3} ms, max {:.3} ms; server CPU {:.2} s = {:.1} us per GET; client CPU {:.1} us per GET",
-            ms(quantile(&mut lat, 0.999)),
-            ms(lat.iter().max().copied().unwrap_or_default()),
-            server_cpu,
-            server_cpu * 1e6 / n.max(1) as f64,
-            (cpu_secs(std::process::id()) - client_cpu) * 1e6 / n.max(1) as f64
+        let client_cpu = cpu_secs(std::process::id()) - client_cpu;
+        report_paced(
+            &format!("GET one pod paced at {rate}/s for {secs} s"),
+            &mut lat,
+            secs,
+            (failed, dropped),
+            (server_cpu, client_cpu),
         );
         }
         if run_get && run_lean && lean_conns > 0 {
@@ -567,22 +587,12 @@ fn main() -> Result<(), BoxError> {
             let server_cpu = cpu_secs(pid) - cpu;
             let client_cpu = cpu_secs(std::process::id()) - client_cpu;
             let mut lat = out.latencies;
-            let n = lat.len();
-            println!(
-                "GET one pod paced at {rate}/s for {secs} s, lean client ({lean_conns} conns): {n} ok ({:.0}/s), {} failed, {} not sent; from scheduled time p50 {:.3} ms, p99 {:.3} ms",
-                n as f64 / secs as f64,
-                out.failures,
-                out.not_sent,
-                ms(quantile(&mut lat, 0.5)),
-                ms(quantile(&mut lat, 0.99))
-            );
-            println!(
-                "  p99.9 {:.3} ms, max {:.3} ms; server CPU {:.2} s = {:.1} us per GET; client CPU {:.1} us per GET",
-                ms(quantile(&mut lat, 0.999)),
-                ms(lat.iter().max().copied().unwrap_or_default()),
-                server_cpu,
-                server_cpu * 1e6 / n.max(1) as f64,
-                client_cpu * 1e6 / n.max(1) as f64
+            report_paced(
+                &format!("GET one pod paced at {rate}/s for {secs} s, lean client ({lean_conns} conns)"),
+                &mut lat,
+                secs,
+                (out.failures, out.not_sent),
+                (server_cpu, client_cpu),
             );
         }
 
