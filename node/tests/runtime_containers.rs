@@ -221,7 +221,10 @@ async fn pod_containers_share_localhost_and_hostname() {
         .rt
         .create_container(
             &sb,
-            &sh("hostname; i=0; while [ $i -lt 100 ]; do echo hello-from-b | nc -w 1 127.0.0.1 8080 && exit 0; i=$((i+1)); sleep 0.05; done; exit 1"),
+            // The message comes from a here-document, written before nc starts: with
+            // `echo | nc`, busybox nc could see the server's early half-close (its stdin
+            // is empty) before echo's line and quit without sending anything.
+            &sh("hostname; i=0; while [ $i -lt 100 ]; do nc -w 1 127.0.0.1 8080 <<EOF && exit 0\nhello-from-b\nEOF\ni=$((i+1)); sleep 0.05; done; exit 1"),
         )
         .await
         .unwrap();
@@ -241,8 +244,10 @@ async fn pod_containers_share_localhost_and_hostname() {
     while !log_lines(&server_log).iter().any(|l| l.1 == "hello-from-b") {
         assert!(
             Instant::now() < deadline,
-            "server log: {:?}",
-            log_lines(&server_log)
+            "server log: {:?}, server: {:?}, client log: {:?}",
+            log_lines(&server_log),
+            env.rt.container_status(&server).unwrap().state,
+            log_lines(&st.log_path)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
