@@ -687,3 +687,123 @@ async fn ipv6_cluster_ip_forwards_tcp_and_udp_and_its_vip_comes_and_goes() {
     );
     dp.shutdown().expect("shutdown");
 }
+
+/// A request/response backend that never speaks first: it reads the request (until `len`
+/// bytes, or until EOF when `until_eof`), answers with its length and a checksum
+/// ("<len> <sum>\n") and closes. Request lengths and EOFs it saw are counted in `seen`.
+async fn request_backend(until_eof: bool, len: usize) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut b = vec![0u8; 64 * 1024];
+                let outcome = loop {
+                    if !until_eof && req.len() >= len {
+                        break "len";
+                    }
+                    match s.read(&mut b).await {
+                        Ok(0) => break "eof",
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                        Err(_) => break "error",
+                    }
+                };
+                let sum = req
+                    .iter()
+                    .fold(0u64, |a, x| a.wrapping_mul(31) + u64::from(*x));
+                let _ = s
+                    .write_all(format!("{} {sum}\n", req.len()).as_bytes())
+                    .await;
+                log.lock()
+                    .expect("log")
+                    .push(format!("{} {outcome}", req.len()));
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Short connections whose client speaks first, in both close orders, through every
+/// user-space engine: the proxy sends the client's first bytes on before registering the
+/// sockets (`forward::first_bytes`, which must neither lose nor repeat a byte, whatever
+/// their size), and the direction that ends last is closed without a `shutdown` (the
+/// `close` must send a FIN, not an RST, or the reply is cut or reset).
+/// - "backend closes first": request of `len` bytes, the backend answers and closes, the
+///   client reads the answer to EOF and closes.
+/// - "client half-closes first": request then `shutdown(SHUT_WR)` at once; the backend
+///   reads to EOF, answers and closes; the client must read the whole answer and a clean EOF.
+#[tokio::test]
+async fn client_first_short_connections_in_both_close_orders_in_every_mode() {
+    if !is_root() {
+        return;
+    }
+    let modes = [
+        ForwardMode::Adaptive,
+        ForwardMode::Splice,
+        ForwardMode::UringSplice,
+        ForwardMode::Copy,
+    ];
+    for (i, mode) in modes.into_iter().enumerate() {
+        for (k, half_close) in [false, true].into_iter().enumerate() {
+            // 1 byte, a typical request, more than the adaptive buffer, more than a socket
+            // buffer takes at once.
+            for (j, len) in [1usize, 700, 40_000, 3 << 20].into_iter().enumerate() {
+                let (port, seen) = request_backend(half_close, len).await;
+                let dp = dataplane(mode).await;
+                let last = 40 + (i * 8 + k * 4 + j) as u8;
+                let mut changes = vec![Change::Service(Arc::new(svc(
+                    "first",
+                    &format!("10.96.77.{last}"),
+                    80,
+                    "TCP",
+                )))];
+                changes.extend(slices("first", "TCP", &[(port, true)]));
+                dp.apply(changes).await.expect("apply");
+                let req: Vec<u8> = (0..len).map(|x| (x * 7 + 3) as u8).collect();
+                let want_sum = req
+                    .iter()
+                    .fold(0u64, |a, x| a.wrapping_mul(31) + u64::from(*x));
+                let mut tasks = Vec::new();
+                for _ in 0..8 {
+                    let req = req.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut s = TcpStream::connect(vip(last, 80)).await.expect("connect");
+                        let (mut r, mut w) = s.split();
+                        let write = async {
+                            w.write_all(&req).await.expect("write request");
+                            if half_close {
+                                w.shutdown().await.expect("half-close");
+                            }
+                        };
+                        let mut answer = Vec::new();
+                        let read = tokio::time::timeout(T, r.read_to_end(&mut answer));
+                        let ((), got) = tokio::join!(write, read);
+                        got.expect("answer in time")
+                            .expect("answer and a clean EOF");
+                        String::from_utf8(answer).expect("utf8")
+                    }));
+                }
+                for t in tasks {
+                    let answer = t.await.expect("client");
+                    assert_eq!(
+                        answer,
+                        format!("{len} {want_sum}\n"),
+                        "{mode:?} half_close={half_close} len={len}"
+                    );
+                }
+                let want = if half_close { "eof" } else { "len" };
+                let log = seen.lock().expect("log").clone();
+                assert_eq!(log.len(), 8, "{mode:?} {half_close} {len}: {log:?}");
+                assert!(
+                    log.iter().all(|l| *l == format!("{len} {want}")),
+                    "{mode:?} half_close={half_close} len={len}: backend saw {log:?}"
+                );
+                dp.shutdown().expect("shutdown");
+            }
+        }
+    }
+}

@@ -193,6 +193,67 @@ impl CpuMeter {
     }
 }
 
+/// Whose CPU is the proxy's, for the per-side split: kubeshard's shard threads in this
+/// process (`proxy-N`), a peer's process and its children (HAProxy, nginx's master and
+/// workers), or nobody (direct, nftables: their kernel work lands on the bench's threads).
+/// Loopback delivery runs in the sender's context, so each side's figure includes the
+/// receiving end's TCP processing of what it sends.
+#[derive(Clone, Copy)]
+enum ProxyCpu {
+    Shards,
+    Tree(u32),
+    Kernel,
+}
+
+/// utime + stime (clock ticks) of one `/proc/.../stat` line, and its parent pid.
+fn stat_ticks(path: &str) -> Option<(u64, u32)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name: state ppid ... utime(12th) stime(13th).
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = f.get(1)?.parse().ok()?;
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((ticks, ppid))
+}
+
+/// CPU seconds so far of (the proxy, the bench's own threads: clients and backends).
+fn split_secs(p: ProxyCpu) -> (f64, f64) {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let own = stat_ticks("/proc/self/stat").map_or(0, |t| t.0);
+    let proxy = match p {
+        ProxyCpu::Kernel => 0,
+        ProxyCpu::Shards => std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("proxy-"))
+            })
+            .filter_map(|e| stat_ticks(&e.path().join("stat").to_string_lossy()))
+            .map(|t| t.0)
+            .sum(),
+        ProxyCpu::Tree(root) => std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let (t, ppid) = stat_ticks(&format!("/proc/{pid}/stat"))?;
+                (pid == root || ppid == root).then_some(t)
+            })
+            .sum(),
+    };
+    let bench = match p {
+        ProxyCpu::Shards => own.saturating_sub(proxy),
+        _ => own,
+    };
+    (proxy as f64 / hz, bench as f64 / hz)
+}
+
 /// One stream, `secs` of writing 1 MiB buffers; Gbit/s as the backend counted them.
 /// A stalled path fails its measurement after this long instead of hanging the run.
 const STALL: Duration = Duration::from_secs(20);
@@ -294,10 +355,17 @@ struct Row {
     cpu_ms_per_gbit: f64,
     /// CPU (machine-wide) per short connection, microseconds.
     cpu_us_per_conn: f64,
+    /// Bulk job: cores busy in the proxy and in the bench's client and sink threads.
+    bulk_proxy_cores: f64,
+    bulk_bench_cores: f64,
+    /// Short connections: the proxy's and the bench's (clients, backends) CPU per connection, us.
+    conn_proxy_us: f64,
+    conn_bench_us: f64,
 }
 
-fn measure(name: &str, t: Target, runs: usize, secs: f64) -> Res<Row> {
+fn measure(name: &str, t: Target, who: ProxyCpu, runs: usize, secs: f64) -> Res<Row> {
     let (mut g, mut c, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut bp, mut bb, mut cp, mut cb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut cg, mut cc) = (Vec::new(), Vec::new());
     let mut errs = 0;
     // `JOBS` (default all: `bulk,conns,rtt`) picks the measurements, e.g. to profile one.
@@ -305,7 +373,11 @@ fn measure(name: &str, t: Target, runs: usize, secs: f64) -> Res<Row> {
     let job = |j: &str| jobs.split(',').any(|x| x == j);
     for _ in 0..runs {
         if job("bulk") {
+            let (p0, t0) = (split_secs(who), Instant::now());
             let (gbps, cores) = bulk(t.sink, secs)?;
+            let (p1, el) = (split_secs(who), t0.elapsed().as_secs_f64());
+            bp.push((p1.0 - p0.0) / el);
+            bb.push((p1.1 - p0.1) / el);
             g.push(gbps);
             cg.push(cores / gbps * 1e3);
         }
@@ -314,7 +386,12 @@ fn measure(name: &str, t: Target, runs: usize, secs: f64) -> Res<Row> {
         if !job("conns") {
             break;
         }
+        let (p0, t0) = (split_secs(who), Instant::now());
         let (r, e, cores) = conns(t.oneshot, secs, 4)?;
+        let (p1, el) = (split_secs(who), t0.elapsed().as_secs_f64());
+        let n = r * el;
+        cp.push((p1.0 - p0.0) / n * 1e6);
+        cb.push((p1.1 - p0.1) / n * 1e6);
         c.push(r);
         cc.push(cores / r * 1e6);
         errs += e;
@@ -337,14 +414,22 @@ fn measure(name: &str, t: Target, runs: usize, secs: f64) -> Res<Row> {
         p99: median(&mut p99),
         cpu_ms_per_gbit: median(&mut cg),
         cpu_us_per_conn: median(&mut cc),
+        bulk_proxy_cores: median(&mut bp),
+        bulk_bench_cores: median(&mut bb),
+        conn_proxy_us: median(&mut cp),
+        conn_bench_us: median(&mut cb),
     };
     eprintln!(
-        "{name}: bulk {:.2} Gbit/s {g:.2?} ({:.0} CPU ms/Gbit); conns {:.0}/s {c:.0?} ({} errors, {:.1} CPU us/conn); rtt p50 {:.1} us p99 {:.1} us",
+        "{name}: bulk {:.2} Gbit/s {g:.2?} ({:.0} CPU ms/Gbit; cores proxy {:.2} bench {:.2}); conns {:.0}/s {c:.0?} ({} errors, {:.1} CPU us/conn; proxy {:.1} {cp:.1?} bench {:.1}); rtt p50 {:.1} us p99 {:.1} us {p99:.1?}",
         row.gbps,
         row.cpu_ms_per_gbit,
+        row.bulk_proxy_cores,
+        row.bulk_bench_cores,
         row.cps,
         row.conn_errors,
         row.cpu_us_per_conn,
+        row.conn_proxy_us,
+        row.conn_bench_us,
         row.p50,
         row.p99
     );
@@ -452,6 +537,9 @@ fn target_on(p: [u16; 3]) -> Target {
 }
 
 const NFT_VIP: &str = "10.96.234.1";
+
+/// The VIP of the row whose dataplane has `first_bytes` off.
+const FIRST_BYTES_OFF_VIP: &str = "10.96.233.6";
 
 /// An nftables DNAT map on the output hook (what kube-proxy's nftables mode does for
 /// locally generated traffic), VIP on lo.
@@ -588,6 +676,11 @@ fn kubeshard(
         .shards(2)
         .forward_mode(mode)
         .kernel_forward(kernel);
+    // The `... first bytes via epoll` row: the client's first bytes wait for epoll to report
+    // the client readable (the code before session 8), for before/after in one run.
+    if vip == FIRST_BYTES_OFF_VIP {
+        cfg = cfg.first_bytes(false);
+    }
     if let Ok(Ok(n)) = std::env::var("PIPE_SIZE").map(|v| v.parse::<usize>()) {
         cfg = cfg.pipe_size(n);
     }
@@ -815,7 +908,10 @@ fn main() -> Res<()> {
     let only = std::env::var("ONLY").unwrap_or_default();
     let want = |n: &str| only.is_empty() || only.split(',').any(|o| n.starts_with(o));
     if want("direct") {
-        rows.push(("direct".into(), measure("direct", direct, runs, secs)?));
+        rows.push((
+            "direct".into(),
+            measure("direct", direct, ProxyCpu::Kernel, runs, secs)?,
+        ));
     }
     // `KUBESHARD_PROXY_SOCKMAP` (auto/on/off) would override every kubeshard row; the rows
     // below set the kernel path explicitly instead: `sockmap` on, the others off.
@@ -832,6 +928,12 @@ fn main() -> Res<()> {
             ForwardMode::Adaptive,
             off,
             "10.96.233.4",
+        ),
+        (
+            "kubeshard (adaptive, first bytes via epoll)",
+            ForwardMode::Adaptive,
+            off,
+            FIRST_BYTES_OFF_VIP,
         ),
         (
             "kubeshard (splice)",
@@ -856,28 +958,33 @@ fn main() -> Res<()> {
             continue;
         }
         let (dp, t) = kubeshard(&rt, &b, mode, kernel, vip)?;
-        rows.push((name.into(), measure(name, t, runs, secs)?));
+        rows.push((name.into(), measure(name, t, ProxyCpu::Shards, runs, secs)?));
         dp.shutdown()?;
     }
     if want("haproxy") {
-        let (_p, t) = haproxy(&b, dir.path())?;
+        let (p, t) = haproxy(&b, dir.path())?;
+        let who = ProxyCpu::Tree(p.0.id());
         let name = if std::env::var("HAPROXY_SPLICE").is_ok_and(|v| v == "1") {
             "HAProxy 2 threads (mode tcp, splice-auto)"
         } else {
             "HAProxy 2 threads (mode tcp)"
         };
-        rows.push((name.into(), measure("haproxy", t, runs, secs)?));
+        rows.push((name.into(), measure("haproxy", t, who, runs, secs)?));
     }
     if want("nginx") {
-        let (_p, t) = nginx(&b, dir.path())?;
+        let (p, t) = nginx(&b, dir.path())?;
+        let who = ProxyCpu::Tree(p.0.id());
         rows.push((
             "nginx stream, 2 workers".into(),
-            measure("nginx", t, runs, secs)?,
+            measure("nginx", t, who, runs, secs)?,
         ));
     }
     if want("nft") {
         let (_n, t) = Nft::start(&b)?;
-        rows.push(("nftables DNAT map".into(), measure("nft", t, runs, secs)?));
+        rows.push((
+            "nftables DNAT map".into(),
+            measure("nft", t, ProxyCpu::Kernel, runs, secs)?,
+        ));
     }
     let base = rows
         .iter()
@@ -908,6 +1015,27 @@ fn main() -> Res<()> {
             r.p50 - base.as_ref().map_or(0.0, |b| b.p50),
             r.p99,
             r.p99 - base.as_ref().map_or(0.0, |b| b.p99),
+        );
+    }
+    println!();
+    println!(
+        "| path | bulk: proxy cores | bench cores (client + sink) | machine cores | conns: proxy CPU us/conn | HAProxy us / this us | bench CPU us/conn (clients + backends) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (n, r) in &rows {
+        let machine = r.cpu_ms_per_gbit * r.gbps / 1e3;
+        println!(
+            "| {n} | {:.2} | {:.2} | {machine:.2} | {:.1} | {} | {:.1} |",
+            r.bulk_proxy_cores,
+            r.bulk_bench_cores,
+            r.conn_proxy_us,
+            hap.as_ref()
+                .filter(|h| r.conn_proxy_us > 0.0 && h.conn_proxy_us > 0.0)
+                .map_or("-".into(), |h| format!(
+                    "{:.2}x",
+                    h.conn_proxy_us / r.conn_proxy_us
+                )),
+            r.conn_bench_us,
         );
     }
     if want("table") {

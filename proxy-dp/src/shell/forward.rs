@@ -15,7 +15,7 @@
 //!   traffic: fewer system calls and no pipe round trip), splice once a read fills the
 //!   16 KiB buffer (bulk data). The default: it measured best (BENCHMARKS.md, `## proxy-dp`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future as _;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -174,6 +174,48 @@ impl Drop for PooledBuf<'_> {
     }
 }
 
+/// Sends what the client has already sent on to the backend, before either socket is
+/// registered with tokio. A client that speaks first (HTTP, TLS, the bench) has usually
+/// written its request by the time the proxy has accepted and connected, so one
+/// non-blocking `recv` finds it and the backend gets it at once, instead of one event-loop
+/// round later when epoll reports the new socket readable. A client that has sent nothing
+/// yet costs one `recv` returning `EAGAIN`; an EOF is left for the engine to read again.
+///
+/// Returns the bytes read but not taken by the backend's socket (empty unless its send
+/// buffer was full, which a fresh connection's is not), for the caller to write first.
+pub(crate) fn first_bytes(
+    client: &std::net::TcpStream,
+    backend: &std::net::TcpStream,
+    pools: &Pools,
+    bytes: &AtomicU64,
+) -> io::Result<Vec<u8>> {
+    use std::io::{Read as _, Write as _};
+    let mut guard = PooledBuf {
+        buf: Some(pools.buf()),
+        pools,
+    };
+    let Some(buf) = guard.buf.as_deref_mut() else {
+        return Ok(Vec::new());
+    };
+    // Both sockets are non-blocking (accept4 and `connect_backend`).
+    let n = match (&*client).read(buf) {
+        Ok(n) => n,
+        Err(e) if would_block(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut off = 0;
+    while off < n {
+        match (&*backend).write(&buf[off..n]) {
+            Ok(0) => break,
+            Ok(k) => off += k,
+            Err(e) if would_block(&e) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    bytes.fetch_add(off as u64, Ordering::Relaxed);
+    Ok(buf[off..n].to_vec())
+}
+
 /// Forwards until both directions end. `bytes` is incremented as data moves. Pipes and
 /// buffers come from `pools` and go back when their direction ends cleanly.
 pub(crate) async fn forward(
@@ -245,6 +287,12 @@ enum Engine {
 /// One direction with its engine. `pipe` is pre-taken for the splice engines; the
 /// adaptive engine takes one from `pools` when it switches. The pipe goes back to the pool
 /// when the direction ends cleanly (then it is empty).
+///
+/// At EOF the direction half-closes `dst` (`shutdown(SHUT_WR)`: the other direction goes
+/// on), unless the other direction has already ended (`ended`): then both sockets are
+/// closed as soon as this returns and `close` sends the FIN itself, which saves a system
+/// call per connection. `close` sends a FIN and not an RST there because both receive
+/// queues are empty: each direction has read its source to EOF.
 async fn direction(
     mut src: ReadHalf<'_>,
     dst: WriteHalf<'_>,
@@ -252,6 +300,7 @@ async fn direction(
     bytes: &AtomicU64,
     engine: Engine,
     pipe: Option<Pipe>,
+    ended: &Cell<bool>,
 ) -> io::Result<u64> {
     let (n, pipe) = match (engine, pipe) {
         (Engine::Adaptive, _) => one_way_adaptive(&mut src, dst.as_ref(), pools, bytes).await?,
@@ -261,6 +310,9 @@ async fn direction(
             (n, Some(p))
         }
     };
+    if !ended.replace(true) {
+        let _ = socket2::SockRef::from(dst.as_ref()).shutdown(std::net::Shutdown::Write);
+    }
     if let Some(p) = pipe {
         pools.put_pipe(p);
     }
@@ -284,8 +336,9 @@ async fn spliced(
         // needs.
         let (cr, cw) = client.split();
         let (br, bw) = backend.split();
-        let up = direction(cr, bw, pools, bytes, engine, p1);
-        let down = direction(br, cw, pools, bytes, engine, p2);
+        let ended = Cell::new(false);
+        let up = direction(cr, bw, pools, bytes, engine, p1, &ended);
+        let down = direction(br, cw, pools, bytes, engine, p2, &ended);
         tokio::pin!(up, down);
         // Both directions run until each ends; the first error resets both sides at once.
         while up_done.is_none() || down_done.is_none() {
@@ -372,8 +425,7 @@ async fn one_way(
             }
         }
         if eof && in_pipe == 0 {
-            // Half-close: tell the other side no more data comes; the other direction goes on.
-            let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+            // The caller half-closes `dst` (see `direction`).
             return Ok(total);
         }
         if !progressed {
@@ -445,7 +497,7 @@ async fn copy_through(
     loop {
         let n = src.read(buf).await?;
         if n == 0 {
-            let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+            // The caller half-closes `dst` (see `direction`).
             return Ok((total, true));
         }
         let mut off = 0;
@@ -505,8 +557,7 @@ async fn one_way_uring(
             wr = Some(ring.poll_splice(dst, PollEvents::Writable, &pipe.r, dst, len));
         }
         if rd.is_none() && wr.is_none() {
-            // EOF read and the pipe drained: half-close, the other direction goes on.
-            let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+            // EOF read and the pipe drained; the caller half-closes `dst` (see `direction`).
             return Ok(total);
         }
         let (r, w) = std::future::poll_fn(|cx| {

@@ -72,6 +72,11 @@ pub struct DataplaneConfig {
     /// Connections the kernel path holds at once (all shards); beyond it new connections
     /// are forwarded in user space (`forward_mode`) and counted.
     pub kernel_max_connections: u32,
+    /// Send the bytes a client has already sent on to the backend right after connecting,
+    /// before the sockets are registered with the event loop (one non-blocking `recv`;
+    /// default on). Off: the first bytes wait for epoll to report the client readable, as
+    /// before session 8; kept so the bench can measure both in one run.
+    pub first_bytes: bool,
 }
 
 /// Whether TCP payload is forwarded in the kernel (a sockmap with an `sk_skb` verdict
@@ -134,6 +139,7 @@ impl Default for DataplaneConfig {
             pipe_size: forward::PIPE_SIZE,
             kernel_forward: KernelForward::default(),
             kernel_max_connections: 65_536,
+            first_bytes: true,
         }
     }
 }
@@ -199,6 +205,11 @@ impl DataplaneConfig {
         self.kernel_max_connections = n;
         self
     }
+    /// Sets whether a client's first bytes are sent on before the sockets are registered.
+    pub fn first_bytes(mut self, on: bool) -> Self {
+        self.first_bytes = on;
+        self
+    }
     /// Pins shards to cores.
     pub fn pin(mut self, p: bool) -> Self {
         self.pin = p;
@@ -237,6 +248,7 @@ pub(crate) struct Settings {
     pub(crate) max_conns: usize,
     pub(crate) max_flows: usize,
     pub(crate) udp_idle: Duration,
+    pub(crate) first_bytes: bool,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -320,6 +332,7 @@ impl Dataplane {
             max_conns: config.max_connections_per_shard,
             max_flows: config.max_udp_flows_per_shard,
             udp_idle: config.udp_idle_timeout,
+            first_bytes: config.first_bytes,
             metrics: Arc::clone(&metrics),
         });
         handle

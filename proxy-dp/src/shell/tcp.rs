@@ -167,10 +167,49 @@ async fn handle(st: Rc<ShardState>, f: Frontend, client: std::net::TcpStream, pe
             }
         }
     }
-    if let Some((c, b)) = pair
-        && let (Ok(client), Ok(backend)) = (TcpStream::from_std(c), TcpStream::from_std(b))
-    {
-        forward::forward(st.settings.mode, client, backend, &metrics.bytes, &st.pools).await;
+    if let Some((c, b)) = pair {
+        // The client's first bytes go on before tokio learns of either socket (see
+        // `forward::first_bytes`); a reset while doing so resets both sides.
+        let first = if st.settings.first_bytes {
+            forward::first_bytes(&c, &b, &st.pools, &metrics.bytes)
+        } else {
+            Ok(Vec::new())
+        };
+        match first {
+            Err(_) => {
+                refuse(b);
+                refuse(c);
+            }
+            Ok(rest) => {
+                if let (Ok(client), Ok(mut backend)) =
+                    (TcpStream::from_std(c), TcpStream::from_std(b))
+                {
+                    let sent = rest.is_empty() || {
+                        use tokio::io::AsyncWriteExt as _;
+                        let ok = backend.write_all(&rest).await.is_ok();
+                        if ok {
+                            metrics
+                                .bytes
+                                .fetch_add(rest.len() as u64, Ordering::Relaxed);
+                        }
+                        ok
+                    };
+                    if sent {
+                        forward::forward(
+                            st.settings.mode,
+                            client,
+                            backend,
+                            &metrics.bytes,
+                            &st.pools,
+                        )
+                        .await;
+                    } else {
+                        forward::set_rst_on_close(&client);
+                        forward::set_rst_on_close(&backend);
+                    }
+                }
+            }
+        }
     }
     metrics.active.fetch_sub(1, Ordering::Relaxed);
     release(&st, f, addr);
