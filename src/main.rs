@@ -428,6 +428,17 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     // The node runtime re-executes this binary as its per-container shim: before anything else.
     node::shim::run_if_requested();
+    // Commands that run a kubelet fork its shims from a zygote made now, while this process
+    // has one thread (no exec of a shim binary per sandbox and container).
+    if matches!(
+        std::env::args_os()
+            .nth(1)
+            .and_then(|a| a.into_string().ok())
+            .as_deref(),
+        Some("up" | "node")
+    ) {
+        node::zygote::start();
+    }
     // No transparent huge pages for the control plane: mimalloc asks for them on its arenas,
     // and every re-touch of a purged range then faults in and zeroes a whole 2 MiB page.
     // Measured on the store's durable put path (etcd_vs_store, 4 KiB x 64 clients, alternated

@@ -24,7 +24,10 @@
 //! - [`shim`]: the per-container monitor process (and the sandbox holder) the runtime starts by
 //!   re-executing a binary that calls [`shim::run_if_requested`] first thing in `main`: the
 //!   small `kubeshard-shim` next to the kubelet's binary when it is of the same build
-//!   ([`shim::program_for`]), else the kubelet's binary itself.
+//!   ([`shim::program_for`]), else the kubelet's binary itself;
+//! - [`zygote`]: a single-threaded child forked first thing in `main`, from which the
+//!   runtime forks the shims instead (no exec per sandbox and container) when the process
+//!   made one (`kubeshard up` and `kubeshard node` do).
 //!
 //! **Must not depend on:** `store`, `scheduler`, `controllers` or `proxy-dp`: it talks to the
 //! cluster only through the API.
@@ -49,3 +52,4 @@ pub mod shim;
 pub mod spec;
 mod sys;
 pub mod volumes;
+pub mod zygote;

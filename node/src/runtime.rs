@@ -482,8 +482,36 @@ impl Runtime {
         Ok(self.cfg.run_dir.join("containers").join(id))
     }
 
-    /// Starts the shim in `mode` for `dir` and waits for its `started <pid>` line.
+    /// Starts the shim in `mode` for `dir` and waits for its `started <pid>` line: forked
+    /// from this process' zygote when it has one ([`crate::zygote`]), else by executing the
+    /// shim program.
     async fn spawn_shim(&self, mode: &str, dir: &Path) -> Result<(u32, i32), RuntimeError> {
+        if let Some(z) = crate::zygote::get() {
+            let (mode_s, dir_b) = (mode.to_string(), dir.to_path_buf());
+            let forked = blocking(move || {
+                let log = fs::File::create(dir_b.join("shim.log"))?;
+                let (out_r, out_w) =
+                    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+                let dir_s = dir_b
+                    .to_str()
+                    .ok_or_else(|| RuntimeError::InvalidConfig("non-UTF-8 run dir".into()))?;
+                let pid = z.spawn(&[&mode_s, dir_s], &out_w, &log)?;
+                Ok((pid, out_r))
+            })
+            .await;
+            match forked {
+                Ok((pid, out_r)) => {
+                    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?;
+                    return self.shim_answer(pid as u32, stdout, dir).await;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        zygote = z.pid(),
+                        "forking the shim from the zygote failed, executing it instead: {e}"
+                    );
+                }
+            }
+        }
         let (program, mode_s, dir_b) = (
             self.cfg.shim_program.clone(),
             mode.to_string(),
@@ -511,14 +539,24 @@ impl Runtime {
             .stdout
             .take()
             .ok_or_else(|| RuntimeError::StartFailed("no shim stdout".into()))?;
-        let mut line = String::new();
-        let mut reader =
-            tokio::io::AsyncReadExt::take(tokio::io::BufReader::new(stdout), 64 * 1024);
-        let read = tokio::time::timeout(self.cfg.start_timeout, reader.read_line(&mut line)).await;
         // Reap the shim whenever it exits (tokio's orphan queue also would); never block here.
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
+        self.shim_answer(shim_pid, stdout, dir).await
+    }
+
+    /// Reads a started shim's first line: `started <pid>` or `error <message>`.
+    async fn shim_answer(
+        &self,
+        shim_pid: u32,
+        stdout: impl tokio::io::AsyncRead + Unpin,
+        dir: &Path,
+    ) -> Result<(u32, i32), RuntimeError> {
+        let mut line = String::new();
+        let mut reader =
+            tokio::io::AsyncReadExt::take(tokio::io::BufReader::new(stdout), 64 * 1024);
+        let read = tokio::time::timeout(self.cfg.start_timeout, reader.read_line(&mut line)).await;
         match read {
             Err(_) => Err(RuntimeError::StartFailed(format!(
                 "no answer from the shim within {:?}",

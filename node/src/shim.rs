@@ -127,17 +127,24 @@ pub fn run_if_requested() {
     if args.get(1).map(String::as_str) != Some(SHIM_ARG) {
         return;
     }
+    std::process::exit(run_mode(&args[2..]));
+}
+
+/// Runs the shim in the mode `args` names (the arguments after [`SHIM_ARG`]) and returns its
+/// exit code: for a re-executed binary ([`run_if_requested`]) and for a child of the
+/// zygote ([`crate::zygote`]) alike.
+pub(crate) fn run_mode(args: &[String]) -> i32 {
     // The kubeshard binary turns transparent huge pages off for itself (see its `main`); the
     // flag survives fork and exec, and a pod's processes must see the machine's own setting.
     let _ = nix::sys::prctl::set_thp_disable(false);
-    let code = match (args.get(2).map(String::as_str), args.get(3)) {
+    match (args.first().map(String::as_str), args.get(1)) {
         (Some("sandbox"), Some(dir)) => run_sandbox(Path::new(dir)),
         (Some("container"), Some(dir)) => run_container(Path::new(dir)),
         (Some("build-id"), None) => {
             report(BUILD_ID);
             0
         }
-        (Some("exec"), Some(dir)) => match args.get(4) {
+        (Some("exec"), Some(dir)) => match args.get(2) {
             Some(exec_dir) => run_exec(Path::new(dir), Path::new(exec_dir)),
             None => 2,
         },
@@ -145,8 +152,7 @@ pub fn run_if_requested() {
             eprintln!("usage: {SHIM_ARG} sandbox|container DIR | exec DIR EXEC_DIR | build-id");
             2
         }
-    };
-    std::process::exit(code);
+    }
 }
 
 fn report(line: &str) {

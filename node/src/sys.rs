@@ -1,6 +1,7 @@
 //! Thin wrappers over the kernel interfaces the runtime needs and `nix` does not cover:
 //! pidfds, capability sets, extended attributes, the loopback interface flags, terminal
-//! ioctls (controlling tty, window size) and `fork` in the single-threaded shim.
+//! ioctls (controlling tty, window size), `fork` in the single-threaded shim and its zygote,
+//! and descriptor passing to the zygote.
 //!
 //! # Unsafe
 //!
@@ -11,7 +12,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::unistd::{ForkResult, Pid};
 
@@ -265,6 +266,65 @@ pub(crate) fn set_winsize(fd: &impl AsFd, cols: u16, rows: u16) -> io::Result<()
     // SAFETY: TIOCSWINSZ reads a winsize we own for the duration of the call; the fd is
     // borrowed.
     let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `data` with `fds` attached (`SCM_RIGHTS`) on a unix socket.
+pub(crate) fn send_with_fds(sock: &impl AsFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let iov = [std::io::IoSlice::new(data)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() {
+        &[]
+    } else {
+        &[ControlMessage::ScmRights(fds)]
+    };
+    sendmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one message of at most `buf.len()` bytes and the descriptors attached to it (at
+/// most 4, close-on-exec) from a unix socket. `Ok((0, []))` is the peer's end.
+pub(crate) fn recv_with_fds(sock: &impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_fd().as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for fd in raw {
+                // SAFETY: the kernel just installed these descriptors in this process for
+                // this message (SCM_RIGHTS); nothing else owns them.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(io::Error::other("descriptors truncated"));
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Closes every descriptor from `first` up (`close_range(2)`): a forked shim keeps only its
+/// stdio.
+pub(crate) fn close_fds_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers; the caller (a freshly forked child about to
+    // run the shim) owns every descriptor it closes and uses none of them afterwards.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }

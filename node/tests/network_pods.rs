@@ -211,8 +211,10 @@ async fn runtime_sandbox_is_wired_and_gets_its_ip_in_etc_hosts() {
     let netns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
     let st = net.setup(&sb, &netns_path, &[]).await.unwrap();
     rt.set_sandbox_pod_ip(&sb, &st.ip.to_string()).unwrap();
-    // The gateway (host namespace) reaches the pod.
-    assert!(host.ping(&st.ip.to_string()));
+    // The gateway (host namespace) reaches the pod. Up to 5 pings of 1 s: the first
+    // exchange (ARP, then the echo) missed its single 1 s wait on a loaded machine (load ~9,
+    // 2 of 4 runs of this binary failed here).
+    assert!((0..5).any(|_| host.ping(&st.ip.to_string())));
     let c = rt
         .create_container(
             &sb,

@@ -8,7 +8,8 @@
 //!
 //! `cargo run --release -p kubeshard-benches --bin kubelet_idle [-- --pods 110 --seconds 60 --settle 10]`
 //!
-//! The binary is its own shim (it re-executes itself), like the `kubeshard` binary.
+//! The kubelet forks its shims from a zygote (`node::zygote`), like the `kubeshard` binary;
+//! `--exec-shim` executes them instead (this binary is its own shim).
 
 // Only the image layout is used here (not the percentiles).
 #[allow(dead_code)]
@@ -97,9 +98,10 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// RSS of the container shim processes this binary's kubelet started (children of init after
-/// their setsid), in KiB: the stand-alone `kubeshard-shim` next to it when the kubelet picked
-/// that one (`node::shim::program_for`), else this binary.
+/// RSS of the container shim processes this binary's kubelet started, in KiB: forked from
+/// its zygote (named `node::zygote::CONTAINER_SHIM_NAME`), or with `--exec-shim` the
+/// stand-alone `kubeshard-shim` next to it when the kubelet picked that one
+/// (`node::shim::program_for`), else this binary.
 fn shims_rss_kib(exe: &Path) -> (usize, u64) {
     let small = exe.with_file_name(node::shim::SHIM_BIN);
     let mut n = 0;
@@ -111,6 +113,13 @@ fn shims_rss_kib(exe: &Path) -> (usize, u64) {
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
+        // Forked from the zygote: named so (its command line is the kubelet's).
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == node::zygote::CONTAINER_SHIM_NAME {
+            n += 1;
+            total += rss_kib(pid);
+            continue;
+        }
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         if args.len() > 2
             && (args[0] == exe.as_os_str().as_encoded_bytes()
@@ -129,6 +138,10 @@ fn main() {
     node::shim::run_if_requested();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--kubelet") {
+        // Shims forked from a zygote, as `kubeshard up` runs them (`--exec-shim`: executed).
+        if !args.iter().any(|a| a == "--exec-shim") {
+            assert!(node::zygote::start(), "starting the shim zygote");
+        }
         run_kubelet(Path::new(&args[2]), Path::new(&args[3]), &args[4]);
         return;
     }
@@ -159,6 +172,7 @@ fn main() {
         .arg(&kubeconfig)
         .arg(&data)
         .arg(group())
+        .args(std::env::args().filter(|a| a == "--exec-shim"))
         .spawn()
         .expect("kubelet process");
     let kpid = kubelet.id();

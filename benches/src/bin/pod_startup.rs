@@ -8,7 +8,9 @@
 //! (`--pod-network`: pods wired into the kubelet's bridge network, in a private network
 //! namespace of the bench; without it pods get no network of their own.)
 //!
-//! The binary is its own shim (it re-executes itself), like the `kubeshard` binary.
+//! The kubelet forks its shims from a zygote (`node::zygote`), like the `kubeshard` binary;
+//! with `--exec-shim` it executes them instead (`kubeshard-shim` next to this binary when it
+//! is of the same build, else this binary, which is its own shim).
 
 #[path = "../bench_node_common.rs"]
 mod bench_node_common;
@@ -124,6 +126,13 @@ fn main() {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(lo, "ip link set lo up");
+    }
+    // The kubelet forks its shims from a zygote, as `kubeshard up` does (made here, in the
+    // bench's network namespace, while the process has one thread); `--exec-shim`: it
+    // executes the shim binary for each instead (the stand-alone `kubeshard-shim` next to
+    // this binary when it is of the same build, else this binary).
+    if !std::env::args().any(|a| a == "--exec-shim") {
+        assert!(node::zygote::start(), "starting the shim zygote");
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

@@ -75,7 +75,8 @@ pub struct KubeletConfig {
     pub pod_manifest_path: Option<PathBuf>,
     /// The binary that serves as the shim ([`crate::shim::run_if_requested`]); the kubelet
     /// uses the stand-alone `kubeshard-shim` next to it instead when that one is of the
-    /// same build ([`crate::shim::program_for`]).
+    /// same build ([`crate::shim::program_for`]). Both only when the process has no zygote
+    /// ([`crate::zygote::start`]) or it fails: shims are forked from the zygote then.
     pub shim_program: PathBuf,
     /// The cgroup layout (default: detected, under a `kubeshard` group).
     pub cgroups: Option<CgroupDriver>,
@@ -254,7 +255,11 @@ impl Kubelet {
         let shim = tokio::task::spawn_blocking(move || crate::shim::program_for(&main_exe))
             .await
             .unwrap_or_else(|_| cfg.shim_program.clone());
-        tracing::info!(shim = %shim.display(), "container shim");
+        match crate::zygote::get() {
+            Some(z) => tracing::info!(zygote = z.pid(), fallback = %shim.display(),
+                "container shims forked from the zygote"),
+            None => tracing::info!(shim = %shim.display(), "container shim"),
+        }
         let mut rcfg = RuntimeConfig::new(&cfg.data_dir, shim)?;
         if let Some(c) = &cfg.cgroups {
             rcfg.cgroups = c.clone();
