@@ -24,7 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -628,6 +628,41 @@ fn serve_job(
     })
 }
 
+/// The executor of a connection's HTTP/2 request streams: it polls each stream's future
+/// once on the connection task, and spawns it only if that first poll does not finish it.
+///
+/// Why: a GET of one object is answered synchronously from the store, so its whole stream
+/// (handler, response headers, a body that fits the flow-control window) ends in one poll.
+/// Spawning it anyway costs a task allocation, a run-queue hand-off and a second wake-up of
+/// the connection task per request, a large share of a small GET's CPU at tens of thousands
+/// per second. A future still pending after the first poll is spawned as before and polled
+/// again at once by the runtime, which registers its real waker (the first poll's no-op waker
+/// is never relied upon). A panic in the first poll is contained as a spawned task's would
+/// be: the stream's future is dropped (h2 resets the stream), the connection lives on.
+#[derive(Clone, Copy)]
+struct FirstPollInline;
+
+impl<F> hyper::rt::Executor<F> for FirstPollInline
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let mut fut = Box::pin(fut);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fut.as_mut().poll(&mut cx).is_pending()
+        }));
+        match first {
+            Ok(true) => {
+                tokio::spawn(fut);
+            }
+            Ok(false) => {}
+            Err(_) => tracing::error!("a request handler panicked; its stream was reset"),
+        }
+    }
+}
+
 async fn serve_conn<I>(app: Arc<App>, io: I, info: ConnInfo, mut stop: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -642,7 +677,7 @@ where
             Ok::<_, std::convert::Infallible>(crate::rest::handle(app, info, req).await)
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(FirstPollInline);
     builder
         .http1()
         .timer(TokioTimer::new())
