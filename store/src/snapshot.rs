@@ -333,7 +333,9 @@ impl Snapshot {
         // the store writes once (temp name, fsync, rename) and never modifies in place; the
         // store alone owns its directory. Truncation by another process would be outside the
         // contract (and show as SIGBUS, not as undefined reads through a Rust reference).
-        let map = unsafe { memmap2::Mmap::map(&file) }?;
+        // `populate`: every page is read right away (the body checksum below reads all of
+        // them anyway), in one pass in the kernel instead of one page fault per few pages.
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }?;
         let bytes = Bytes::from_owner(map);
         let header = Header::decode(&bytes).map_err(bad)?;
         if header.shard != shard {

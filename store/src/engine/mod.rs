@@ -291,20 +291,9 @@ impl Engine {
         let mut compacted = 0;
         let mut snap_at = 0;
         if let Some(log) = &log {
-            let snaps = match log.snapshot_dir() {
-                None => Vec::new(),
-                Some((dir, _)) => (0..cfg.shards)
-                    .map(|i| {
-                        let shard = u16::try_from(i).unwrap_or(u16::MAX);
-                        crate::snapshot::Snapshot::open_latest(
-                            &dir.join(format!("shard-{i:03}")),
-                            shard,
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            };
+            let snap_dir = log.snapshot_dir().map(|(dir, _)| dir);
             let rec = recover(
-                snaps,
+                snap_dir.as_deref(),
                 log.take_recovered()?,
                 &mut shards,
                 &mut leases,
@@ -1732,7 +1721,7 @@ struct Recovered {
 
 /// Rebuilds shards and leases from the log's records (see `record` for the chain rule).
 fn recover(
-    snaps: Vec<Option<crate::snapshot::Snapshot>>,
+    snap_dir: Option<&std::path::Path>,
     records: Vec<Vec<(u64, Bytes)>>,
     shards: &mut [Shard],
     leases: &mut LeaseTable,
@@ -1740,14 +1729,24 @@ fn recover(
 ) -> Result<Recovered, StoreError> {
     let n = shards.len();
     // Snapshots first (every retained version up to each shard's snapshot revision), one
-    // thread per shard.
+    // thread per shard: each maps, checks and loads its own shard's newest snapshot, so the
+    // checksum and structure checks of the shards run in parallel too.
     let mut snap_rev = vec![0u64; n];
     let mut meta: Option<(u64, Meta)> = None;
     let loaded: Vec<Result<Option<LoadedShard>, StoreError>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = snaps
-            .into_iter()
-            .enumerate()
-            .map(|(i, snap)| sc.spawn(move || snap.map(|s| load_snapshot(&s, i, n)).transpose()))
+        let handles: Vec<_> = (0..n)
+            .filter(|_| snap_dir.is_some())
+            .map(|i| {
+                sc.spawn(move || {
+                    let Some(dir) = snap_dir else { return Ok(None) };
+                    let shard = u16::try_from(i).unwrap_or(u16::MAX);
+                    let snap = crate::snapshot::Snapshot::open_latest(
+                        &dir.join(format!("shard-{i:03}")),
+                        shard,
+                    )?;
+                    snap.map(|s| load_snapshot(&s, i, n)).transpose()
+                })
+            })
             .collect();
         handles
             .into_iter()

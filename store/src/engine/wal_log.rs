@@ -68,13 +68,33 @@ impl WalLog {
         let _ = quota_bytes;
         let mut options = WalOptions::with_storage(storage.clone());
         options.max_inflight_syncs = inflight_syncs;
+        // Each shard's log is recovered on its own thread (reading and checking segments is
+        // independent per shard).
+        let opened: Vec<Result<_, StoreError>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let options = options.clone();
+                    sc.spawn(move || {
+                        let dir: PathBuf = data_dir.join("wal").join(format!("shard-{i:03}"));
+                        let shard = u16::try_from(i)
+                            .map_err(|_| StoreError::InvalidRequest("too many shards".into()))?;
+                        Wal::open(&dir, shard, options)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(StoreError::Corrupt("WAL recovery panicked".into()))
+                    })
+                })
+                .collect()
+        });
         let mut wals = Vec::with_capacity(n);
         let mut recovered = Vec::with_capacity(n);
-        for i in 0..n {
-            let dir: PathBuf = data_dir.join("wal").join(format!("shard-{i:03}"));
-            let shard = u16::try_from(i)
-                .map_err(|_| StoreError::InvalidRequest("too many shards".into()))?;
-            let (wal, records) = Wal::open(&dir, shard, options.clone())?;
+        for o in opened {
+            let (wal, records) = o?;
             wals.push(wal);
             recovered.push(
                 records

@@ -987,6 +987,13 @@ impl Watch for Face {
 
 /// Serves the etcd v3 API over `backend` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets in-flight unary calls finish, and returns.
+///
+/// Connections are served by one `current_thread` runtime per core (at most
+/// [`MAX_FACE_WORKERS`]), each on its own OS thread; the caller's task accepts and hands each
+/// connection to the worker serving the fewest. A connection and every stream on it then stay
+/// on one thread: HTTP/2 framing, the per-stream tasks and the backend call never cross
+/// threads or wake another core, which on a multi-threaded runtime cost a futex wake-up and
+/// the h2 connection lock's contention per request (BENCHMARKS.md, "store: session 8").
 pub async fn serve(
     backend: Arc<dyn Backend>,
     listener: tokio::net::TcpListener,
@@ -999,10 +1006,174 @@ pub async fn serve(
         config: Arc::new(config),
         last_rev: Arc::new(AtomicI64::new(start_rev.0 as i64)),
     };
-    // The builder's `tcp_nodelay` only applies to listeners tonic binds itself; on our own
-    // listener Nagle stays on unless the incoming stream sets it, and then every small unary
-    // reply waits out the peer's delayed ACK (~40 ms per get).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let n = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_FACE_WORKERS);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::with_capacity(n);
+    for i in 0..n {
+        let (conn_tx, conn_rx) = mpsc::channel::<std::net::TcpStream>(ACCEPT_QUEUE);
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (face, mut stop, live2) = (face.clone(), stop_rx.clone(), live.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("etcd-face-{i}"))
+            .spawn(move || {
+                let res = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| FaceError::Bind {
+                        addr: "etcd face worker runtime".into(),
+                        source: e,
+                    })
+                    .and_then(|rt| {
+                        rt.block_on(serve_worker(face, conn_rx, live2, async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        }))
+                    });
+                let _ = done_tx.send(res);
+            });
+        if let Err(source) = spawned {
+            let _ = stop_tx.send(true);
+            return Err(FaceError::Bind {
+                addr: "etcd face worker thread".into(),
+                source,
+            });
+        }
+        workers.push((conn_tx, live, done_rx));
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Per-connection errors (a reset before accept, out of descriptors): keep
+                // serving; back off briefly so a persistent error does not spin.
+                tracing::debug!(error = %e, "etcd face accept failed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        // Small unary replies must not wait out the peer's delayed ACK (~40 ms per get).
+        let _ = stream.set_nodelay(true);
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let Some((tx, live, _)) = workers
+            .iter()
+            .min_by_key(|(_, live, _)| live.load(Ordering::Relaxed))
+        else {
+            break;
+        };
+        live.fetch_add(1, Ordering::Relaxed);
+        if tx.send(stream).await.is_err() {
+            live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    for (tx, _, done) in workers {
+        drop(tx);
+        match done.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => tracing::error!("etcd face worker ended without a result"),
+        }
+    }
+    result
+}
+
+/// Most worker runtimes one listener is served by.
+pub const MAX_FACE_WORKERS: usize = 64;
+/// Accepted connections waiting for their worker to pick them up.
+const ACCEPT_QUEUE: usize = 128;
+
+/// An accepted connection on its worker; counts itself out of the worker's load on drop.
+struct WorkerConn {
+    io: tokio::net::TcpStream,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for WorkerConn {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl tonic::transport::server::Connected for WorkerConn {
+    type ConnectInfo = <tokio::net::TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for WorkerConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WorkerConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// One worker: a tonic server on this thread's runtime over the connections handed to it.
+async fn serve_worker(
+    face: Face,
+    conns: mpsc::Receiver<std::net::TcpStream>,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), FaceError> {
+    let incoming = ReceiverStream::new(conns).filter_map(move |std| {
+        let live = live.clone();
+        async move {
+            let _ = std.set_nonblocking(true);
+            match tokio::net::TcpStream::from_std(std) {
+                Ok(io) => Some(Ok::<_, std::io::Error>(WorkerConn { io, live })),
+                Err(e) => {
+                    live.fetch_sub(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "etcd face: cannot register a connection");
+                    None
+                }
+            }
+        }
+    });
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
