@@ -4,16 +4,14 @@
 //!
 //! Usage: `store_open DIR [OBJECTS]` on a directory that `store_restart` filled and kept
 //! (`STORE_RESTART_DIR=DIR cargo bench -p kubeshard-benches --bench store_restart`). With
-//! `OBJECTS`, checks that a count of `/registry/` gives that many keys.
+//! `OBJECTS`, checks that a count of `/registry/` gives that many keys. Like the bench, it
+//! keeps the system allocator, so its RSS compares with the bench's.
 
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::executor::block_on;
 use store::{Backend, Engine, EngineConfig};
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
