@@ -47,8 +47,10 @@
 //! general substrate; it knows nothing of objects, revisions or HTTP.
 //!
 //! **Unsafe:** this crate may hold `unsafe` (DESIGN.md allows it here), only in the io_uring
-//! module ([`uring`], the one module with `#[allow(unsafe_code)]`; the crate denies it
-//! elsewhere), where the kernel borrows buffers across an await. Each block carries a
+//! module ([`uring`], where the kernel borrows buffers across an await) and in [`sched`] (one
+//! `sched_setattr`/`sched_getattr` call that neither libc nor nix wraps, added with the
+//! measurement in its doc); each has `#[allow(unsafe_code)]`, the crate denies it elsewhere.
+//! Each block carries a
 //! `// SAFETY:` comment; everything else is safe code.
 //!
 //! **Verification:** the cross-shard mailbox takes its atomics and locks from `crate::sync`,
@@ -71,6 +73,7 @@ pub mod id;
 pub mod listen;
 mod mailbox;
 pub mod route;
+pub mod sched;
 pub mod set;
 mod stall;
 pub(crate) mod sync;

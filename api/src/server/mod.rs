@@ -440,6 +440,29 @@ struct Handoff {
     secure: bool,
 }
 
+/// The fair-scheduler slice an acceptor thread asks for (`shards::sched`): a burst of requests
+/// takes tens of microseconds, and with the default slice (milliseconds) a woken acceptor
+/// waits behind whatever else holds its core. `KUBESHARD_API_SLICE_US` overrides it
+/// (microseconds; 0 keeps the kernel's default).
+const ACCEPTOR_SLICE: Duration = Duration::from_micros(100);
+
+fn ask_for_a_short_slice() {
+    let slice = match std::env::var("KUBESHARD_API_SLICE_US") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(0) => return,
+            Ok(us) => Duration::from_micros(us),
+            Err(_) => {
+                tracing::warn!("KUBESHARD_API_SLICE_US={v:?} is not a number of microseconds");
+                ACCEPTOR_SLICE
+            }
+        },
+        Err(_) => ACCEPTOR_SLICE,
+    };
+    if let Err(e) = shards::sched::set_current_thread_slice(slice) {
+        tracing::debug!("acceptor: no custom scheduler slice ({e})");
+    }
+}
+
 /// What one acceptor thread needs to serve connections.
 #[derive(Clone)]
 struct Shard {
@@ -457,6 +480,7 @@ fn acceptor(
     plain: Option<std::net::TcpListener>,
     inbox: tokio::sync::mpsc::Receiver<Handoff>,
 ) {
+    ask_for_a_short_slice();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
