@@ -68,6 +68,7 @@
 //! mailboxes and in-flight limits are exhausted (the price of bounded queues): such code uses
 //! `try_invoke_on`, or sends without awaiting the reply inside the invoked closure.
 
+pub mod batched;
 pub mod error;
 pub mod id;
 pub mod listen;

@@ -15,7 +15,6 @@
 //! HTTP/1.1 header read time (also the idle keep-alive limit), HTTP/2 keep-alive pings,
 //! concurrent HTTP/2 streams, request bodies (3 MiB, 413) and body read time.
 
-mod batched;
 pub mod body;
 mod on_runtime;
 
@@ -623,7 +622,7 @@ fn serve_job(
     Box::pin(async move {
         let _permit = permit;
         let _serving = serving;
-        let (sock, flusher) = batched::batched(sock);
+        let (sock, flusher) = shards::batched::batched(sock);
         if !secure {
             let info = ConnInfo {
                 secure: false,
@@ -694,7 +693,7 @@ async fn serve_conn<I, S>(
     io: I,
     info: ConnInfo,
     mut stop: watch::Receiver<bool>,
-    flusher: batched::Flusher<S>,
+    flusher: shards::batched::Flusher<S>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: AsyncWrite + Unpin,
@@ -724,7 +723,7 @@ async fn serve_conn<I, S>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
-        r = polled_then_flushed(conn.as_mut(), &flusher) => {
+        r = shards::batched::polled_then_flushed(conn.as_mut(), &flusher) => {
             if let Some(Err(e)) = r {
                 tracing::debug!("connection: {e}");
             }
@@ -733,42 +732,11 @@ async fn serve_conn<I, S>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(
                 GRACEFUL_SHUTDOWN,
-                polled_then_flushed(conn.as_mut(), &flusher),
+                shards::batched::polled_then_flushed(conn.as_mut(), &flusher),
             )
             .await;
         }
     }
-}
-
-/// Drives a connection future, writing what each of its polls held back
-/// ([`batched`]) when that poll returns. `None` when the socket failed first.
-async fn polled_then_flushed<C: std::future::Future, S: AsyncWrite + Unpin>(
-    mut conn: std::pin::Pin<&mut C>,
-    flusher: &batched::Flusher<S>,
-) -> Option<C::Output> {
-    use std::task::Poll;
-    let mut out = None;
-    std::future::poll_fn(|cx| {
-        if out.is_none() {
-            flusher.begin();
-            let polled = conn.as_mut().poll(cx);
-            let flushed = flusher.end(cx);
-            if let Poll::Ready(o) = polled {
-                out = Some(o);
-            }
-            return match flushed {
-                Poll::Ready(Err(_)) => Poll::Ready(()),
-                // The socket is full: it wakes the task when it drains.
-                Poll::Pending if out.is_some() => Poll::Pending,
-                _ if out.is_some() => Poll::Ready(()),
-                _ => Poll::Pending,
-            };
-        }
-        // The connection ended; what it wrote last is still being written.
-        flusher.end(cx).map(|_| ())
-    })
-    .await;
-    out
 }
 
 impl App {

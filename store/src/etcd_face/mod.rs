@@ -1104,13 +1104,6 @@ impl Drop for WorkerConn {
     }
 }
 
-impl tonic::transport::server::Connected for WorkerConn {
-    type ConnectInfo = <tokio::net::TcpStream as tonic::transport::server::Connected>::ConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
 impl tokio::io::AsyncRead for WorkerConn {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -1153,38 +1146,90 @@ impl tokio::io::AsyncWrite for WorkerConn {
     }
 }
 
-/// One worker: a tonic server on this thread's runtime over the connections handed to it.
+/// One worker: the face's gRPC services on this thread's runtime, over the connections
+/// handed to it. Each connection is driven by hyper's HTTP/2 server directly (not tonic's
+/// `Server`), so that what one poll of the connection answers leaves in one write
+/// (`shards::batched`): h2 flushes every reply above 256 bytes on its own otherwise, one
+/// `writev` and one loopback trip per get.
 async fn serve_worker(
     face: Face,
-    conns: mpsc::Receiver<std::net::TcpStream>,
+    mut conns: mpsc::Receiver<std::net::TcpStream>,
     live: Arc<std::sync::atomic::AtomicUsize>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), FaceError> {
-    let incoming = ReceiverStream::new(conns).filter_map(move |std| {
-        let live = live.clone();
-        async move {
-            let _ = std.set_nonblocking(true);
-            match tokio::net::TcpStream::from_std(std) {
-                Ok(io) => Some(Ok::<_, std::io::Error>(WorkerConn { io, live })),
-                Err(e) => {
-                    live.fetch_sub(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "etcd face: cannot register a connection");
-                    None
-                }
+    let routes = tonic::service::Routes::new(
+        KvServer::new(face.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(WatchServer::new(face.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+    .add_service(LeaseServer::new(face.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+    .add_service(ClusterServer::new(face.clone()))
+    .add_service(MaintenanceServer::new(face));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let std = tokio::select! {
+            _ = &mut shutdown => break,
+            c = conns.recv() => match c { Some(c) => c, None => break },
+        };
+        while tasks.try_join_next().is_some() {}
+        let _ = std.set_nonblocking(true);
+        let io = match tokio::net::TcpStream::from_std(std) {
+            Ok(io) => WorkerConn {
+                io,
+                live: live.clone(),
+            },
+            Err(e) => {
+                live.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "etcd face: cannot register a connection");
+                continue;
+            }
+        };
+        tasks.spawn(serve_face_conn(io, routes.clone(), stop_rx.clone()));
+    }
+    // Stop: connections finish what they serve (GOAWAY), bounded like tonic's own shutdown.
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+    Ok(())
+}
+
+/// One client connection of the face, HTTP/2 only (gRPC), until it or the face stops.
+async fn serve_face_conn(
+    io: WorkerConn,
+    routes: tonic::service::Routes,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let (io, flusher) = shards::batched::batched(io);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = builder.http2_only();
+    let svc = hyper_util::service::TowerToHyperService::new(routes);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = shards::batched::polled_then_flushed(conn.as_mut(), &flusher) => {
+            if let Some(Err(e)) = r {
+                tracing::debug!(error = %e, "etcd face connection");
             }
         }
-    });
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(KvServer::new(face.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(WatchServer::new(face.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(LeaseServer::new(face.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(ClusterServer::new(face.clone()))
-        .add_service(MaintenanceServer::new(face))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    Ok(())
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                shards::batched::polled_then_flushed(conn.as_mut(), &flusher),
+            )
+            .await;
+        }
+    }
 }
 
 /// Binds every `http://IP:PORT` in `urls` (failing before serving anything if one cannot be

@@ -1,6 +1,7 @@
-//! One `write` per connection wake-up: the socket under a connection's HTTP stack holds back
-//! what the stack writes during one poll of the connection, and the serving task writes it
-//! all once that poll returns.
+//! One `write` per connection wake-up: the socket under a connection's protocol stack (an
+//! HTTP/2 server, say) holds back what the stack writes during one poll of the connection,
+//! and the serving task writes it all once that poll returns ([`polled_then_flushed`]).
+//! Used by the apiserver's connections and the store's etcd face.
 //!
 //! Why: hyper's HTTP/2 writer (the `h2` crate) copies frames below 256 bytes into its buffer
 //! but chains a larger DATA payload (any stored object) and must flush it before it takes the
@@ -28,7 +29,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most bytes held back in one poll before writes push them out.
-pub(crate) const MAX_HELD: usize = 256 * 1024;
+pub const MAX_HELD: usize = 256 * 1024;
 
 struct Shared<I> {
     io: I,
@@ -59,17 +60,47 @@ impl<I: AsyncWrite + Unpin> Shared<I> {
 }
 
 /// The socket as the connection's HTTP stack sees it.
-pub(crate) struct BatchedWrites<I> {
+pub struct BatchedWrites<I> {
     shared: Arc<Mutex<Shared<I>>>,
 }
 
 /// The serving task's handle on the same socket: marks the polls and writes what they held.
-pub(crate) struct Flusher<I> {
+pub struct Flusher<I> {
     shared: Arc<Mutex<Shared<I>>>,
 }
 
+/// Drives a connection future, writing what each of its polls held back when that poll
+/// returns. `None` when the socket failed first.
+pub async fn polled_then_flushed<C: std::future::Future, I: AsyncWrite + Unpin>(
+    mut conn: Pin<&mut C>,
+    flusher: &Flusher<I>,
+) -> Option<C::Output> {
+    let mut out = None;
+    std::future::poll_fn(|cx| {
+        if out.is_none() {
+            flusher.begin();
+            let polled = conn.as_mut().poll(cx);
+            let flushed = flusher.end(cx);
+            if let Poll::Ready(o) = polled {
+                out = Some(o);
+            }
+            return match flushed {
+                Poll::Ready(Err(_)) => Poll::Ready(()),
+                // The socket is full: it wakes the task when it drains.
+                Poll::Pending if out.is_some() => Poll::Pending,
+                _ if out.is_some() => Poll::Ready(()),
+                _ => Poll::Pending,
+            };
+        }
+        // The connection ended; what it wrote last is still being written.
+        flusher.end(cx).map(|_| ())
+    })
+    .await;
+    out
+}
+
 /// Wraps `io`; the two halves share it.
-pub(crate) fn batched<I>(io: I) -> (BatchedWrites<I>, Flusher<I>) {
+pub fn batched<I>(io: I) -> (BatchedWrites<I>, Flusher<I>) {
     let shared = Arc::new(Mutex::new(Shared {
         io,
         held: Vec::new(),
@@ -91,13 +122,13 @@ fn lock<I>(m: &Mutex<Shared<I>>) -> MutexGuard<'_, Shared<I>> {
 
 impl<I: AsyncWrite + Unpin> Flusher<I> {
     /// A poll of the connection starts: its writes are held until [`Flusher::end`].
-    pub(crate) fn begin(&self) {
+    pub fn begin(&self) {
         lock(&self.shared).deferring = true;
     }
 
     /// The poll ended: write what it held. `Pending` means the socket is full and the task
     /// will be woken when it drains; call again (or `end` after the next poll).
-    pub(crate) fn end(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub fn end(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = lock(&self.shared);
         s.deferring = false;
         s.push_held(cx)
