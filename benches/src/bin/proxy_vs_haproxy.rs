@@ -358,6 +358,8 @@ struct Row {
     /// Bulk job: cores busy in the proxy and in the bench's client and sink threads.
     bulk_proxy_cores: f64,
     bulk_bench_cores: f64,
+    /// Bulk job: busy cores machine-wide (`/proc/stat`).
+    bulk_machine_cores: f64,
     /// Short connections: the proxy's and the bench's (clients, backends) CPU per connection, us.
     conn_proxy_us: f64,
     conn_bench_us: f64,
@@ -366,6 +368,7 @@ struct Row {
 fn measure(name: &str, t: Target, who: ProxyCpu, runs: usize, secs: f64) -> Res<Row> {
     let (mut g, mut c, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut bp, mut bb, mut cp, mut cb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut bm = Vec::new();
     let (mut cg, mut cc) = (Vec::new(), Vec::new());
     let mut errs = 0;
     // `JOBS` (default all: `bulk,conns,rtt`) picks the measurements, e.g. to profile one.
@@ -378,6 +381,7 @@ fn measure(name: &str, t: Target, who: ProxyCpu, runs: usize, secs: f64) -> Res<
             let (p1, el) = (split_secs(who), t0.elapsed().as_secs_f64());
             bp.push((p1.0 - p0.0) / el);
             bb.push((p1.1 - p0.1) / el);
+            bm.push(cores);
             g.push(gbps);
             cg.push(cores / gbps * 1e3);
         }
@@ -416,6 +420,7 @@ fn measure(name: &str, t: Target, who: ProxyCpu, runs: usize, secs: f64) -> Res<
         cpu_us_per_conn: median(&mut cc),
         bulk_proxy_cores: median(&mut bp),
         bulk_bench_cores: median(&mut bb),
+        bulk_machine_cores: median(&mut bm),
         conn_proxy_us: median(&mut cp),
         conn_bench_us: median(&mut cb),
     };
@@ -1023,7 +1028,7 @@ fn main() -> Res<()> {
     );
     println!("|---|---|---|---|---|---|---|");
     for (n, r) in &rows {
-        let machine = r.cpu_ms_per_gbit * r.gbps / 1e3;
+        let machine = r.bulk_machine_cores;
         println!(
             "| {n} | {:.2} | {:.2} | {machine:.2} | {:.1} | {} | {:.1} |",
             r.bulk_proxy_cores,
