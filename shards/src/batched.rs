@@ -160,7 +160,8 @@ impl<I: AsyncWrite + Unpin> BatchedWrites<I> {
         if s.held.len() >= MAX_HELD {
             ready!(s.push_held(cx))?;
         }
-        let room = MAX_HELD.saturating_sub(s.held.len()).max(1);
+        // Below MAX_HELD here (pushed out above otherwise): room is at least one byte.
+        let room = MAX_HELD - s.held.len();
         let mut taken = 0;
         for b in bufs {
             let n = b.len().min(room - taken);
